@@ -1,0 +1,512 @@
+"""Site configuration and device-type profiles: schema, loading and located validation.
+
+A *profile* (``profiles/*.yaml``) describes a device type: its driver and its points. The *site file*
+describes this building: its id, the uplink, and its devices by type with address and overrides. Each driver
+contributes the schema of its points and of its connection settings (``agent.registry``); this module glues
+them together and turns every problem into ``FILE:LINE: key.path: message``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError, Problem
+from .registry import DriverSpec, get_spec, known_drivers
+from .secrets import SecretRef
+from .types import ByteSize, Deadband, Duration, Name, PositiveDuration
+from .yamlloc import LocatedDoc, Loc, load_file
+
+STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------------- profiles
+
+
+class PointBase(BaseModel):
+    """Fields every point has, whatever its protocol. Drivers subclass this with their addressing."""
+
+    model_config = STRICT
+
+    name: Name = Field(description="point name, unique in the profile; used in telemetry and commands")
+    description: str | None = Field(None, description="free text for humans")
+    unit: str | None = Field(None, description="engineering unit after scaling, e.g. kWh, V, degC")
+    access: Literal["read", "read-write"] = Field("read", description="read-write allows writes")
+    min: float | None = Field(None, description="lowest value a write may set (read-write points)")
+    max: float | None = Field(None, description="highest value a write may set (read-write points)")
+    deadband: Deadband = Field(
+        None, description="report only changes larger than this: a number (absolute) or 'N%' (relative)"
+    )
+    max_silence: Duration | None = Field(
+        None, description="re-send the value at least this often even when unchanged (default: site's)"
+    )
+    poll: Literal["fast", "slow"] = Field("fast", description="poll class: device interval or slow_interval")
+    enabled: bool = Field(True, description="false keeps the point in the profile but never reads it")
+
+    @property
+    def writable(self) -> bool:
+        return self.access == "read-write"
+
+
+class ProfileMetadata(BaseModel):
+    model_config = STRICT
+    manufacturer: str | None = Field(None, description="manufacturer name")
+    model: str | None = Field(None, description="model or series")
+    document: str | None = Field(None, description="register map / PICS document the profile is written from")
+    document_version: str | None = Field(None, description="version or date of that document")
+    url: str | None = Field(None, description="where the document was published")
+    notes: str | None = Field(None, description="caveats for installers")
+
+
+class ProfileHeader(BaseModel):
+    """The protocol-independent part of a profile; ``points`` are validated by the driver's point model."""
+
+    model_config = STRICT
+
+    id: Name | None = Field(None, description="device type id; defaults to the file name without .yaml")
+    driver: str = Field(description="driver name: " + ", ".join(known_drivers()))
+    description: str | None = Field(None, description="what this device type is")
+    metadata: ProfileMetadata = Field(default_factory=ProfileMetadata, description="provenance")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="values applied to every point unless the point sets them"
+    )
+    device: dict[str, Any] = Field(
+        default_factory=dict, description="driver-specific device quirks (e.g. max registers per request)"
+    )
+    points: list[dict[str, Any]] = Field(description="the points of this device type")
+
+
+@dataclass
+class Profile:
+    id: str
+    driver: str
+    file: str
+    description: str | None
+    metadata: ProfileMetadata
+    device: dict[str, Any]
+    points: list[PointBase]
+
+    def point(self, name: str) -> PointBase | None:
+        for p in self.points:
+            if p.name == name:
+                return p
+        return None
+
+
+def _problems_from(exc: ValidationError, doc: LocatedDoc, prefix: Loc = ()) -> list[Problem]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = (*prefix, *err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key missing"
+        out.append(doc.problem(loc, msg))
+    return out
+
+
+def parse_profile(doc: LocatedDoc, default_id: str) -> Profile:
+    """Validate one profile document; ConfigError with every located problem."""
+    if not isinstance(doc.data, dict):
+        raise ConfigError(doc.problem((), "a profile must be a mapping with driver and points"))
+    try:
+        header = ProfileHeader.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from(exc, doc)) from None
+    try:
+        spec = get_spec(header.driver)
+    except KeyError:
+        raise ConfigError(
+            doc.problem(("driver",), f"unknown driver {header.driver!r}; known: {', '.join(known_drivers())}")
+        ) from None
+    problems: list[Problem] = []
+    points: list[PointBase] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(header.points):
+        merged = {**header.defaults, **raw} if isinstance(raw, dict) else raw
+        try:
+            pt = spec.point_model.model_validate(merged)
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, doc, ("points", i)))
+            continue
+        if pt.name in seen:
+            problems.append(doc.problem(("points", i, "name"), f"duplicate point name (also points[{seen[pt.name]}])"))
+        seen[pt.name] = i
+        if pt.min is not None and pt.max is not None and pt.min > pt.max:
+            problems.append(doc.problem(("points", i, "min"), "min is greater than max"))
+        points.append(pt)
+    if spec.device_model is not None:
+        try:
+            spec.device_model.model_validate(header.device)
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, doc, ("device",)))
+    if spec.check_profile is not None and not problems:
+        for loc, msg in spec.check_profile(points, header.device):
+            problems.append(doc.problem(("points", *loc), msg))
+    if problems:
+        raise ConfigError(problems)
+    return Profile(
+        id=header.id or default_id,
+        driver=header.driver,
+        file=doc.file,
+        description=header.description,
+        metadata=header.metadata,
+        device=header.device,
+        points=points,
+    )
+
+
+def load_profile(path: str | Path) -> Profile:
+    p = Path(path)
+    return parse_profile(load_file(p), p.stem)
+
+
+def default_profile_dirs() -> list[Path]:
+    """Where profiles are looked for, first match wins: $EDGE_AGENT_PROFILES (colon-separated),
+    /etc/edge-agent/profiles (site-local), the shipped set (/opt/edge-agent/profiles or the source tree)."""
+    dirs: list[Path] = []
+    env = os.environ.get("EDGE_AGENT_PROFILES")
+    if env:
+        dirs += [Path(d) for d in env.split(":") if d]
+    dirs.append(Path("/etc/edge-agent/profiles"))
+    here = Path(__file__).resolve().parent.parent
+    dirs += [here / "profiles", Path("/opt/edge-agent/profiles")]
+    return dirs
+
+
+def load_profiles(dirs: Iterable[Path]) -> tuple[dict[str, Profile], list[Problem]]:
+    """Load every ``*.yaml`` in the directories. A broken profile is reported, not fatal: devices of other
+    types keep working."""
+    profiles: dict[str, Profile] = {}
+    problems: list[Problem] = []
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for f in sorted(d.glob("*.yaml")):
+            try:
+                prof = load_profile(f)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            profiles.setdefault(prof.id, prof)
+    return profiles, problems
+
+
+# ------------------------------------------------------------------------------------------------- site
+
+
+class SiteInfo(BaseModel):
+    model_config = STRICT
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="site id, lower case letters, digits, - and _; appears in every MQTT topic",
+    )
+    name: str | None = Field(None, description="human name of the building")
+
+
+class TLSConfig(BaseModel):
+    model_config = STRICT
+    ca_file: str | None = Field(None, description="CA bundle to verify the broker (default: system CAs)")
+    cert_file: str | SecretRef | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: str | SecretRef | None = Field(
+        None, description="client private key: a path or a secret reference ({credential: mqtt-key})"
+    )
+    server_hostname: str | None = Field(None, description="override the name checked in the broker cert")
+
+
+class BackoffConfig(BaseModel):
+    model_config = STRICT
+    initial: PositiveDuration = Field(1.0, description="first reconnect delay")
+    max: PositiveDuration = Field(60.0, description="cap of the reconnect delay")
+
+
+class UplinkConfig(BaseModel):
+    model_config = STRICT
+    broker: str = Field(description="mqtt://host:1883 or mqtts://host:8883")
+    client_id: str | None = Field(None, description="MQTT client id (default: edge-agent-<site id>)")
+    topic_prefix: str = Field("ea/v1", description="first levels of every topic")
+    username: str | None = Field(None, description="MQTT user name")
+    password: SecretRef | None = Field(None, description="MQTT password by reference")
+    tls: TLSConfig | None = Field(None, description="TLS settings; mqtts:// implies TLS with system CAs")
+    keepalive: PositiveDuration = Field(30.0, description="MQTT keepalive")
+    connect_timeout: PositiveDuration = Field(10.0, description="budget of one connection attempt")
+    publish_timeout: PositiveDuration = Field(10.0, description="budget for one PUBACK")
+    batch_interval: Duration = Field(1.0, description="telemetry is gathered this long before publishing")
+    max_inflight: int = Field(8, ge=1, le=10, description="QoS 1 publishes awaiting PUBACK at once")
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig, description="reconnect backoff")
+
+    @field_validator("broker")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlparse(v)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+            raise ValueError("broker must look like mqtt://host:1883 or mqtts://host:8883")
+        try:
+            u.port  # noqa: B018  (raises on a bad port)
+        except ValueError as exc:
+            raise ValueError(f"bad port in broker URL: {exc}") from None
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.broker).hostname or ""
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.broker)
+        return u.port or (8883 if self.uses_tls else 1883)
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlparse(self.broker).scheme in ("mqtts", "ssl") or self.tls is not None
+
+
+class OutboxConfig(BaseModel):
+    model_config = STRICT
+    max_bytes: ByteSize = Field(64 * 1024 * 1024, description="disk budget of queued messages, e.g. 64MiB")
+    sync: Literal["full", "normal"] = Field(
+        "full", description="full survives power loss (fsync per commit); normal survives process crashes"
+    )
+
+
+class PipelineConfig(BaseModel):
+    model_config = STRICT
+    max_silence: Duration = Field(
+        900.0, description="an unchanged value is re-sent after this long (report-by-exception heartbeat)"
+    )
+
+
+class DeviceConfigModel(BaseModel):
+    """One device of this building, in the site file."""
+
+    model_config = STRICT
+    name: Name = Field(description="device name, unique on the site; appears in topics")
+    type: str = Field(description="profile id (see profiles/)")
+    enabled: bool = Field(True, description="false keeps the device configured but not polled")
+    interval: PositiveDuration = Field(10.0, description="poll interval of 'fast' points")
+    slow_interval: PositiveDuration = Field(300.0, description="poll interval of 'slow' points")
+    timeout: PositiveDuration = Field(3.0, description="budget of one request to the device")
+    retries: int = Field(1, ge=0, le=5, description="retries of a failed request before giving up")
+    connection: dict[str, Any] = Field(default_factory=dict, description="driver-specific address settings")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-point field overrides: {point: {deadband: 1, enabled: false}}"
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="free labels sent in the birth message")
+
+
+class StatusConfig(BaseModel):
+    model_config = STRICT
+    socket: str | None = Field(
+        None, description="Unix socket for `edge-agent status` (default: $RUNTIME_DIRECTORY or state_dir)"
+    )
+
+
+class SiteModel(BaseModel):
+    model_config = STRICT
+    site: SiteInfo = Field(description="this building")
+    state_dir: str | None = Field(
+        None, description="where the outbox lives (default: $STATE_DIRECTORY or /var/lib/edge-agent)"
+    )
+    profiles_dirs: list[str] = Field(default_factory=list, description="extra profile directories, first wins")
+    uplink: UplinkConfig = Field(description="MQTT broker connection")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="durable queue")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="report-by-exception")
+    status: StatusConfig = Field(default_factory=StatusConfig, description="local status socket")
+    devices: list[DeviceConfigModel] = Field(default_factory=list, description="devices of this building")
+
+
+@dataclass
+class DeviceConfig:
+    """A device ready for its driver: site entry + profile with overrides applied + typed connection."""
+
+    name: str
+    type: str
+    driver: str
+    spec: DriverSpec
+    model: DeviceConfigModel
+    profile: Profile
+    connection: BaseModel
+    points: list[PointBase]
+
+    @property
+    def interval(self) -> float:
+        return self.model.interval
+
+    @property
+    def enabled_points(self) -> list[PointBase]:
+        return [p for p in self.points if p.enabled]
+
+
+@dataclass
+class Secrets:
+    password: SecretStr | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass
+class Site:
+    file: str
+    model: SiteModel
+    devices: list[DeviceConfig]
+    profiles: dict[str, Profile]
+    secrets: Secrets
+    problems: list[Problem] = field(default_factory=list)  # devices skipped, broken profiles
+
+    @property
+    def id(self) -> str:
+        return self.model.site.id
+
+    @property
+    def state_dir(self) -> Path:
+        if self.model.state_dir:
+            return Path(self.model.state_dir)
+        env = os.environ.get("STATE_DIRECTORY")
+        return Path(env.split(":")[0]) if env else Path("/var/lib/edge-agent")
+
+    @property
+    def socket_path(self) -> Path:
+        if self.model.status.socket:
+            return Path(self.model.status.socket)
+        env = os.environ.get("RUNTIME_DIRECTORY")
+        return (Path(env.split(":")[0]) if env else self.state_dir) / "agent.sock"
+
+
+def _resolve_secret(doc: LocatedDoc, loc: Loc, ref: str | SecretRef | None, kind: Literal["value", "path"],
+                    problems: list[Problem]) -> SecretStr | None:
+    if ref is None:
+        return None
+    if isinstance(ref, str):
+        if kind == "path" and not Path(ref).is_file():
+            problems.append(doc.problem(loc, f"file not found: {ref}"))
+            return None
+        return SecretStr(ref)
+    try:
+        return ref.resolve(kind)
+    except ValueError as exc:
+        problems.append(doc.problem(loc, str(exc)))
+        return None
+
+
+def build_device(doc: LocatedDoc, index: int, dm: DeviceConfigModel,
+                 profiles: dict[str, Profile]) -> DeviceConfig:
+    loc: Loc = ("devices", index)
+    prof = profiles.get(dm.type)
+    if prof is None:
+        known = ", ".join(sorted(profiles)) or "none found"
+        raise ConfigError(doc.problem((*loc, "type"), f"unknown device type {dm.type!r} (known: {known})"))
+    spec = get_spec(prof.driver)
+    problems: list[Problem] = []
+    try:
+        conn = spec.connection_model.model_validate(dm.connection)
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, doc, (*loc, "connection")))
+        conn = None
+    points: list[PointBase] = []
+    by_name = {p.name: p for p in prof.points}
+    for pname in dm.overrides:
+        if pname not in by_name:
+            problems.append(doc.problem((*loc, "overrides", pname), f"no point {pname!r} in profile {prof.id}"))
+    for p in prof.points:
+        ov = dm.overrides.get(p.name)
+        if ov:
+            try:
+                p = type(p).model_validate({**p.model_dump(exclude_unset=True), **ov})
+            except ValidationError as exc:
+                problems.extend(_problems_from(exc, doc, (*loc, "overrides", p.name)))
+                continue
+        points.append(p)
+    if problems or conn is None:
+        raise ConfigError(problems)
+    return DeviceConfig(dm.name, dm.type, prof.driver, spec, dm, prof, conn, points)
+
+
+def load_site(path: str | Path, *, strict: bool = True) -> Site:
+    """Load and validate a site file and the profiles it uses.
+
+    ``strict`` (validate): any problem raises. Not strict (run): problems in one device or one profile are
+    collected in ``Site.problems`` and that device is skipped, so the others still run.
+    """
+    doc = load_file(path)
+    if not isinstance(doc.data, dict):
+        raise ConfigError(doc.problem((), "the site file must be a mapping with site, uplink and devices"))
+    try:
+        model = SiteModel.model_validate(doc.data)
+    except ValidationError as exc:
+        problems = _problems_from(exc, doc)
+        dev_only = all(p.key.startswith("devices[") for p in problems)
+        if strict or not dev_only:
+            raise ConfigError(problems) from None
+        # Keep the devices that are valid; the broken ones are reported and skipped.
+        data = dict(doc.data)
+        bad = {int(p.key.split("[")[1].split("]")[0]) for p in problems}
+        data["devices"] = [d for i, d in enumerate(data.get("devices") or []) if i not in bad]
+        model = SiteModel.model_validate(data)
+        pre_problems = problems
+    else:
+        pre_problems = []
+    base = Path(doc.file).parent
+    dirs = [(base / d) if not Path(d).is_absolute() else Path(d) for d in model.profiles_dirs]
+    profiles, prof_problems = load_profiles([*dirs, *default_profile_dirs()])
+    problems = list(pre_problems)
+    secrets = Secrets()
+    up = model.uplink
+    secrets.password = _resolve_secret(doc, ("uplink", "password"), up.password, "value", problems)
+    if up.tls is not None:
+        if up.tls.ca_file and not Path(up.tls.ca_file).is_file():
+            problems.append(doc.problem(("uplink", "tls", "ca_file"), f"file not found: {up.tls.ca_file}"))
+        c = _resolve_secret(doc, ("uplink", "tls", "cert_file"), up.tls.cert_file, "path", problems)
+        k = _resolve_secret(doc, ("uplink", "tls", "key_file"), up.tls.key_file, "path", problems)
+        secrets.cert_file = c.get_secret_value() if c else None
+        secrets.key_file = k.get_secret_value() if k else None
+        if bool(up.tls.cert_file) != bool(up.tls.key_file):
+            problems.append(doc.problem(("uplink", "tls"), "cert_file and key_file go together"))
+    fatal = list(problems)
+    devices: list[DeviceConfig] = []
+    names: dict[str, int] = {}
+    for i, dm in enumerate(model.devices):
+        if dm.name in names:
+            msg = f"duplicate device name (also devices[{names[dm.name]}])"
+            (fatal if strict else problems).append(doc.problem(("devices", i, "name"), msg))
+            continue
+        names[dm.name] = i
+        try:
+            devices.append(build_device(doc, i, dm, profiles))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            if strict:
+                fatal.extend(exc.problems)
+    # A broken profile matters only if a device of this site uses it, or in strict mode.
+    if strict:
+        fatal.extend(prof_problems_for(prof_problems, model.devices, profiles))
+    else:
+        problems.extend(prof_problems)
+    if strict and fatal:
+        raise ConfigError(_dedupe(fatal))
+    if not strict and any(p.key.startswith(("uplink", "site", "outbox")) for p in problems):
+        raise ConfigError(_dedupe(problems))
+    return Site(str(doc.file), model, devices, profiles, secrets, _dedupe(problems))
+
+
+def prof_problems_for(prof_problems: list[Problem], devices: Sequence[DeviceConfigModel],
+                      profiles: dict[str, Profile]) -> list[Problem]:
+    """Profile problems worth failing validation for: those in files of types that are missing."""
+    missing = {d.type for d in devices if d.type not in profiles}
+    return [p for p in prof_problems if Path(p.file).stem in missing]
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen = set()
+    out = []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out

@@ -1,0 +1,139 @@
+"""The driver contract.
+
+A driver instance serves one device. Building it does no I/O (config errors only); ``start()`` does the I/O
+and may be called again after ``stop()`` when the supervisor restarts the device. Failures are raised as
+``agent.errors.DriverError`` subclasses, chained to the library exception. Per-point problems (one register
+refused) are returned as ERROR-quality samples, not raised: they must not blank the other points.
+
+Polling is driven by the supervisor (interval, jitter, no overlapping cycles, cycle timeout); drivers that
+can follow changes (BACnet COV, ONVIF events) also implement ``follow()``, which runs beside polling.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from .errors import WriteRefused
+from .model import Event, Sample, Value
+
+if TYPE_CHECKING:
+    from .config import DeviceConfig, PointBase
+
+T = TypeVar("T")
+
+
+class Sink(Protocol):
+    """Where drivers push what they follow (COV notifications, events)."""
+
+    def samples(self, device: str, samples: Sequence[Sample]) -> None: ...
+
+    def event(self, event: Event) -> None: ...
+
+
+class DriverContext:
+    """Services shared by all drivers of one agent: per-bus shared objects, agent statistics, paths."""
+
+    def __init__(self, site_id: str, state_dir: Path, stats: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.site_id = site_id
+        self.state_dir = state_dir
+        self._stats = stats or (lambda: {})
+        self._buses: dict[str, Any] = {}
+
+    def bus(self, key: str, factory: Callable[[], T]) -> T:
+        """The one shared object for a physical bus (serial line, TCP endpoint), created on first use.
+
+        Devices on the same RS-485 line or behind the same gateway get the same object, hence one lock and
+        one queue: polls and writes of all of them are serialised there.
+        """
+        obj = self._buses.get(key)
+        if obj is None:
+            obj = self._buses[key] = factory()
+        return obj  # type: ignore[no-any-return]
+
+    def buses(self) -> dict[str, Any]:
+        return dict(self._buses)
+
+    def stats(self) -> dict[str, Any]:
+        """Agent statistics (outbox depth, bytes, drops) for the ``system`` driver."""
+        return self._stats()
+
+
+class Driver(abc.ABC):
+    """Base class of every driver. Subclasses set nothing up in ``__init__`` beyond parsing config."""
+
+    def __init__(self, device: DeviceConfig, ctx: DriverContext) -> None:
+        self.device = device
+        self.ctx = ctx
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    async def start(self) -> None:  # noqa: B027  (optional hook)
+        """Open connections, read device capabilities. Raise DriverError when the device is unreachable."""
+
+    async def stop(self) -> None:  # noqa: B027  (optional hook)
+        """Release connections. Must be quick and must not raise."""
+
+    @abc.abstractmethod
+    async def read(self, points: Sequence[PointBase]) -> list[Sample]:
+        """Read these points once. Raise DriverError only when the whole device failed."""
+
+    async def write(self, point: PointBase, value: Value) -> Value:
+        """Write a value already checked by ``check_write``; return the value as written."""
+        raise WriteRefused(f"driver {self.device.driver!r} does not support writes")
+
+    async def follow(self, sink: Sink) -> None:
+        """Follow changes (COV, events) until cancelled. Default: nothing to follow."""
+        return None
+
+    def polled_points(self) -> list[PointBase]:
+        """Points the supervisor polls; drivers that follow some points by subscription may leave them out."""
+        return self.device.enabled_points
+
+    def plan(self) -> list[dict[str, Any]] | None:
+        """The requests a poll cycle makes, for ``edge-agent plan`` (None: the driver has no plan)."""
+        return None
+
+
+def coerce_cli_value(text: str) -> Value:
+    """Turn a value typed on a command line or sent as a string into bool / int / float / str."""
+    s = text.strip()
+    low = s.lower()
+    if low in ("true", "on", "yes"):
+        return True
+    if low in ("false", "off", "no"):
+        return False
+    if low in ("null", "none", "relinquish"):
+        return None
+    try:
+        return int(s, 0) if not any(c in s for c in ".eE") or s.lower().startswith("0x") else float(s)
+    except ValueError:
+        try:
+            return float(s)
+        except ValueError:
+            return s
+
+
+def check_write(device: DeviceConfig, point_name: str, value: Value) -> PointBase:
+    """Refuse, before any I/O, a write to an unknown or read-only point or outside min/max."""
+    point = next((p for p in device.points if p.name == point_name), None)
+    if point is None:
+        raise WriteRefused(f"{device.name}: no point named {point_name!r}")
+    if not point.writable:
+        raise WriteRefused(f"{device.name}.{point_name} is read-only")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return point
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WriteRefused(f"{device.name}.{point_name}: value must be finite")
+        if point.min is not None and value < point.min:
+            raise WriteRefused(f"{device.name}.{point_name}: {value} is below the minimum {point.min}")
+        if point.max is not None and value > point.max:
+            raise WriteRefused(f"{device.name}.{point_name}: {value} is above the maximum {point.max}")
+        return point
+    raise WriteRefused(f"{device.name}.{point_name}: unsupported value {value!r}")

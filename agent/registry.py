@@ -1,0 +1,70 @@
+"""Driver registry: an explicit table of driver names to packages.
+
+A driver package ``drivers/<name>/__init__.py`` exposes ``SPEC``, built from pydantic models only: importing
+it never imports the protocol library. The runtime class named by ``SPEC.driver_class`` is imported only
+when a device of that driver runs; if that import fails only those devices are disabled, with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from .errors import DriverUnavailable
+
+if TYPE_CHECKING:
+    from .config import PointBase
+    from .driver import Driver
+
+# name -> importable package holding SPEC. Add a line here to add a driver.
+DRIVERS: dict[str, str] = {
+    "system": "drivers.system",
+    "modbus": "drivers.modbus",
+    "bacnet": "drivers.bacnet",
+}
+
+ProfileCheck = Callable[[Sequence["PointBase"], dict[str, Any]], list[tuple[tuple[str | int, ...], str]]]
+
+
+@dataclass
+class DriverSpec:
+    name: str
+    point_model: type[PointBase]
+    connection_model: type[BaseModel]
+    driver_class: str  # "package.module:Class"
+    device_model: type[BaseModel] | None = None  # schema of the profile's ``device:`` quirks section
+    check_profile: ProfileCheck | None = None  # cross-point checks: [((point_index, key...), message)]
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def load_class(self) -> type[Driver]:
+        module, _, cls = self.driver_class.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise DriverUnavailable(
+                f"driver {self.name!r} is unavailable: cannot import {exc.name or module} ({exc})"
+            ) from exc
+        return getattr(mod, cls)  # type: ignore[no-any-return]
+
+
+_cache: dict[str, DriverSpec] = {}
+
+
+def known_drivers() -> list[str]:
+    return sorted(DRIVERS)
+
+
+def get_spec(name: str) -> DriverSpec:
+    """The spec of a driver; KeyError for an unknown name."""
+    if name in _cache:
+        return _cache[name]
+    pkg = DRIVERS[name]
+    mod = importlib.import_module(pkg)
+    spec: DriverSpec = mod.SPEC
+    _cache[name] = spec
+    return spec

@@ -1,0 +1,79 @@
+"""Reusable field types for configuration: durations, byte sizes, deadbands."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
+
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DUR_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3, None: 1,
+}
+
+
+def parse_duration(v: Any) -> float:
+    """``10`` (seconds), ``"250ms"``, ``"10s"``, ``"5m"``, ``"1h"``, ``"2d"`` → seconds."""
+    if isinstance(v, bool):
+        raise ValueError("expected a duration such as 10s, 500ms, 5m")
+    if isinstance(v, int | float):
+        if v < 0:
+            raise ValueError("duration must not be negative")
+        return float(v)
+    if isinstance(v, str):
+        m = _DUR.match(v)
+        if m:
+            return float(m.group(1)) * _DUR_UNITS[m.group(2)]
+    raise ValueError(f"expected a duration such as 10s, 500ms, 5m, got {v!r}")
+
+
+def parse_size(v: Any) -> int:
+    """``1048576``, ``"64MiB"``, ``"500MB"`` → bytes."""
+    if isinstance(v, bool):
+        raise ValueError("expected a size such as 64MiB")
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError("size must not be negative")
+        return v
+    if isinstance(v, str):
+        m = _SIZE.match(v)
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise ValueError(f"expected a size such as 64MiB or 500MB, got {v!r}")
+
+
+def parse_deadband(v: Any) -> tuple[float, bool] | None:
+    """``0.5`` → absolute 0.5; ``"2%"`` → 2 % of the last reported value."""
+    if v is None:
+        return None
+    if isinstance(v, tuple):
+        return v
+    if isinstance(v, bool):
+        raise ValueError("expected a number or a percentage such as 1%")
+    if isinstance(v, int | float):
+        if v < 0:
+            raise ValueError("deadband must not be negative")
+        return (float(v), False)
+    if isinstance(v, str):
+        s = v.strip()
+        try:
+            if s.endswith("%"):
+                pct = float(s[:-1])
+                if pct < 0:
+                    raise ValueError
+                return (pct, True)
+            return (float(s), False)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a number or a percentage such as 1%, got {v!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Deadband = Annotated[tuple[float, bool] | None, BeforeValidator(parse_deadband)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
