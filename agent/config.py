@@ -21,7 +21,7 @@ from .errors import ConfigError, Problem
 from .registry import DriverSpec, get_spec, known_drivers
 from .secrets import SecretRef
 from .types import ByteSize, Deadband, Duration, Name, PositiveDuration
-from .yamlloc import LocatedDoc, Loc, load_file
+from .yamlloc import Loc, LocatedDoc, load_file
 
 STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 

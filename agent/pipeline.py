@@ -1,0 +1,153 @@
+"""Report-by-exception, deadband, heartbeat and batching, between drivers and the outbox.
+
+Every sample updates the point's live state (what ``status`` shows). A sample is *reported* upstream only
+when it matters: first value, quality change, change beyond the deadband (absolute or % of the last reported
+value), any change of a non-numeric value, or when the point has been silent for ``max_silence``. Reported
+samples are gathered per device and turned into one telemetry message per device per flush.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .config import DeviceConfig, PointBase
+from .model import PointState, Quality, Sample, Value
+from .uplink.codec import alias_map_gen, encode_samples
+
+MAX_SAMPLES_PER_MESSAGE = 400
+
+
+@dataclass(slots=True)
+class _Reported:
+    value: Value
+    quality: Quality
+    at: float  # monotonic time of the last report
+
+
+def changed_enough(prev: Value, new: Value, deadband: tuple[float, bool] | None) -> bool:
+    """True if ``new`` differs from the last reported ``prev`` by more than the deadband."""
+    if isinstance(prev, bool) or isinstance(new, bool) or not isinstance(prev, int | float) \
+            or not isinstance(new, int | float):
+        return prev != new
+    if math.isnan(prev) or math.isnan(new):
+        return not (math.isnan(prev) and math.isnan(new))
+    if deadband is None:
+        return prev != new
+    amount, percent = deadband
+    limit = abs(prev) * amount / 100.0 if percent else amount
+    if limit == 0:
+        return prev != new
+    return abs(new - prev) >= limit
+
+
+@dataclass
+class DeviceChannel:
+    """Per-device pipeline state: aliases, last reported values, pending batch, live point states."""
+
+    device: DeviceConfig
+    default_silence: float
+    aliases: dict[str, int] = field(init=False)
+    points: dict[str, PointBase] = field(init=False)
+    reported: dict[str, _Reported] = field(default_factory=dict)
+    pending: list[Sample] = field(default_factory=list)
+    live: dict[str, PointState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.points = {p.name: p for p in self.device.points}
+        self.aliases = {p.name: i for i, p in enumerate(self.device.points)}
+        for p in self.device.points:
+            if p.enabled:
+                self.live[p.name] = PointState(unit=p.unit)
+
+    def offer(self, s: Sample, now_mono: float) -> bool:
+        """Update live state; queue the sample if it should be reported. Returns True if queued."""
+        point = self.points.get(s.point)
+        if point is None:
+            return False
+        st = self.live.setdefault(s.point, PointState(unit=point.unit))
+        st.ts = s.ts
+        st.quality = s.quality
+        if s.quality == Quality.ERROR:
+            st.last_error, st.last_error_ts = s.error, s.ts
+            if s.value is not None:
+                st.value = s.value
+        else:
+            st.value = s.value
+            if s.quality == Quality.GOOD:
+                st.last_good = s.ts
+        prev = self.reported.get(s.point)
+        silence = point.max_silence if point.max_silence is not None else self.default_silence
+        report = (
+            prev is None
+            or prev.quality != s.quality
+            or (s.quality != Quality.ERROR and changed_enough(prev.value, s.value, point.deadband))
+            or (silence > 0 and now_mono - prev.at >= silence)
+        )
+        if report:
+            self.reported[s.point] = _Reported(s.value, s.quality, now_mono)
+            self.pending.append(s)
+        return report
+
+    def forget(self) -> None:
+        """Next value of every point is reported again (used after a rebirth)."""
+        self.reported.clear()
+
+
+class Pipeline:
+    """Holds one channel per device; ``drain()`` returns encoded telemetry bodies ready for the outbox."""
+
+    def __init__(self, devices: Sequence[DeviceConfig], default_silence: float) -> None:
+        self.channels: dict[str, DeviceChannel] = {d.name: DeviceChannel(d, default_silence) for d in devices}
+        self.gen = alias_map_gen((d.name, [p.name for p in d.points]) for d in devices)
+        self.offered = 0
+        self.reported = 0
+
+    def offer(self, device: str, samples: Sequence[Sample]) -> int:
+        ch = self.channels.get(device)
+        if ch is None:
+            return 0
+        now = time.monotonic()
+        n = 0
+        for s in samples:
+            self.offered += 1
+            if ch.offer(s, now):
+                n += 1
+        self.reported += n
+        return n
+
+    def pending_count(self) -> int:
+        return sum(len(c.pending) for c in self.channels.values())
+
+    def drain(self) -> list[tuple[str, bytes, float]]:
+        """Take all pending samples: [(device, telemetry body, oldest ts)], at most 400 samples a message."""
+        out = []
+        for name, ch in self.channels.items():
+            while ch.pending:
+                chunk = ch.pending[:MAX_SAMPLES_PER_MESSAGE]
+                del ch.pending[:MAX_SAMPLES_PER_MESSAGE]
+                out.append((name, encode_samples(chunk, ch.aliases, self.gen), min(s.ts for s in chunk)))
+        return out
+
+    def forget(self) -> None:
+        for ch in self.channels.values():
+            ch.forget()
+
+    def birth(self) -> dict[str, object]:
+        """The alias map: what a receiver needs to decode telemetry of generation ``gen``."""
+        devices = {}
+        for name, ch in self.channels.items():
+            d = ch.device
+            devices[name] = {
+                "type": d.type,
+                "driver": d.driver,
+                "labels": d.model.labels,
+                "points": [
+                    {k: v for k, v in (("a", ch.aliases[p.name]), ("n", p.name), ("u", p.unit),
+                                       ("w", True if p.writable else None)) if v is not None}
+                    for p in d.points
+                ],
+            }
+        return {"gen": self.gen, "devices": devices}

@@ -1,0 +1,1 @@
+"""MQTT uplink: session, topics, encoding, birth/will, command intake."""

@@ -1,0 +1,246 @@
+"""Compact telemetry encoding (``ea1``) and the JSON messages around it. Specification: docs/mqtt.md.
+
+Why binary: a site sends the same few hundred points all day; names travel once in the retained *birth*
+message, data messages carry small per-device aliases. Values scaled by drivers are mostly short decimals
+(231.4 V, 12 345.67 kWh): we send them as integer mantissas with a decimal exponent in a varint, which is
+exact (no float32 rounding of counters) and 1-4 bytes where Sparkplug B spends 4-8 plus protobuf tags.
+
+Telemetry payload::
+
+    payload = version(0x01) varint(seq) body
+    body    = flags(u8) varint(gen) content           flags bit0: content is raw-deflated
+    content = varint(base_ts_ms) sample*
+    sample  = varint(alias) tag(u8) [varint(dt_ms)] value [error]
+    tag     = quality(bits 0-1) | vtype(bits 2-5) << 2 | has_dt(bit 6)
+
+``seq`` is assigned by the outbox when the message is committed and prepended at publish time, so the body
+stored on disk never changes. ``gen`` identifies the alias map (a hash of the birth's device/point lists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..model import Quality, Sample, Value
+
+VERSION = 0x01
+FLAG_DEFLATE = 0x01
+
+# value types (4 bits)
+V_NULL, V_FALSE, V_TRUE, V_INT = 0, 1, 2, 3
+V_DEC1, V_DEC2, V_DEC3, V_DEC4 = 4, 5, 6, 7  # zigzag mantissa, value = m / 10**k
+V_F32, V_F64, V_STR = 8, 9, 10
+
+_DEC = {V_DEC1: 10, V_DEC2: 100, V_DEC3: 1000, V_DEC4: 10000}
+
+
+def put_varint(out: bytearray, n: int) -> None:
+    if n < 0:
+        raise ValueError("varint must be non-negative")
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def get_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint too long")
+
+
+def zigzag(n: int) -> int:
+    return (n << 1) ^ (n >> 63) if -(1 << 63) <= n < (1 << 63) else (n << 1 if n >= 0 else ((-n) << 1) - 1)
+
+
+def unzigzag(z: int) -> int:
+    return (z >> 1) ^ -(z & 1)
+
+
+def _encode_value(out: bytearray, v: Value) -> int:
+    """Append the value's bytes, return its vtype."""
+    if v is None:
+        return V_NULL
+    if v is True:
+        return V_TRUE
+    if v is False:
+        return V_FALSE
+    if isinstance(v, int):
+        put_varint(out, zigzag(v))
+        return V_INT
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            out += struct.pack("<d", v)
+            return V_F64
+        if v.is_integer() and abs(v) < 2**53:
+            put_varint(out, zigzag(int(v)))
+            return V_INT
+        for vt, mul in _DEC.items():
+            m = round(v * mul)
+            if abs(m) < 2**53 and m / mul == v:
+                put_varint(out, zigzag(m))
+                return vt
+        f32 = struct.pack("<f", v)
+        if struct.unpack("<f", f32)[0] == v:
+            out += f32
+            return V_F32
+        out += struct.pack("<d", v)
+        return V_F64
+    data = str(v).encode("utf-8")
+    put_varint(out, len(data))
+    out += data
+    return V_STR
+
+
+def _decode_value(buf: bytes, pos: int, vt: int) -> tuple[Value, int]:
+    if vt == V_NULL:
+        return None, pos
+    if vt == V_FALSE:
+        return False, pos
+    if vt == V_TRUE:
+        return True, pos
+    if vt == V_INT:
+        z, pos = get_varint(buf, pos)
+        return unzigzag(z), pos
+    if vt in _DEC:
+        z, pos = get_varint(buf, pos)
+        return unzigzag(z) / _DEC[vt], pos
+    if vt == V_F32:
+        if pos + 4 > len(buf):
+            raise ValueError("truncated float32")
+        return struct.unpack_from("<f", buf, pos)[0], pos + 4
+    if vt == V_F64:
+        if pos + 8 > len(buf):
+            raise ValueError("truncated float64")
+        return struct.unpack_from("<d", buf, pos)[0], pos + 8
+    if vt == V_STR:
+        n, pos = get_varint(buf, pos)
+        if pos + n > len(buf):
+            raise ValueError("truncated string")
+        return buf[pos:pos + n].decode("utf-8"), pos + n
+    raise ValueError(f"unknown value type {vt}")
+
+
+def encode_samples(samples: Sequence[Sample], aliases: dict[str, int], gen: int,
+                   deflate_min: int = 96) -> bytes:
+    """Encode one device's samples into a telemetry body (without version and seq)."""
+    ordered = sorted(samples, key=lambda s: s.ts)
+    content = bytearray()
+    base_ms = round(ordered[0].ts * 1000) if ordered else 0
+    put_varint(content, base_ms)
+    prev_ms = base_ms
+    for s in ordered:
+        ms = max(round(s.ts * 1000), prev_ms)
+        put_varint(content, aliases[s.point])
+        tag_pos = len(content)
+        content.append(0)
+        dt = ms - prev_ms
+        if dt:
+            put_varint(content, dt)
+        prev_ms = ms
+        vt = _encode_value(content, s.value)
+        if s.quality == Quality.ERROR:
+            err = (s.error or "").encode("utf-8")[:120]
+            put_varint(content, len(err))
+            content += err
+        content[tag_pos] = int(s.quality) | (vt << 2) | (0x40 if dt else 0)
+    flags = 0
+    payload = bytes(content)
+    if len(payload) >= deflate_min:
+        z = zlib.compressobj(9, zlib.DEFLATED, -15)
+        packed = z.compress(payload) + z.flush()
+        if len(packed) < len(payload):
+            payload, flags = packed, FLAG_DEFLATE
+    head = bytearray([flags])
+    put_varint(head, gen)
+    return bytes(head) + payload
+
+
+def frame(seq: int, body: bytes) -> bytes:
+    """Prepend version and sequence number to a stored body."""
+    head = bytearray([VERSION])
+    put_varint(head, seq)
+    return bytes(head) + body
+
+
+@dataclass
+class Decoded:
+    seq: int
+    gen: int
+    samples: list[tuple[int, float, Value, Quality, str | None]]  # alias, ts, value, quality, error
+
+
+def decode_telemetry(payload: bytes) -> Decoded:
+    """Decode a telemetry payload; ValueError on anything malformed."""
+    if not payload or payload[0] != VERSION:
+        raise ValueError(f"unknown telemetry version {payload[:1]!r}")
+    seq, pos = get_varint(payload, 1)
+    if pos >= len(payload):
+        raise ValueError("truncated header")
+    flags = payload[pos]
+    gen, pos = get_varint(payload, pos + 1)
+    content = payload[pos:]
+    if flags & FLAG_DEFLATE:
+        try:
+            content = zlib.decompress(content, -15)
+        except zlib.error as exc:
+            raise ValueError(f"bad deflate stream: {exc}") from exc
+    ts_ms, p = get_varint(content, 0)
+    out = []
+    while p < len(content):
+        alias, p = get_varint(content, p)
+        if p >= len(content):
+            raise ValueError("truncated sample")
+        tag = content[p]
+        p += 1
+        if tag & 0x40:
+            dt, p = get_varint(content, p)
+            ts_ms += dt
+        value, p = _decode_value(content, p, (tag >> 2) & 0x0F)
+        q = Quality(tag & 0x03)
+        err = None
+        if q == Quality.ERROR:
+            n, p = get_varint(content, p)
+            err = content[p:p + n].decode("utf-8", "replace")
+            p += n
+        out.append((alias, ts_ms / 1000.0, value, q, err))
+    return Decoded(seq, gen, out)
+
+
+# -------------------------------------------------------------------------------------------- JSON side
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def with_seq(seq: int, body: bytes) -> bytes:
+    """Insert ``"seq":N`` as the first member of a stored JSON object body."""
+    if body[:1] != b"{":
+        raise ValueError("JSON body must be an object")
+    rest = body[1:]
+    return b'{"seq":%d%s%s' % (seq, b"," if rest[:1] != b"}" else b"", rest)
+
+
+def alias_map_gen(devices: Iterable[tuple[str, Sequence[str]]]) -> int:
+    """A stable 31-bit id of the alias assignment: changes exactly when a device's point list changes."""
+    h = hashlib.sha256()
+    for dev, points in devices:
+        h.update(dev.encode() + b"\0" + b"\1".join(p.encode() for p in points) + b"\0\0")
+    return int.from_bytes(h.digest()[:4], "big") & 0x7FFFFFFF
