@@ -103,11 +103,13 @@ def _problems_from(exc: ValidationError, doc: LocatedDoc, prefix: Loc = ()) -> l
     out = []
     for err in exc.errors(include_url=False):
         loc = (*prefix, *err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key missing"
+        elif err["type"] == "string_pattern_mismatch" and loc and loc[-1] in ("id", "name"):
+            msg = f"{err['input']!r} is not allowed: use letters, digits, '-', '_' (site id: lower case)"
         out.append(doc.problem(loc, msg))
     return out
 

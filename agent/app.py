@@ -1,0 +1,327 @@
+"""The agent: one task tree holding the outbox, the pipeline flusher, the uplink, one runner per device,
+the status socket and the watchdog.
+
+Start-up order: outbox open → status socket → uplink (connecting) → devices. READY=1 is sent when the uplink
+is connected, or after ``READY_GRACE`` seconds without a broker: a box that boots while the fibre is down must
+still collect into its outbox rather than be killed by systemd's start timeout and restarted in a loop.
+Shutdown (SIGTERM/SIGINT): stop polling, move what the pipeline holds into the outbox, give the uplink
+``SHUTDOWN_FLUSH`` seconds to drain, say offline, close the outbox. Exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from . import __version__
+from .config import DeviceConfig, Site
+from .driver import DriverContext, check_write, coerce_cli_value
+from .errors import DriverError, EdgeAgentError, WriteRefused
+from .model import DeviceHealth, Event, Sample, Severity, Value
+from .notify import Notifier
+from .outbox import Kind, Outbox, Record
+from .pipeline import Pipeline
+from .status import StatusServer
+from .supervisor import DeviceRunner
+from .uplink.codec import dumps
+from .uplink.mqtt import Uplink
+from .uplink.topics import Topics
+
+log = logging.getLogger("edge_agent")
+
+READY_GRACE = 15.0
+SHUTDOWN_FLUSH = 5.0
+EVENT_QUEUE = 1000
+
+
+class Agent:
+    def __init__(self, site: Site, notifier: Notifier | None = None) -> None:
+        self.site = site
+        self.notifier = notifier or Notifier()
+        self.topics = Topics(site.model.uplink.topic_prefix, site.id)
+        self.outbox = Outbox(site.state_dir / "outbox.sqlite", site.model.outbox.max_bytes, site.model.outbox.sync)
+        self.pipeline = Pipeline(site.devices, site.model.pipeline.max_silence)
+        self.ctx = DriverContext(site.id, site.state_dir, self.stats)
+        self.health: dict[str, DeviceHealth] = {}
+        self.runners: dict[str, DeviceRunner] = {}
+        for d in site.devices:
+            h = DeviceHealth()
+            ch = self.pipeline.channels[d.name]
+            h.points = ch.live
+            self.health[d.name] = h
+            if not d.model.enabled:
+                h.state = "disabled"
+                continue
+            self.runners[d.name] = DeviceRunner(d, self.ctx, self, h)
+        self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self.pipeline.birth,
+                             self.handle_command)
+        self._events: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(EVENT_QUEUE)
+        self.events_dropped = 0
+        self.started = time.time()
+        self.stop_event = asyncio.Event()
+        self.flush_progress = time.monotonic()
+        self.status_server = StatusServer(site.socket_path, self)
+        self.store_error: str | None = None
+
+    # ------------------------------------------------------------------------------ Sink (drivers)
+
+    def samples(self, device: str, samples: list[Sample] | Any) -> None:
+        self.pipeline.offer(device, samples)
+
+    def event(self, event: Event) -> None:
+        body = dumps({"ts": round(event.ts, 3), "src": event.source, "kind": event.kind,
+                      "sev": event.severity.name.lower(), "data": event.data})
+        self._queue_event(self.topics.event(event.source), body, event.ts)
+
+    def _queue_event(self, topic: str, body: bytes, ts: float) -> None:
+        try:
+            self._events.put_nowait((topic, body, ts))
+        except asyncio.QueueFull:
+            self.events_dropped += 1
+
+    # ----------------------------------------------------------------------------------- commands
+
+    async def handle_command(self, payload: bytes) -> None:
+        """Commands from upstream (docs/mqtt.md). Every command with an id is answered on the ack topic."""
+        try:
+            msg = json.loads(payload)
+            if not isinstance(msg, dict):
+                raise ValueError("a command must be a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("ignoring malformed command: %s", exc)
+            self._ack(None, False, error=f"malformed command: {exc}")
+            return
+        cid, cmd = msg.get("id"), msg.get("cmd")
+        try:
+            if cmd == "ping":
+                uptime = round(time.time() - self.started, 1)
+                result: dict[str, Any] = {"pong": True, "agent": __version__, "uptime": uptime}
+            elif cmd == "rebirth":
+                self.pipeline.forget()
+                self.uplink.rebirth()
+                result = {"gen": self.pipeline.gen}
+            else:
+                raise EdgeAgentError(f"unknown command {cmd!r}; known: ping, rebirth")
+        except EdgeAgentError as exc:
+            self._ack(cid, False, error=str(exc), cmd=cmd)
+        else:
+            self._ack(cid, True, result=result, cmd=cmd)
+
+    def _ack(self, cid: Any, ok: bool, *, cmd: Any = None, result: Any = None, error: str | None = None) -> None:
+        doc: dict[str, Any] = {"id": cid, "cmd": cmd, "ok": ok, "ts": round(time.time(), 3)}
+        if ok:
+            doc["result"] = result
+        else:
+            doc["error"] = error
+        self._queue_event(self.topics.ack, dumps(doc), time.time())
+
+    # ------------------------------------------------------------------------------ local writes
+
+    async def write(self, device: str, point: str, value: Value) -> Value:
+        dev = self.device(device)
+        if isinstance(value, str):
+            value = coerce_cli_value(value)
+        pt = check_write(dev, point, value)
+        runner = self.runners.get(device)
+        if runner is None or runner.driver is None:
+            raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
+        written = await runner.driver.write(pt, value)
+        self.event(Event(device, "write", {"point": point, "value": written}, Severity.INFO))
+        return written
+
+    def device(self, name: str) -> DeviceConfig:
+        for d in self.site.devices:
+            if d.name == name:
+                return d
+        raise WriteRefused(f"no device named {name!r}")
+
+    # ----------------------------------------------------------------------------------- running
+
+    async def _flusher(self) -> None:
+        interval = max(self.site.model.uplink.batch_interval, 0.05)
+        next_flush = time.monotonic() + interval
+        while True:
+            self.flush_progress = time.monotonic()
+            records: list[Record] = []
+            try:
+                async with asyncio.timeout(max(0.0, next_flush - time.monotonic())):
+                    topic, body, ts = await self._events.get()
+                    records.append(Record(Kind.EVENT, topic, body, ts))
+            except TimeoutError:
+                pass
+            while not self._events.empty():
+                topic, body, ts = self._events.get_nowait()
+                records.append(Record(Kind.EVENT, topic, body, ts))
+            if time.monotonic() >= next_flush:
+                next_flush = time.monotonic() + interval
+                for device, body, ts in self.pipeline.drain():
+                    records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
+            if records:
+                await self._append(records)
+
+    async def _append(self, records: list[Record]) -> None:
+        try:
+            await self.outbox.append(records)
+            self.store_error = None
+        except EdgeAgentError as exc:
+            # Keep running: devices keep their live state, status shows the problem, retry next flush.
+            if self.store_error != str(exc):
+                log.error("outbox: %s", exc)
+            self.store_error = str(exc)
+
+    async def flush_now(self) -> None:
+        """Move everything pending into the outbox (shutdown, tests)."""
+        records = []
+        while not self._events.empty():
+            topic, body, ts = self._events.get_nowait()
+            records.append(Record(Kind.EVENT, topic, body, ts))
+        for device, body, ts in self.pipeline.drain():
+            records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
+        if records:
+            await self._append(records)
+
+    def summary(self) -> str:
+        up = "uplink up" if self.uplink.state.connected else f"uplink {self.uplink.state.state}"
+        online = sum(1 for h in self.health.values() if h.available)
+        st = self.outbox.stats()
+        return f"{up}; devices {online}/{len(self.health)} online; outbox {st.get('depth', 0)} queued"
+
+    def alive(self) -> tuple[bool, str]:
+        """Liveness for the watchdog: every part that should progress did so recently."""
+        now = time.monotonic()
+        flush_budget = max(self.site.model.uplink.batch_interval, 1.0) * 3 + 30.0
+        if now - self.flush_progress > flush_budget:
+            return False, "flusher stalled"
+        publish_budget = self.site.model.uplink.publish_timeout * 3 + 30
+        if self.uplink.connected.is_set() and now - self.uplink.progress > publish_budget:
+            return False, "uplink publisher stalled"
+        for name, r in self.runners.items():
+            if now > r.deadline:
+                return False, f"device loop {name} stalled"
+        return True, ""
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        tick = interval / 2 if interval else 5.0
+        last_status = ""
+        while True:
+            ok, why = self.alive()
+            if ok:
+                try:
+                    async with asyncio.timeout(max(tick, 0.5)):
+                        await self.outbox.ping()
+                except TimeoutError:
+                    ok, why = False, "outbox not responding"
+            if ok:
+                if interval:
+                    self.notifier.watchdog()
+            else:
+                log.error("watchdog withheld: %s", why)
+            s = self.summary() if ok else f"unhealthy: {why}"
+            if s != last_status:
+                self.notifier.status(s)
+                last_status = s
+            await asyncio.sleep(tick)
+
+    async def _ready(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READY_GRACE):
+                await self.uplink.connected.wait()
+        self.notifier.ready(self.summary())
+        log.info("ready: %s", self.summary())
+
+    def stats(self) -> dict[str, Any]:
+        return {"outbox": self.outbox.stats()}
+
+    async def run(self) -> None:
+        """Run until ``stop_event`` is set; then shut down in bounded time."""
+        self.site.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.outbox.open()
+        for p in self.site.problems:
+            log.error("config: %s", p)
+        try:
+            await self.status_server.start()
+            async with asyncio.TaskGroup() as tg:
+                main = [
+                    tg.create_task(self._flusher(), name="flusher"),
+                    tg.create_task(self.uplink.run(), name="uplink"),
+                    tg.create_task(self._watchdog(), name="watchdog"),
+                    tg.create_task(self._ready(), name="ready"),
+                ]
+                devices = [tg.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
+                await self.stop_event.wait()
+                log.info("stopping: %s", self.summary())
+                self.notifier.stopping()
+                for t in devices:
+                    t.cancel()
+                await asyncio.gather(*devices, return_exceptions=True)
+                main[0].cancel()
+                await self.flush_now()
+                await self._drain_before_exit()
+                await self.uplink.goodbye()
+                for t in main[1:]:
+                    t.cancel()
+        finally:
+            await self.status_server.stop()
+            await self.outbox.close()
+
+    async def _drain_before_exit(self) -> None:
+        if not self.uplink.connected.is_set():
+            return
+        deadline = time.monotonic() + SHUTDOWN_FLUSH
+        while time.monotonic() < deadline:  # two conditions owned by other tasks: poll them
+            if not self.outbox.stats().get("depth", 0) or not self.uplink.connected.is_set():
+                break
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------------------------ status
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        up = self.uplink.state
+        st = self.outbox.stats()
+        oldest = st.get("oldest_ts")
+        devices = {}
+        for d in self.site.devices:
+            h = self.health[d.name]
+            pts = {}
+            for name, ps in h.points.items():
+                pts[name] = {
+                    "value": ps.value, "unit": ps.unit, "quality": ps.quality.name.lower(),
+                    "age": round(now - ps.ts, 1) if ps.ts else None,
+                    "last_good_age": round(now - ps.last_good, 1) if ps.last_good else None,
+                    "last_error": ps.last_error,
+                    "last_error_age": round(now - ps.last_error_ts, 1) if ps.last_error_ts else None,
+                }
+            devices[d.name] = {
+                "type": d.type, "driver": d.driver, "state": h.state, "available": h.available,
+                "last_ok_age": round(now - h.last_ok, 1) if h.last_ok else None,
+                "last_error": h.last_error, "consecutive_failures": h.consecutive_failures,
+                "restarts": h.restarts, "cycle_ms": h.cycle_ms, "points": pts,
+            }
+        return {
+            "agent": {"version": __version__, "pid": os.getpid(), "uptime": round(now - self.started, 1),
+                      "site": self.site.id, "config": self.site.file,
+                      "config_problems": [str(p) for p in self.site.problems]},
+            "uplink": {"broker": f"{self.site.model.uplink.host}:{self.site.model.uplink.port}",
+                       "state": up.state, "connected": up.connected, "since_age": round(now - up.since, 1),
+                       "last_error": up.last_error, "connects": up.connects, "published": up.published,
+                       "last_publish_age": round(now - up.last_publish, 1) if up.last_publish else None},
+            "outbox": {**st, "oldest_age": round(now - oldest, 1) if oldest else None,
+                       "store_error": self.store_error, "events_dropped_queue": self.events_dropped},
+            "pipeline": {"offered": self.pipeline.offered, "reported": self.pipeline.reported,
+                         "gen": self.pipeline.gen},
+            "devices": devices,
+        }
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop_event.set)

@@ -1,0 +1,115 @@
+"""Local status socket: one JSON request per line, one JSON answer per line, on a Unix socket only
+reachable by root and the agent's group (the field tech's laptop uses ``edge-agent status`` over SSH or the
+console). Requests: ``{"op": "status"}``, ``{"op": "write", "device": D, "point": P, "value": V}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import EdgeAgentError
+
+if TYPE_CHECKING:
+    from .app import Agent
+
+log = logging.getLogger("edge_agent.status")
+MAX_REQUEST = 64 * 1024
+
+
+class StatusServer:
+    def __init__(self, path: Path, agent: Agent) -> None:
+        self.path = path
+        self.agent = agent
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() or self.path.is_symlink():
+                if _alive(self.path):
+                    log.error("status socket %s is in use by another agent; status disabled", self.path)
+                    return
+                self.path.unlink()
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST)
+            os.chmod(self.path, 0o660)
+        except OSError as exc:
+            log.error("status socket %s unavailable: %s", self.path, exc)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(30):
+                        line = await reader.readline()
+                except (TimeoutError, ValueError, ConnectionError):
+                    return
+                if not line:
+                    return
+                answer = await self._answer(line)
+                writer.write(json.dumps(answer, default=str).encode() + b"\n")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+            op = req.get("op") if isinstance(req, dict) else None
+        except ValueError as exc:
+            return {"ok": False, "error": f"malformed request: {exc}"}
+        try:
+            if op == "status":
+                return {"ok": True, "status": self.agent.snapshot()}
+            if op == "write":
+                value = await self.agent.write(str(req.get("device")), str(req.get("point")), req.get("value"))
+                return {"ok": True, "written": value}
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        except EdgeAgentError as exc:
+            return {"ok": False, "error": str(exc)}
+
+
+def _alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def request(path: Path, req: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Client side (CLI): send one request, return the answer. OSError when no agent listens."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    answer: dict[str, Any] = json.loads(buf)
+    return answer

@@ -1,0 +1,235 @@
+"""The MQTT session: connect (TCP or mutual TLS), announce, drain the outbox with PUBACK-gated deletes,
+take commands; reconnect forever with capped, jittered exponential backoff.
+
+Delivery: each outbox row is published with QoS 1 and acknowledged in the outbox only after the broker's
+PUBACK (aiomqtt's ``publish(qos=1)`` returns then). A lost connection releases the leased rows, which are
+published again after reconnecting: at least once, duplicates recognisable by ``seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from .. import __version__
+from ..config import Secrets, UplinkConfig
+from ..outbox import Kind, Outbox, Stored
+from .codec import dumps, frame, with_seq
+from .topics import Topics
+
+log = logging.getLogger("edge_agent.uplink")
+
+CommandHandler = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass
+class UplinkState:
+    connected: bool = False
+    state: str = "starting"  # starting | connecting | online | offline
+    since: float = field(default_factory=time.time)
+    last_error: str | None = None
+    connects: int = 0
+    published: int = 0
+    publish_failures: int = 0
+    last_publish: float | None = None
+    next_retry: float | None = None
+
+
+def build_tls_context(cfg: UplinkConfig, secrets: Secrets) -> ssl.SSLContext | None:
+    if not cfg.uses_tls:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.tls.ca_file if cfg.tls else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if secrets.cert_file and secrets.key_file:
+        ctx.load_cert_chain(secrets.cert_file, secrets.key_file)
+    return ctx
+
+
+class Uplink:
+    def __init__(self, cfg: UplinkConfig, secrets: Secrets, topics: Topics, outbox: Outbox,
+                 birth: Callable[[], dict[str, Any]], on_command: CommandHandler) -> None:
+        self.cfg = cfg
+        self.secrets = secrets
+        self.topics = topics
+        self.outbox = outbox
+        self.birth = birth
+        self.on_command = on_command
+        self.state = UplinkState()
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._rebirth = asyncio.Event()
+        self.progress = time.monotonic()  # watchdog: last time the publisher loop was seen alive
+
+    # -------------------------------------------------------------------------------------- session
+
+    def _client_for(self) -> aiomqtt.Client:
+        cfg = self.cfg
+        will = aiomqtt.Will(self.topics.status, dumps({"state": "offline", "reason": "lost"}), qos=1, retain=True)
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=cfg.client_id or f"edge-agent-{self.topics.site}",
+            username=cfg.username,
+            password=self.secrets.password.get_secret_value() if self.secrets.password else None,
+            will=will,
+            clean_session=True,
+            keepalive=int(cfg.keepalive),
+            timeout=cfg.connect_timeout,
+            tls_context=build_tls_context(cfg, self.secrets),
+            max_inflight_messages=cfg.max_inflight,
+            logger=logging.getLogger("edge_agent.uplink.paho"),
+        )
+
+    async def run(self) -> None:
+        """Connect and serve forever; only cancellation ends it."""
+        backoff = self.cfg.backoff.initial
+        while True:
+            self.state.state = "connecting"
+            try:
+                client = self._client_for()
+                async with client:
+                    self._client = client
+                    self.state.connects += 1
+                    await self._announce(client)
+                    self.state.connected, self.state.state, self.state.since = True, "online", time.time()
+                    self.state.next_retry = None
+                    self.connected.set()
+                    log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
+                    backoff = self.cfg.backoff.initial
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._publisher(client), name="uplink:publisher")
+                        tg.create_task(self._commands(client), name="uplink:commands")
+                        tg.create_task(self._rebirther(client), name="uplink:rebirth")
+            except asyncio.CancelledError:
+                raise
+            except BaseException as raw:  # the session died: log once per transition and retry
+                exc = raw
+                while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+                    exc = exc.exceptions[0]
+                if not isinstance(exc, Exception):
+                    raise
+                reason = _describe(exc)
+                if self.state.connected or self.state.last_error != reason:
+                    log.warning("uplink down: %s", reason)
+                self.state.last_error = reason
+            finally:
+                self._client = None
+                self.outbox.release_all()
+                if self.state.connected:
+                    self.state.since = time.time()
+                self.state.connected = False
+                self.connected.clear()
+            self.state.state = "offline"
+            delay = random.uniform(backoff / 2, backoff)
+            self.state.next_retry = time.time() + delay
+            self.progress = time.monotonic() + delay
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, self.cfg.backoff.max)
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        t = self.cfg.publish_timeout
+        await client.subscribe(self.topics.command, qos=1, timeout=t)
+        await client.publish(self.topics.birth, dumps(self._birth_doc()), qos=1, retain=True, timeout=t)
+        await client.publish(self.topics.status, dumps({"state": "online", "ts": round(time.time(), 3),
+                                                        "agent": __version__}), qos=1, retain=True, timeout=t)
+
+    def _birth_doc(self) -> dict[str, Any]:
+        return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3), **self.birth()}
+
+    def rebirth(self) -> None:
+        self._rebirth.set()
+
+    async def _rebirther(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._rebirth.wait()
+            self._rebirth.clear()
+            await client.publish(self.topics.birth, dumps(self._birth_doc()), qos=1, retain=True,
+                                 timeout=self.cfg.publish_timeout)
+
+    async def goodbye(self) -> None:
+        """Graceful shutdown: say offline (retained) before disconnecting; bounded."""
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await client.publish(self.topics.status, dumps({"state": "offline", "reason": "shutdown",
+                                                                "ts": round(time.time(), 3)}), qos=1, retain=True)
+
+    # ------------------------------------------------------------------------------------ publishing
+
+    def payload(self, row: Stored) -> bytes:
+        if row.kind == Kind.TELEMETRY:
+            return frame(row.seq, row.body)
+        return with_seq(row.seq, row.body)
+
+    async def _publisher(self, client: aiomqtt.Client) -> None:
+        sem = asyncio.Semaphore(self.cfg.max_inflight)
+        acked: list[int] = []
+        failure: list[BaseException] = []
+
+        async def one(row: Stored) -> None:
+            try:
+                await client.publish(row.topic, self.payload(row), qos=1, timeout=self.cfg.publish_timeout)
+            except Exception as exc:
+                self.outbox.release([row.seq])
+                self.state.publish_failures += 1
+                failure.append(exc)
+            else:
+                acked.append(row.seq)
+            finally:
+                sem.release()
+
+        while True:
+            self.progress = time.monotonic()
+            rows = await self.outbox.take(self.cfg.max_inflight * 32)
+            if not rows:
+                await self.outbox.wait(timeout=1.0)
+                continue
+            tasks = []
+            for row in rows:
+                await sem.acquire()
+                if failure:
+                    sem.release()
+                    self.outbox.release([r.seq for r in rows[len(tasks):]])
+                    break
+                tasks.append(asyncio.create_task(one(row)))
+            if tasks:
+                await asyncio.gather(*tasks)
+            if acked:
+                done = list(acked)
+                acked.clear()
+                await self.outbox.ack(done)
+                self.state.published += len(done)
+                self.state.last_publish = time.time()
+            if failure:
+                raise failure[0]
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        async for msg in client.messages:
+            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload or "").encode()
+            try:
+                await self.on_command(payload)
+            except Exception:  # a bad command must never take the session down
+                log.exception("command handling failed")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiomqtt.MqttCodeError):
+        return f"MQTT error: {exc}"
+    if isinstance(exc, aiomqtt.MqttError):
+        return f"MQTT: {exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return f"network: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"

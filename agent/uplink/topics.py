@@ -1,0 +1,37 @@
+"""Topic names (docs/mqtt.md). One place, so the agent, the monitor and the tests agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    site: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.site}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def birth(self) -> str:
+        return f"{self.base}/birth"
+
+    def telemetry(self, device: str) -> str:
+        return f"{self.base}/t/{device}"
+
+    def event(self, source: str) -> str:
+        return f"{self.base}/e/{source}"
+
+    @property
+    def command(self) -> str:
+        return f"{self.base}/cmd"
+
+    @property
+    def ack(self) -> str:
+        return f"{self.base}/ack"
