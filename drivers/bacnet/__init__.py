@@ -1,0 +1,250 @@
+"""``bacnet`` driver: BACnet/IP controllers (bacpypes3).
+
+This module holds the configuration schema only and never imports bacpypes3: validating a profile or a
+site file must work (and be cheap) on a box where the library is missing. Names of object types and
+properties are checked against static tables (``enums.py``) kept equal to bacpypes3's by a test.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.config import PointBase
+from agent.registry import DriverSpec
+from agent.types import PositiveDuration
+
+from .enums import ENGINEERING_UNITS, OBJECT_TYPES, PROPERTY_IDENTIFIERS
+
+MAX_INSTANCE = 4194302  # 2**22 - 2; 4194303 is the wildcard
+COMMANDABLE = {
+    "analog-output", "analog-value", "binary-output", "binary-value", "multi-state-output",
+    "multi-state-value", "integer-value", "positive-integer-value", "large-analog-value",
+    "characterstring-value", "lighting-output", "binary-lighting-output",
+}
+# What COV can follow: standard objects with a present-value COV criterion.
+COV_OBJECTS = {
+    "analog-input", "analog-output", "analog-value", "binary-input", "binary-output", "binary-value",
+    "multi-state-input", "multi-state-output", "multi-state-value", "integer-value",
+    "positive-integer-value", "large-analog-value", "loop", "pulse-converter", "lighting-output",
+    "binary-lighting-output", "accumulator",
+}
+
+_IP = r"\d{1,3}(\.\d{1,3}){3}"
+_ADDR = re.compile(rf"{_IP}(:\d{{1,5}})?|\d{{1,5}}:({_IP}(:\d+)?|0x[0-9a-fA-F]+|\d+)")
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def _norm_name(v: str) -> str:
+    """``analogInput`` / ``analog_input`` / ``Analog-Input`` → ``analog-input`` (BACnet's spelling)."""
+    return _CAMEL.sub(r"-\1", v.strip()).replace("_", "-").replace(" ", "-").lower()
+
+
+def normalize_object_type(v: Any) -> str | int:
+    """A standard object type name, or a number (proprietary types 128-1023 only)."""
+    if isinstance(v, bool):
+        raise ValueError("object_type must be a name such as analog-input")
+    if isinstance(v, int):
+        if v in OBJECT_TYPES.values():
+            return next(k for k, n in OBJECT_TYPES.items() if n == v)
+        if 128 <= v <= 1023:
+            return v
+        raise ValueError(f"object type number {v} is neither standard nor proprietary (128-1023)")
+    if not isinstance(v, str):
+        raise ValueError("object_type must be a name such as analog-input")
+    name = _norm_name(v)
+    if name not in OBJECT_TYPES:
+        close = [k for k in OBJECT_TYPES if name.split("-")[0] in k][:4]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown BACnet object type {v!r}{hint}")
+    return name
+
+
+def normalize_property(v: Any) -> str | int:
+    """A standard property identifier name, or a number (proprietary properties 512 and up)."""
+    if isinstance(v, bool):
+        raise ValueError("property must be a name such as present-value")
+    if isinstance(v, int):
+        if v in PROPERTY_IDENTIFIERS.values():
+            return next(k for k, n in PROPERTY_IDENTIFIERS.items() if n == v)
+        if 512 <= v <= 4194303:
+            return v
+        raise ValueError(f"property number {v} is neither standard nor proprietary (512 and up)")
+    if not isinstance(v, str):
+        raise ValueError("property must be a name such as present-value")
+    name = _norm_name(v)
+    if name not in PROPERTY_IDENTIFIERS:
+        raise ValueError(f"unknown BACnet property {v!r}")
+    return name
+
+
+# Short unit names for the common BACnet engineering units; others keep BACnet's name.
+UNIT_SYMBOLS: dict[str, str | None] = {
+    "degrees-celsius": "degC", "degrees-fahrenheit": "degF", "degrees-kelvin": "K", "delta-degrees-kelvin": "K",
+    "percent": "%", "percent-relative-humidity": "%RH", "pascals": "Pa", "kilopascals": "kPa", "bars": "bar",
+    "watts": "W", "kilowatts": "kW", "megawatts": "MW", "watt-hours": "Wh", "kilowatt-hours": "kWh",
+    "megawatt-hours": "MWh", "volts": "V", "kilovolts": "kV", "amperes": "A", "milliamperes": "mA",
+    "hertz": "Hz", "seconds": "s", "minutes": "min", "hours": "h", "days": "d",
+    "liters-per-second": "l/s", "liters-per-hour": "l/h", "cubic-meters-per-hour": "m3/h",
+    "cubic-meters-per-second": "m3/s", "cubic-meters": "m3", "liters": "l", "parts-per-million": "ppm",
+    "luxes": "lx", "meters-per-second": "m/s", "no-units": None, "revolutions-per-minute": "rpm",
+    "kilovolt-amperes": "kVA", "kilovolt-amperes-reactive": "kvar", "power-factor": None,
+}
+
+
+def unit_symbol(bacnet_unit: str) -> str | None:
+    name = _norm_name(bacnet_unit)
+    if name in UNIT_SYMBOLS:
+        return UNIT_SYMBOLS[name]
+    return name
+
+
+class BACnetPoint(PointBase):
+    """One property of one object of the controller."""
+
+    object_type: str | int = Field(
+        description="BACnet object type: analog-input, analog-value, binary-input, multi-state-value... "
+        "(camelCase accepted); a number 128-1023 for a proprietary type"
+    )
+    instance: int = Field(ge=0, le=MAX_INSTANCE, description="object instance number")
+    property: str | int = Field(
+        "present-value", description="property identifier (default present-value); a number for proprietary"
+    )
+    array_index: int | None = Field(None, ge=0, description="element of an array property (0 = its length)")
+    priority: int = Field(
+        16, ge=1, le=16, description="write priority 1-16 (8 = manual operator, 16 = lowest); "
+        "a null write (relinquish) releases this priority"
+    )
+    cov: bool = Field(False, description="follow changes by COV subscription instead of polling")
+    cov_increment: float | None = Field(
+        None, gt=0, description="informational: the device's COV increment this point expects (not written)"
+    )
+    cov_lifetime: PositiveDuration = Field(
+        300.0, description="subscription lifetime; renewed at half of it (a restarted device is resubscribed)"
+    )
+    cov_confirmed: bool = Field(False, description="ask for confirmed COV notifications")
+
+    @field_validator("object_type", mode="before")
+    @classmethod
+    def _otype(cls, v: Any) -> str | int:
+        return normalize_object_type(v)
+
+    @field_validator("property", mode="before")
+    @classmethod
+    def _prop(cls, v: Any) -> str | int:
+        return normalize_property(v)
+
+    @model_validator(mode="after")
+    def _checks(self) -> BACnetPoint:
+        if self.object_type == "device" and self.property == "present-value":
+            raise ValueError("a device object has no present-value; name a property such as system-status")
+        if self.cov and self.property != "present-value":
+            raise ValueError("cov: only present-value can be followed by COV")
+        if self.cov and isinstance(self.object_type, str) and self.object_type not in COV_OBJECTS:
+            raise ValueError(f"cov: {self.object_type} objects have no COV criterion")
+        if self.writable and self.property == "present-value" and isinstance(self.object_type, str) \
+                and self.object_type.endswith("-input"):
+            raise ValueError(f"access: present-value of an {self.object_type} is not writable")
+        return self
+
+    @builtins.property
+    def object_id(self) -> str:
+        """``analog-input,3`` as bacpypes3 parses it."""
+        return f"{self.object_type},{self.instance}"
+
+
+class BACnetConnection(BaseModel):
+    """Where one controller is and how this box talks BACnet/IP (site file ``connection:``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_instance: int = Field(ge=0, le=MAX_INSTANCE, description="the controller's device object instance")
+    address: str | None = Field(
+        None, description="IP[:port] of the controller (default port 47808), or NET:MAC behind a router; "
+        "empty: found by a Who-Is for device_instance"
+    )
+    local_address: str = Field(
+        "host", description="this box's BACnet/IP interface as IP/prefix (e.g. 192.168.10.5/24); 'host' = "
+        "the interface of the default route. Devices with the same local address and port share one socket"
+    )
+    local_port: int = Field(47808, ge=1, le=65535, description="local UDP port (BACnet/IP: 47808 = 0xBAC0)")
+    local_instance: int = Field(
+        4194000, ge=0, le=MAX_INSTANCE, description="device instance of this box on the BACnet network (unique)"
+    )
+    bbmd: str | None = Field(
+        None, description="register as a foreign device with this BBMD (IP[:port]) to reach another subnet"
+    )
+    bbmd_ttl: PositiveDuration = Field(300.0, description="foreign device registration time-to-live")
+    discover_timeout: PositiveDuration = Field(3.0, description="how long to wait for an I-Am when no address")
+
+    @field_validator("address", "bbmd")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _ADDR.fullmatch(v):
+            raise ValueError("expected IP, IP:port, or NETWORK:MAC (e.g. 192.168.1.20:47808 or 5:12)")
+        return v
+
+    @field_validator("local_address")
+    @classmethod
+    def _local(cls, v: str) -> str:
+        if v == "host" or re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}(/\d{1,2})?", v):
+            return v
+        raise ValueError("expected 'host' or IP/prefix such as 192.168.10.5/24 (the port goes in local_port)")
+
+    @property
+    def bus_key(self) -> str:
+        return f"bacnet:{self.local_address}:{self.local_port}"
+
+
+class BACnetDeviceQuirks(BaseModel):
+    """Profile ``device:`` section: what this controller model needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_apdu: int | None = Field(
+        None, ge=50, le=1476, description="override the max APDU length the device reports (smaller is safer)"
+    )
+    max_points_per_request: int = Field(
+        64, ge=1, le=500, description="cap of properties in one ReadPropertyMultiple"
+    )
+    read_property_multiple: Literal["auto", "never"] = Field(
+        "auto", description="auto: use RPM when the device lists it; never: ReadProperty one by one"
+    )
+    max_concurrent_requests: int = Field(1, ge=1, le=8, description="requests in flight to this device")
+
+
+def check_profile(points: Sequence[PointBase], device: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Cross-point checks: the same object property named twice."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    seen: dict[tuple[Any, ...], int] = {}
+    for i, p in enumerate(points):
+        if not isinstance(p, BACnetPoint):
+            continue
+        key = (p.object_type, p.instance, p.property, p.array_index)
+        if key in seen:
+            out.append(((i, "instance"), f"same object and property as points[{seen[key]}]"))
+        else:
+            seen[key] = i
+    return out
+
+
+SPEC = DriverSpec(
+    name="bacnet",
+    point_model=BACnetPoint,
+    connection_model=BACnetConnection,
+    device_model=BACnetDeviceQuirks,
+    check_profile=check_profile,
+    driver_class="drivers.bacnet.driver:BACnetDriver",
+    description="BACnet/IP controllers: ReadPropertyMultiple sized to the device, COV, prioritised writes",
+)
+
+__all__ = [
+    "ENGINEERING_UNITS", "SPEC", "BACnetConnection", "BACnetDeviceQuirks", "BACnetPoint",
+    "normalize_object_type", "normalize_property", "unit_symbol",
+]

@@ -1,0 +1,280 @@
+"""``edge-agent bacnet discover|scan``: commissioning aids. bacpypes3 is imported only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import json
+import re
+import sys
+from typing import Any
+
+from . import BACnetConnection, unit_symbol
+
+# Object types a profile skeleton lists: those with a present-value worth telemetry.
+SCAN_TYPES = (
+    "analog-input", "analog-output", "analog-value", "binary-input", "binary-output", "binary-value",
+    "multi-state-input", "multi-state-output", "multi-state-value", "integer-value",
+    "positive-integer-value", "large-analog-value", "accumulator", "pulse-converter", "loop",
+)
+WRITABLE = ("analog-value", "analog-output", "binary-value", "binary-output", "multi-state-value",
+            "multi-state-output", "integer-value", "positive-integer-value", "large-analog-value")
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local", default="host", help="this box's interface as IP/prefix (default: host)")
+    p.add_argument("--port", type=int, default=47808, help="local UDP port (default 47808)")
+    p.add_argument("--local-instance", type=int, default=4194000, help="this box's device instance")
+    p.add_argument("--bbmd", help="register as foreign device with this BBMD (IP[:port])")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for answers (default 3)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("bacnet", help="BACnet/IP commissioning: discover devices, scan one into a profile")
+    sub = p.add_subparsers(dest="bacnet_command", metavar="ACTION")
+    p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
+
+    d = sub.add_parser("discover", help="Who-Is over an instance range; list the devices that answer")
+    _common(d)
+    d.add_argument("--low", type=int, default=0, help="lowest device instance (default 0)")
+    d.add_argument("--high", type=int, default=4194302, help="highest device instance")
+    d.add_argument("--address", help="send the Who-Is to this IP[:port] only (unicast)")
+    d.add_argument("--broadcast", help="send the Who-Is to this broadcast IP[:port] (default: the local "
+                   "interface's broadcast on the local port)")
+    d.set_defaults(func=cmd_discover)
+
+    s = sub.add_parser("scan", help="read a device's objects and write a device-type profile skeleton")
+    _common(s)
+    s.add_argument("device", metavar="DEVICE", type=int, help="device instance")
+    s.add_argument("--address", help="IP[:port] of the device (default: found by Who-Is)")
+    s.add_argument("-o", "--output", help="write the profile skeleton to this file (default: stdout "
+                   "unless --json)")
+    s.add_argument("--id", help="profile id (default: from the model name)")
+    s.add_argument("--all-types", action="store_true", help="list every object type, not only I/O and values")
+    s.set_defaults(func=cmd_scan)
+
+
+def _conn(args: argparse.Namespace, **kw: Any) -> BACnetConnection:
+    return BACnetConnection(device_instance=kw.get("device_instance", 0), address=kw.get("address"),
+                            local_address=args.local, local_port=args.port, local_instance=args.local_instance,
+                            bbmd=args.bbmd)
+
+
+# ------------------------------------------------------------------------------------------------ discover
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    try:
+        devices = asyncio.run(discover(args))
+    except Exception as exc:  # the CLI boundary: say what failed, no traceback
+        print(f"edge-agent bacnet discover: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(devices, indent=2))
+    else:
+        if not devices:
+            print("no device answered", file=sys.stderr)
+        print(f"{'instance':>9}  {'address':<21} {'vendor':<24} {'model':<20} {'max-apdu':>8}  segmentation")
+        for dv in devices:
+            vendor = dv["vendor_name"] or str(dv["vendor_id"])
+            print(f"{dv['instance']:>9}  {dv['address']:<21} {vendor[:24]:<24} {(dv['model'] or '')[:20]:<20} "
+                  f"{dv['max_apdu']:>8}  {dv['segmentation']}")
+    return 0 if devices else 3
+
+
+async def discover(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from bacpypes3.apdu import ErrorRejectAbortNack, WhoIsRequest
+    from bacpypes3.pdu import Address
+
+    from .driver import open_application
+
+    app = await open_application(_conn(args))
+    try:
+        _progress(f"Who-Is {args.low}-{args.high}, waiting {args.timeout:g}s for I-Am...")
+        if args.address:
+            i_ams = await app.who_is(args.low, args.high, address=Address(args.address), timeout=args.timeout)
+        elif args.broadcast:
+            fut = app.who_is(args.low, args.high, timeout=args.timeout)
+            app.request(WhoIsRequest(deviceInstanceRangeLowLimit=args.low, deviceInstanceRangeHighLimit=args.high,
+                                     destination=Address(args.broadcast)))
+            i_ams = await fut
+        else:
+            i_ams = await app.who_is(args.low, args.high, timeout=args.timeout)
+        seen: dict[int, Any] = {}
+        for i_am in i_ams or []:
+            seen.setdefault(int(i_am.iAmDeviceIdentifier[1]), i_am)
+        _progress(f"{len(seen)} device(s) answered; reading vendor and model names...")
+
+        async def details(inst: int, i_am: Any) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "instance": inst, "address": str(i_am.pduSource), "vendor_id": int(i_am.vendorID),
+                "vendor_name": None, "model": None, "name": None,
+                "max_apdu": int(i_am.maxAPDULengthAccepted), "segmentation": str(i_am.segmentationSupported),
+            }
+            for key, prop in (("vendor_name", "vendor-name"), ("model", "model-name"), ("name", "object-name")):
+                try:
+                    async with asyncio.timeout(args.timeout):
+                        v = await app.read_property(i_am.pduSource, f"device,{inst}", prop)
+                    out[key] = str(v)
+                except (ErrorRejectAbortNack, TimeoutError):
+                    pass
+            return out
+
+        return list(await asyncio.gather(*(details(i, seen[i]) for i in sorted(seen))))
+    finally:
+        app.close()
+
+
+# ------------------------------------------------------------------------------------------------ scan
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(scan(args))
+    except Exception as exc:  # the CLI boundary
+        print(f"edge-agent bacnet scan: {exc}", file=sys.stderr)
+        return 1
+    profile = result.pop("profile")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(profile)
+        _progress(f"profile skeleton written to {args.output}: {len(result['points'])} points")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif not args.output:
+        print(profile, end="")
+    return 0
+
+
+async def _read(app: Any, addr: Any, objid: str, prop: str, budget: float, index: int | None = None) -> Any:
+    from bacpypes3.apdu import ErrorRejectAbortNack
+
+    try:
+        async with asyncio.timeout(budget):
+            return await app.read_property(addr, objid, prop, index)
+    except ErrorRejectAbortNack:
+        return None
+
+
+async def scan(args: argparse.Namespace) -> dict[str, Any]:
+    from bacpypes3.apdu import ErrorRejectAbortNack
+    from bacpypes3.pdu import Address
+
+    from .driver import open_application, to_value
+
+    app = await open_application(_conn(args))
+    try:
+        inst = args.device
+        if args.address:
+            addr = Address(args.address)
+        else:
+            _progress(f"Who-Is {inst}...")
+            i_ams = await app.who_is(inst, inst, timeout=args.timeout)
+            if not i_ams:
+                raise RuntimeError(f"device {inst} did not answer a Who-Is within {args.timeout:g}s; give --address")
+            addr = i_ams[0].pduSource
+        dev = f"device,{inst}"
+        try:
+            async with asyncio.timeout(args.timeout):
+                await app.read_property(addr, dev, "object-name")
+        except TimeoutError:
+            raise RuntimeError(f"device {inst} at {addr} does not answer") from None
+        info = {k: await _read(app, addr, dev, p, args.timeout) for k, p in (
+            ("name", "object-name"), ("vendor_name", "vendor-name"), ("model", "model-name"),
+            ("max_apdu", "max-apdu-length-accepted"), ("segmentation", "segmentation-supported"))}
+        info = {k: (to_value(v) if v is not None else None) for k, v in info.items()}
+        _progress(f"device {inst} at {addr}: {info['name']} ({info['vendor_name']} {info['model']}), "
+                  f"max APDU {info['max_apdu']}, {info['segmentation']}")
+        # the object list: whole, or element by element for devices that cannot send it in one APDU
+        objects: list[Any] | None
+        try:
+            async with asyncio.timeout(args.timeout):
+                objects = list(await app.read_property(addr, dev, "object-list"))
+        except ErrorRejectAbortNack as exc:
+            _progress(f"object-list in one piece refused ({exc}); reading it element by element")
+            objects = None
+        if objects is None:
+            count = int(await _read(app, addr, dev, "object-list", args.timeout, 0) or 0)
+            objects = []
+            for i in range(1, count + 1):
+                objects.append(await _read(app, addr, dev, "object-list", args.timeout, i))
+                if i % 20 == 0 or i == count:
+                    _progress(f"object-list {i}/{count}")
+        wanted = [o for o in objects if o is not None and (args.all_types or str(o[0]) in SCAN_TYPES)]
+        _progress(f"{len(objects)} objects, {len(wanted)} to describe")
+        points: list[dict[str, Any]] = []
+        names: set[str] = set()
+        for n, objid in enumerate(wanted, 1):
+            oid = f"{objid[0]},{objid[1]}"
+            otype = str(objid[0])
+            props: dict[str, Any] = {}
+            for prop in ("object-name", "description", "units"):
+                v = await _read(app, addr, oid, prop, args.timeout)
+                props[prop] = to_value(v) if v is not None else None
+            name = _point_name(str(props["object-name"] or f"{otype}-{objid[1]}"), names)
+            pt: dict[str, Any] = {"name": name, "object_type": otype, "instance": int(objid[1])}
+            if props["units"] is not None:
+                pt["unit"] = unit_symbol(str(props["units"]))
+            if props["description"]:
+                pt["description"] = str(props["description"])
+            if otype in WRITABLE:
+                pt["_writable"] = True
+            points.append(pt)
+            if n % 10 == 0 or n == len(wanted):
+                _progress(f"described {n}/{len(wanted)} objects")
+        pid = args.id or _point_name(str(info["model"] or f"bacnet-device-{inst}").lower(), set())
+        profile = render_profile(pid, inst, str(addr), info, points)
+        return {"device": {"instance": inst, "address": str(addr), **info}, "objects": len(objects),
+                "points": [{k: v for k, v in p.items() if not k.startswith("_")} for p in points],
+                "profile": profile}
+    finally:
+        app.close()
+
+
+def _point_name(raw: str, taken: set[str]) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw.strip()).strip("_.-") or "point"
+    if not name[0].isalnum():
+        name = "p" + name
+    name = name[:60]
+    base, i = name, 2
+    while name in taken:
+        name = f"{base}_{i}"
+        i += 1
+    taken.add(name)
+    return name
+
+
+def render_profile(pid: str, inst: int, addr: str, info: dict[str, Any], points: list[dict[str, Any]]) -> str:
+    """YAML text of a profile skeleton, one point per line, writable candidates commented."""
+    today = _dt.date.today().isoformat()
+    q = json.dumps  # JSON strings are valid YAML scalars
+    notes = f"scanned from device {inst}; max APDU {info.get('max_apdu')}, {info.get('segmentation')}"
+    lines = [
+        f"# Generated by `edge-agent bacnet scan {inst}` on {today} from device {inst} at {addr}.",
+        "# Edit: remove points you do not need, set deadband / cov / poll, and make setpoints read-write",
+        "# (with min, max and priority) only where the operator agrees.",
+        "driver: bacnet",
+        f"id: {q(pid)}",
+        f"description: {q(str(info.get('name') or pid))}",
+        "metadata:",
+        f"  manufacturer: {q(str(info.get('vendor_name') or 'unknown'))}",
+        f"  model: {q(str(info.get('model') or 'unknown'))}",
+        f"  notes: {q(notes)}",
+        "points:",
+    ]
+    for p in points:
+        fields = [f"name: {q(p['name'])}", f"object_type: {p['object_type']}", f"instance: {p['instance']}"]
+        if p.get("unit"):
+            fields.append(f"unit: {q(p['unit'])}")
+        if p.get("description"):
+            fields.append(f"description: {q(p['description'])}")
+        lines.append("  - {" + ", ".join(fields) + "}")
+        if p.get("_writable"):
+            lines.append("    # writable: add  access: read-write, priority: 8, min: ..., max: ...")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,576 @@
+"""BACnet/IP runtime: one shared bacpypes3 Application per local interface, one driver per controller.
+
+Reads are planned into ReadPropertyMultiple requests that fit the controller's max APDU (and, for devices
+that cannot segment, whose replies fit too); a controller that rejects RPM is read property by property.
+COV subscriptions are renewed at half their lifetime; each (re)subscription must be answered by a
+notification, else the point goes back to polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
+
+from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack, RejectPDU
+from bacpypes3.app import Application
+from bacpypes3.basetypes import Segmentation
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import Null, ObjectIdentifier
+from bacpypes3.service.cov import SubscriptionContextManager
+
+from agent.config import PointBase
+from agent.driver import Driver, DriverContext, Sink
+from agent.errors import DeviceTimeout, DeviceUnreachable, ProtocolError, WriteRefused
+from agent.model import Quality, Sample, Value
+
+from . import COMMANDABLE, BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OWN_MAX_APDU = 1476  # what this box accepts (BACnet/IP maximum)
+BIND_TIMEOUT = 3.0
+# Abort / reject reasons that mean "too big for this device": split the request.
+TOO_BIG = {"segmentation-not-supported", "buffer-overflow", "apdu-too-long", "window-size-out-of-range"}
+NO_SERVICE = {"unrecognized-service"}
+STRING_PROPS = {
+    "object-name", "description", "model-name", "vendor-name", "firmware-revision", "location",
+    "application-software-version", "profile-name", "inactive-text", "active-text", "device-type",
+}
+
+
+def _err_text(exc: BaseException) -> str:
+    """A short, stable reason: ``unknown-object``, ``unknown-property``, ``segmentation-not-supported``."""
+    if isinstance(exc, ErrorPDU):
+        return str(getattr(exc, "errorCode", None) or exc.reason)
+    if isinstance(exc, RejectPDU | AbortPDU):
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+def to_value(v: Any) -> Value:
+    """bacpypes3 value → what a Sample carries: float, int, bool (binary PVs), str, None."""
+    from bacpypes3.basetypes import BinaryPV
+    from bacpypes3.primitivedata import Boolean, CharacterString, Enumerated
+
+    if v is None or isinstance(v, Null):
+        return None
+    if isinstance(v, BinaryPV):
+        return int(v) == 1
+    if isinstance(v, Boolean):
+        return bool(v)
+    if isinstance(v, Enumerated):
+        return str(v)
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, CharacterString | str):
+        return str(v)
+    return str(v)
+
+
+def _bus_args(conn: BACnetConnection) -> SimpleNamespace:
+    address = conn.local_address if conn.local_address != "host" else "host"
+    return SimpleNamespace(
+        name=f"edge-agent-{conn.local_instance}", instance=conn.local_instance,
+        address=f"{address}:{conn.local_port}", network=0, vendoridentifier=999,
+        foreign=conn.bbmd, ttl=int(conn.bbmd_ttl), bbmd=None,
+    )
+
+
+class BACnetBus:
+    """The one bacpypes3 Application (one UDP socket) of a local interface, shared by its devices.
+
+    bacpypes3 matches replies by invoke id, so requests to different devices run concurrently: a dead
+    controller only costs its own requests their timeout. There is no bus-wide lock.
+    """
+
+    def __init__(self, conn: BACnetConnection) -> None:
+        self.conn = conn
+        self.app: Application | None = None
+        self.users = 0
+        self._lock: asyncio.Lock | None = None
+
+    async def acquire(self) -> Application:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.app is None:
+                self.app = await open_application(self.conn)
+            self.users += 1
+            return self.app
+
+    async def release(self) -> None:
+        if self._lock is None:
+            return
+        async with self._lock:
+            self.users = max(0, self.users - 1)
+            if self.users == 0 and self.app is not None:
+                with contextlib.suppress(Exception):
+                    self.app.close()
+                self.app = None
+
+
+async def open_application(conn: BACnetConnection, *, bind_timeout: float = BIND_TIMEOUT) -> Application:
+    """Create the client application and wait until its socket is bound (bacpypes3 would retry forever)."""
+    try:
+        app = Application.from_args(_bus_args(conn))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DeviceUnreachable(f"cannot open BACnet/IP on {conn.local_address}:{conn.local_port}: {exc}") from exc
+    dev = app.device_object
+    if dev is not None:
+        dev.maxApduLengthAccepted = OWN_MAX_APDU
+        dev.segmentationSupported = Segmentation.segmentedBoth
+    readies = [ll.server._local_transport_ready for ll in app.link_layers.values()
+               if getattr(getattr(ll, "server", None), "_local_transport_ready", None) is not None]
+    try:
+        async with asyncio.timeout(bind_timeout):
+            for ev in readies:
+                await ev.wait()
+    except TimeoutError as exc:
+        app.close()
+        raise DeviceUnreachable(
+            f"cannot bind BACnet/IP to {conn.local_address}:{conn.local_port} (address not on this machine, "
+            "or port in use?)"
+        ) from exc
+    return app
+
+
+@dataclass
+class Batch:
+    """One request of a poll cycle."""
+
+    service: str  # read-property-multiple | read-property
+    points: list[BACnetPoint]
+    request_bytes: int = 0
+    reply_bytes: int = 0
+
+
+def _prop_len(p: BACnetPoint) -> int:
+    n = 2 if isinstance(p.property, str) or p.property < 256 else 4
+    if p.array_index is not None:
+        n += 2 if p.array_index < 256 else 3
+    return n
+
+
+def _value_len(p: BACnetPoint) -> int:
+    if p.property in STRING_PROPS or p.object_type == "characterstring-value":
+        return 80
+    if p.property in ("priority-array", "state-text", "object-list") and p.array_index is None:
+        return 400
+    return 10
+
+
+def plan_batches(points: Sequence[BACnetPoint], *, max_apdu: int, segmented_replies: bool,
+                 max_points: int) -> list[Batch]:
+    """Pack points into ReadPropertyMultiple requests.
+
+    A request must fit in one APDU of the device (bacpypes3's client-side request segmentation miscounts,
+    and many controllers do not take segmented requests). The reply must fit too unless the device can send
+    segmented replies. Properties of the same object share one read-access specification.
+    """
+    budget = max_apdu - 8  # margin for the APDU header and estimation error
+    batches: list[Batch] = []
+    cur: list[BACnetPoint] = []
+    req = rep = 0
+    objs: set[str] = set()
+
+    def flush() -> None:
+        nonlocal cur, req, rep, objs
+        if cur:
+            batches.append(Batch("read-property-multiple", cur, req, rep))
+        cur, req, rep, objs = [], 4, 3, set()
+
+    flush()
+    for p in points:
+        new_obj = p.object_id not in objs
+        add_req = _prop_len(p) + (7 if new_obj else 0)
+        add_rep = _prop_len(p) + 2 + _value_len(p) + (7 if new_obj else 0)
+        if cur and (req + add_req > budget or (not segmented_replies and rep + add_rep > budget)
+                    or len(cur) >= max_points):
+            flush()
+            new_obj = True
+            add_req = _prop_len(p) + 7
+            add_rep = _prop_len(p) + 2 + _value_len(p) + 7
+        cur.append(p)
+        objs.add(p.object_id)
+        req += add_req
+        rep += add_rep
+    flush()
+    return batches
+
+
+class _Subscription(SubscriptionContextManager):
+    """bacpypes3's subscription, with renewal driven by the driver (its own timer swallows failures)."""
+
+    def create_refresh_task(self) -> None:
+        return None
+
+
+@dataclass
+class DeviceFacts:
+    max_apdu: int = OWN_MAX_APDU
+    segmentation: str = "unknown"
+    rpm: bool = True
+    vendor_id: int | None = None
+    name: str | None = None
+    model: str | None = None
+    requests: dict[str, int] = field(default_factory=dict)
+
+
+class BACnetDriver(Driver):
+    def __init__(self, device: Any, ctx: DriverContext) -> None:
+        super().__init__(device, ctx)
+        self.conn = cast(BACnetConnection, self.device.connection)
+        self.quirks = BACnetDeviceQuirks.model_validate(self.device.profile.device)
+        self.timeout = float(self.device.model.timeout)
+        self.retries = int(self.device.model.retries)
+        self.facts = DeviceFacts()
+        self.address: Address | None = None
+        self.app: Application | None = None
+        self._bus: BACnetBus | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._subscribed: set[str] = set()
+        self._max_points = self.quirks.max_points_per_request
+        self.units: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._sem = asyncio.Semaphore(self.quirks.max_concurrent_requests)
+        self._bus = self.ctx.bus(self.conn.bus_key, lambda: BACnetBus(self.conn))
+        self.app = await self._bus.acquire()
+        try:
+            self.address = Address(self.conn.address) if self.conn.address else await self._discover()
+            await self._read_device_object()
+            await self._read_units()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        self._subscribed.clear()
+        bus, self._bus = self._bus, None
+        self.app = None
+        if bus is not None:
+            await bus.release()
+
+    async def _discover(self) -> Address:
+        app = self._app()
+        inst = self.conn.device_instance
+        try:
+            i_ams = await app.who_is(inst, inst, timeout=self.conn.discover_timeout)
+        except OSError as exc:
+            raise DeviceUnreachable(f"{self.name}: Who-Is failed: {exc}", device=self.name) from exc
+        for i_am in i_ams or []:
+            if i_am.iAmDeviceIdentifier[1] == inst:
+                return cast(Address, i_am.pduSource)
+        raise DeviceUnreachable(
+            f"{self.name}: no I-Am from device {inst} within {self.conn.discover_timeout:g}s "
+            "(wrong instance, other subnet without BBMD, or offline)", device=self.name,
+        )
+
+    async def _read_device_object(self) -> None:
+        dev = f"device,{self.conn.device_instance}"
+        self.facts.max_apdu = int(await self._rp_checked(dev, "max-apdu-length-accepted"))
+        seg = await self._rp_soft(dev, "segmentation-supported")
+        self.facts.segmentation = str(seg) if seg is not None else "no-segmentation"
+        services = await self._rp_soft(dev, "protocol-services-supported")
+        if self.quirks.read_property_multiple == "never":
+            self.facts.rpm = False
+        elif services is not None:
+            self.facts.rpm = "read-property-multiple" in str(services).split(";")
+        vendor = await self._rp_soft(dev, "vendor-identifier")
+        self.facts.vendor_id = int(vendor) if vendor is not None else None
+        name = await self._rp_soft(dev, "object-name")
+        self.facts.name = str(name) if name is not None else None
+        model = await self._rp_soft(dev, "model-name")
+        self.facts.model = str(model) if model is not None else None
+        log.info("%s: device %s at %s max-apdu %d %s rpm=%s", self.name, self.conn.device_instance,
+                 self.address, self.facts.max_apdu, self.facts.segmentation, self.facts.rpm)
+
+    async def _read_units(self) -> None:
+        """Take the unit from the device for analog present-values that do not name one in the profile."""
+        want = [p for p in self._points() if p.unit is None and p.property == "present-value"
+                and isinstance(p.object_type, str) and p.object_type.startswith(("analog", "large-analog"))]
+        if not want:
+            return
+        unit_pts = [p.model_copy(update={"property": "units", "name": p.name}) for p in want]
+        samples = await self._read_points(unit_pts)
+        for s in samples:
+            if s.quality == Quality.GOOD and isinstance(s.value, str):
+                self.units[s.point] = unit_symbol(s.value)
+        pts = self.device.points
+        for i, p in enumerate(pts):
+            if p.name in self.units and p.unit is None:
+                pts[i] = p.model_copy(update={"unit": self.units[p.name]})
+
+    # ------------------------------------------------------------------------------------- requests
+
+    def _app(self) -> Application:
+        if self.app is None:
+            raise ProtocolError(f"{self.name}: driver not started", device=self.name)
+        return self.app
+
+    def _count(self, service: str) -> None:
+        self.facts.requests[service] = self.facts.requests.get(service, 0) + 1
+
+    async def _call(self, service: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """One confirmed request under the device's timeout, retried; errors mapped to the core's tree.
+
+        bacpypes3 raises Error/Reject/Abort PDUs (BaseException subclasses): they pass through untouched for
+        the caller to judge per point.
+        """
+        assert self._sem is not None
+        last: Exception | None = None
+        for _attempt in range(self.retries + 1):
+            self._count(service)
+            try:
+                async with self._sem, asyncio.timeout(self.timeout):
+                    return await fn()
+            except TimeoutError as exc:
+                last = exc
+            except OSError as exc:
+                raise DeviceUnreachable(f"{self.name}: {exc}", device=self.name) from exc
+        raise DeviceTimeout(
+            f"{self.name}: no reply from {self.address} within {self.timeout:g}s "
+            f"({self.retries + 1} attempts)", device=self.name,
+        ) from last
+
+    async def _rp(self, objid: str, prop: str | int, index: int | None = None) -> Any:
+        app, addr = self._app(), self.address
+        assert addr is not None
+        return await self._call("read-property", lambda: app.read_property(addr, objid, prop, index))
+
+    async def _rp_checked(self, objid: str, prop: str) -> Any:
+        try:
+            return await self._rp(objid, prop)
+        except ErrorRejectAbortNack as exc:
+            raise ProtocolError(f"{self.name}: reading {objid} {prop}: {_err_text(exc)}",
+                                device=self.name) from exc
+
+    async def _rp_soft(self, objid: str, prop: str) -> Any:
+        try:
+            return await self._rp(objid, prop)
+        except ErrorRejectAbortNack:
+            return None
+
+    # ------------------------------------------------------------------------------------- reads
+
+    def _points(self) -> list[BACnetPoint]:
+        return [cast(BACnetPoint, p) for p in self.device.enabled_points]
+
+    def batches(self, points: Sequence[BACnetPoint]) -> list[Batch]:
+        if not self.facts.rpm:
+            return [Batch("read-property", [p]) for p in points]
+        max_apdu = min(self.facts.max_apdu, self.quirks.max_apdu or OWN_MAX_APDU, OWN_MAX_APDU)
+        segmented = self.facts.segmentation in ("segmented-both", "segmented-transmit")
+        return plan_batches(points, max_apdu=max_apdu, segmented_replies=segmented, max_points=self._max_points)
+
+    def plan(self) -> list[dict[str, Any]]:
+        out = []
+        for cls in ("fast", "slow"):
+            pts = [cast(BACnetPoint, p) for p in self.polled_points() if p.poll == cls]
+            for b in self.batches(pts):
+                out.append({
+                    "poll": cls, "service": b.service, "address": str(self.address or self.conn.address),
+                    "properties": len(b.points), "objects": len({p.object_id for p in b.points}),
+                    "request_bytes": b.request_bytes, "reply_bytes": b.reply_bytes,
+                    "points": [p.name for p in b.points],
+                })
+        return out
+
+    async def read(self, points: Sequence[PointBase]) -> list[Sample]:
+        return await self._read_points([cast(BACnetPoint, p) for p in points])
+
+    async def _read_points(self, points: Sequence[BACnetPoint]) -> list[Sample]:
+        out: list[Sample] = []
+        for b in self.batches(points):
+            if b.service == "read-property":
+                out.extend(await self._read_single(b.points))
+            else:
+                out.extend(await self._read_rpm(b.points))
+        return out
+
+    async def _read_single(self, points: Sequence[BACnetPoint]) -> list[Sample]:
+        out = []
+        for p in points:
+            now = time.time()
+            try:
+                v = await self._rp(p.object_id, p.property, p.array_index)
+            except ErrorRejectAbortNack as exc:
+                out.append(Sample(self.name, p.name, None, Quality.ERROR, now, _err_text(exc)))
+                continue
+            out.append(self._sample(p, v, now))
+        return out
+
+    def _sample(self, p: BACnetPoint, v: Any, now: float) -> Sample:
+        if isinstance(v, str) and v.startswith("-no "):  # bacpypes3 could not decode (proprietary type)
+            return Sample(self.name, p.name, None, Quality.ERROR, now, v.strip("-"))
+        return Sample(self.name, p.name, to_value(v), Quality.GOOD, now)
+
+    async def _read_rpm(self, points: Sequence[BACnetPoint]) -> list[Sample]:
+        app, addr = self._app(), self.address
+        assert addr is not None
+        params: list[Any] = []
+        groups: dict[str, list[Any]] = {}
+        for p in points:
+            ref = p.property if p.array_index is None else f"{p.property}[{p.array_index}]"
+            if p.object_id not in groups:
+                groups[p.object_id] = []
+                params += [p.object_id, groups[p.object_id]]
+            groups[p.object_id].append(ref)
+        now = time.time()
+        try:
+            results = await self._call("read-property-multiple",
+                                       lambda: app.read_property_multiple(addr, params))
+        except ErrorRejectAbortNack as exc:
+            reason = _err_text(exc)
+            if reason in NO_SERVICE:
+                log.warning("%s: device rejects ReadPropertyMultiple; reading property by property", self.name)
+                self.facts.rpm = False
+                return await self._read_single(points)
+            if reason in TOO_BIG and len(points) > 1:
+                half = len(points) // 2
+                self._max_points = max(1, min(self._max_points, half))
+                log.info("%s: %s for %d properties; now at most %d per request",
+                         self.name, reason, len(points), self._max_points)
+                return [*await self._read_rpm(points[:half]), *await self._read_rpm(points[half:])]
+            if isinstance(exc, ErrorPDU):
+                # e.g. every object unknown: ask one by one to tell the points apart
+                return await self._read_single(points)
+            return [Sample(self.name, p.name, None, Quality.ERROR, now, reason) for p in points]
+        if results is None:
+            raise ProtocolError(f"{self.name}: unexpected reply to ReadPropertyMultiple", device=self.name)
+        by_key: dict[tuple[str, str, int | None], Any] = {}
+        for objid, prop, idx, value in results:
+            by_key[(str(objid), str(prop), idx)] = value
+        out = []
+        for i, p in enumerate(points):
+            key = (p.object_id, str(p.property), p.array_index)
+            if key in by_key:
+                v = by_key[key]
+            elif len(results) == len(points):
+                v = results[i][3]
+            else:
+                out.append(Sample(self.name, p.name, None, Quality.ERROR, now, "missing-in-reply"))
+                continue
+            if v is not None and type(v).__name__ == "ErrorType":
+                out.append(Sample(self.name, p.name, None, Quality.ERROR, now, str(v.errorCode)))
+            else:
+                out.append(self._sample(p, v, now))
+        return out
+
+    # ------------------------------------------------------------------------------------- writes
+
+    async def write(self, point: PointBase, value: Value) -> Value:
+        p = cast(BACnetPoint, point)
+        app, addr = self._app(), self.address
+        assert addr is not None
+        commandable = p.property == "present-value" and p.object_type in COMMANDABLE
+        priority = p.priority if commandable else None
+        wire: Any
+        if value is None:
+            if not commandable:
+                raise WriteRefused(f"{self.name}.{p.name}: relinquish needs a commandable present-value")
+            wire = Null(())
+        elif isinstance(p.object_type, str) and p.object_type.startswith("binary") and p.property == "present-value":
+            wire = "active" if (value if isinstance(value, bool | int | float) else str(value) == "active") \
+                else "inactive"
+        elif isinstance(p.object_type, str) and p.object_type.startswith("multi-state") \
+                and p.property == "present-value":
+            wire = int(value)
+        else:
+            wire = value
+        try:
+            await self._call("write-property", lambda: app.write_property(
+                addr, p.object_id, p.property, wire, p.array_index, priority))
+        except ErrorRejectAbortNack as exc:
+            raise ProtocolError(f"{self.name}.{p.name}: device refused the write: {_err_text(exc)}",
+                                device=self.name) from exc
+        except (TypeError, ValueError) as exc:
+            raise WriteRefused(f"{self.name}.{p.name}: cannot encode {value!r}: {exc}") from exc
+        return value
+
+    # ------------------------------------------------------------------------------------- COV
+
+    def polled_points(self) -> list[PointBase]:
+        return [p for p in self.device.enabled_points if p.name not in self._subscribed]
+
+    @property
+    def subscribed(self) -> set[str]:
+        return set(self._subscribed)
+
+    async def follow(self, sink: Sink) -> None:
+        cov = [p for p in self._points() if p.cov]
+        if not cov:
+            return
+        async with asyncio.TaskGroup() as tg:
+            for p in cov:
+                tg.create_task(self._follow_point(p, sink), name=f"{self.name}.{p.name}.cov")
+
+    async def _follow_point(self, p: BACnetPoint, sink: Sink) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self._subscription(p, sink)
+                backoff = 1.0
+            except (ErrorRejectAbortNack, TimeoutError, DeviceTimeout, DeviceUnreachable, ProtocolError) as exc:
+                reason = _err_text(exc)
+                refused = isinstance(exc, ErrorPDU | RejectPDU)
+                log.info("%s.%s: COV %s (%s); polled until retry", self.name, p.name,
+                         "refused" if refused else "lost", reason)
+                self._subscribed.discard(p.name)
+                wait = max(p.cov_lifetime, 60.0) if refused else backoff
+                backoff = min(backoff * 2, p.cov_lifetime)
+                await asyncio.sleep(wait)
+
+    async def _subscription(self, p: BACnetPoint, sink: Sink) -> None:
+        """Hold one subscription: (re)subscribe, expect a notification each time, renew at half lifetime."""
+        app, addr = self._app(), self.address
+        assert addr is not None
+        lifetime = max(2, int(p.cov_lifetime))
+        base = app.change_of_value(addr, ObjectIdentifier(p.object_id), None, p.cov_confirmed, lifetime)
+        scm = _Subscription(app, addr, base.monitored_object_identifier, base.subscriber_process_identifier,
+                            p.cov_confirmed, lifetime)
+        key = (addr, scm.subscriber_process_identifier)
+        app._cov_contexts[key] = scm  # before subscribing: the first notification may beat the ack
+        try:
+            while True:
+                await self._call("subscribe-cov", scm.refresh_subscription)
+                if scm.refresh_subscription_handle is not None:
+                    scm.refresh_subscription_handle.cancel()
+                # every (re)subscription is answered by a notification: silence means it did not take
+                async with asyncio.timeout(self.timeout):
+                    await self._next_value(scm, p, sink)
+                self._subscribed.add(p.name)
+                renew_at = asyncio.get_running_loop().time() + lifetime / 2
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(renew_at):
+                        while True:
+                            await self._next_value(scm, p, sink)
+        except asyncio.CancelledError:
+            self._subscribed.discard(p.name)
+            with contextlib.suppress(BaseException):
+                async with asyncio.timeout(1.0):
+                    await scm.__aexit__(None, None, None)  # unsubscribe, best effort
+            raise
+        finally:
+            app._cov_contexts.pop(key, None)
+
+    async def _next_value(self, scm: _Subscription, p: BACnetPoint, sink: Sink) -> None:
+        """Wait for the next present-value of this subscription and hand it to the sink."""
+        while True:
+            prop, value = await scm.get_value()
+            if str(prop) == "present-value":
+                sink.samples(self.name, [Sample(self.name, p.name, to_value(value), Quality.GOOD, time.time())])
+                return

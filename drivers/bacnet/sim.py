@@ -1,0 +1,234 @@
+"""A simulated air-handler / room controller on BACnet/IP (a real bacpypes3 device, for tests and the demo).
+
+    python -m drivers.bacnet.sim --address 127.0.0.2/8 --instance 1001
+
+Objects: supply/return/room/outdoor temperature and humidity (analog inputs, moving), a writable room
+setpoint (commandable analog value, priority array), fan command (commandable binary value), fan status
+(binary input following the command), operating mode (multi-state value) and optionally many extra analog
+values for batching tests. Options emulate small controllers: ``--max-apdu 206 --no-segmentation`` makes
+the device abort replies that do not fit one APDU (bacpypes3 itself would happily send them), ``--no-rpm``
+rejects ReadPropertyMultiple. Every confirmed request is counted per service (``requests``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import random
+import sys
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+from bacpypes3.apdu import AbortPDU, ComplexAckPDU, ConfirmedRequestPDU, RejectPDU
+from bacpypes3.app import Application
+from bacpypes3.basetypes import EngineeringUnits, Segmentation
+from bacpypes3.local.analog import AnalogInputObject, AnalogValueObject, AnalogValueObjectCmd
+from bacpypes3.local.binary import BinaryInputObject, BinaryValueObjectCmd
+from bacpypes3.local.multistate import MultiStateValueObject
+from bacpypes3.primitivedata import ObjectIdentifier
+
+MODES = ["off", "heat", "cool", "auto"]
+
+
+class SimApplication(Application):
+    """bacpypes3 application that counts requests and honours its own max APDU for replies."""
+
+    requests: Counter[str]
+    reply_limit: int | None = None
+    rpm: bool = True
+
+    async def indication(self, apdu: Any) -> None:
+        if isinstance(apdu, ConfirmedRequestPDU):
+            self.requests[type(apdu).__name__] += 1
+        if not self.rpm and type(apdu).__name__ == "ReadPropertyMultipleRequest":
+            # a device without the service answers Reject unrecognized-service
+            await self.response(RejectPDU(reason="unrecognizedService", context=apdu))
+            return
+        await super().indication(apdu)
+
+    async def response(self, apdu: Any) -> None:
+        if self.reply_limit is not None and isinstance(apdu, ComplexAckPDU):
+            if _encoded_size(apdu) > self.reply_limit:
+                abort = AbortPDU(srv=True, invoke_id=apdu.apduInvokeID, reason="segmentationNotSupported")
+                abort.pduDestination = apdu.pduDestination
+                await super().response(abort)
+                return
+        await super().response(apdu)
+
+
+def _encoded_size(apdu: Any) -> int:
+    encoded = apdu.encode()
+    return 4 + len(encoded.pduData)  # + header: type, invoke id, service choice (unsegmented)
+
+
+class SimController:
+    """The simulated controller: objects, a task that moves values, counters, and fault switches."""
+
+    def __init__(self, address: str, instance: int = 1001, *, name: str = "sim-ahu", port: int = 47808,
+                 max_apdu: int = 1024, segmentation: bool = True, rpm: bool = True, extra: int = 0,
+                 tick: float = 1.0, move: bool = True, seed: int = 1) -> None:
+        self.address = address if ":" in address.split("/")[-1] else f"{address}:{port}"
+        self.instance = instance
+        self.name = name
+        self.max_apdu = max_apdu
+        self.segmentation = segmentation
+        self.rpm = rpm
+        self.extra = extra
+        self.tick = tick
+        self.move = move
+        self.rng = random.Random(seed)
+        self.app: SimApplication | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.objects: dict[str, Any] = {}
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.2:47808``: what a client puts in ``connection.address``."""
+        ip, _, rest = self.address.partition("/")
+        port = rest.partition(":")[2] or "47808"
+        return f"{ip}:{port}"
+
+    @property
+    def requests(self) -> Counter[str]:
+        assert self.app is not None
+        return self.app.requests
+
+    def obj(self, objid: str) -> Any:
+        assert self.app is not None
+        return self.app.get_object_id(ObjectIdentifier(objid))
+
+    async def start(self, ready_timeout: float = 3.0) -> None:
+        args = SimpleNamespace(name=self.name, instance=self.instance, address=self.address, network=0,
+                               vendoridentifier=999, foreign=None, ttl=30, bbmd=None)
+        app = SimApplication.from_args(args)
+        app.requests = Counter()
+        app.rpm = self.rpm
+        dev = app.device_object
+        assert dev is not None
+        dev.maxApduLengthAccepted = self.max_apdu
+        dev.segmentationSupported = Segmentation.segmentedBoth if self.segmentation else Segmentation.noSegmentation
+        dev.modelName = "EA-SIM-AHU"
+        dev.vendorName = "edge-agent simulator"
+        if not self.segmentation:
+            app.reply_limit = self.max_apdu
+        degc = EngineeringUnits.degreesCelsius
+        objs = [
+            AnalogInputObject(objectIdentifier=("analog-input", 1), objectName="supply-air-temp",
+                              presentValue=16.0, units=degc, covIncrement=0.1, description="Supply air temperature"),
+            AnalogInputObject(objectIdentifier=("analog-input", 2), objectName="return-air-temp",
+                              presentValue=22.0, units=degc, covIncrement=0.1, description="Return air temperature"),
+            AnalogInputObject(objectIdentifier=("analog-input", 3), objectName="room-temp",
+                              presentValue=21.0, units=degc, covIncrement=0.1, description="Room temperature"),
+            AnalogInputObject(objectIdentifier=("analog-input", 4), objectName="outdoor-temp",
+                              presentValue=8.0, units=degc, covIncrement=0.2, description="Outdoor air temperature"),
+            AnalogInputObject(objectIdentifier=("analog-input", 5), objectName="room-humidity",
+                              presentValue=45.0, units=EngineeringUnits.percentRelativeHumidity, covIncrement=1.0,
+                              description="Room relative humidity"),
+            AnalogValueObjectCmd(objectIdentifier=("analog-value", 1), objectName="room-setpoint",
+                                 presentValue=21.0, relinquishDefault=21.0, units=degc, covIncrement=0.1,
+                                 description="Room temperature setpoint"),
+            BinaryValueObjectCmd(objectIdentifier=("binary-value", 1), objectName="fan-command",
+                                 presentValue="active", relinquishDefault="active",
+                                 description="Supply fan start/stop command"),
+            BinaryInputObject(objectIdentifier=("binary-input", 1), objectName="fan-status",
+                              presentValue="active", description="Supply fan running (differential pressure)"),
+            MultiStateValueObject(objectIdentifier=("multi-state-value", 1), objectName="mode",
+                                  presentValue=4, numberOfStates=4, stateText=MODES,
+                                  description="Operating mode: 1 off, 2 heat, 3 cool, 4 auto"),
+        ]
+        for i in range(self.extra):
+            objs.append(AnalogValueObject(objectIdentifier=("analog-value", 100 + i), objectName=f"extra-{i}",
+                                          presentValue=float(i), units=EngineeringUnits.noUnits, covIncrement=1.0))
+        for o in objs:
+            app.add_object(o)
+            self.objects[str(o.objectIdentifier)] = o
+        self.app = app
+        readies = [ll.server._local_transport_ready for ll in app.link_layers.values()]
+        try:
+            async with asyncio.timeout(ready_timeout):
+                for ev in readies:
+                    await ev.wait()
+        except TimeoutError:
+            app.close()
+            raise RuntimeError(f"simulator could not bind {self.address}") from None
+        if self.move:
+            self._task = asyncio.create_task(self._run(), name=f"sim-{self.instance}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.app is not None:
+            self.app.close()
+            self.app = None
+
+    def drop_subscriptions(self) -> int:
+        """Forget every COV subscription, as a controller does when it restarts."""
+        assert self.app is not None
+        n = 0
+        for det in list(self.app._cov_detections.values()):
+            for cov in list(det.cov_subscriptions):
+                self.app.cancel_subscription(cov)
+                n += 1
+        return n
+
+    def step(self) -> None:
+        """Move the values one tick: the room drifts towards the setpoint, the fan follows its command."""
+        t = asyncio.get_running_loop().time()
+        sp = float(self.obj("analog-value,1").presentValue)
+        room = self.obj("analog-input,3")
+        fan_on = str(self.obj("binary-value,1").presentValue) == "active"
+        mode = int(self.obj("multi-state-value,1").presentValue)
+        target = sp if fan_on and mode != 1 else 16.0
+        room.presentValue = round(float(room.presentValue) + 0.1 * (target - float(room.presentValue))
+                                  + self.rng.uniform(-0.05, 0.05), 2)
+        self.obj("analog-input,1").presentValue = round((sp - 4.0 if fan_on else 20.0)
+                                                        + self.rng.uniform(-0.2, 0.2), 2)
+        self.obj("analog-input,2").presentValue = round(float(room.presentValue) + 0.8, 2)
+        self.obj("analog-input,4").presentValue = round(8.0 + 4.0 * math.sin(t / 600.0), 2)
+        self.obj("analog-input,5").presentValue = round(45.0 + 5.0 * math.sin(t / 300.0), 1)
+        self.obj("binary-input,1").presentValue = "active" if fan_on else "inactive"
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            self.step()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m drivers.bacnet.sim", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--address", default="127.0.0.2/8", help="IP/prefix[:port] to bind (default 127.0.0.2/8)")
+    ap.add_argument("--port", type=int, default=47808)
+    ap.add_argument("--instance", type=int, default=1001, help="device instance (default 1001)")
+    ap.add_argument("--name", default="sim-ahu")
+    ap.add_argument("--max-apdu", type=int, default=1024)
+    ap.add_argument("--no-segmentation", action="store_true")
+    ap.add_argument("--no-rpm", action="store_true", help="reject ReadPropertyMultiple")
+    ap.add_argument("--extra", type=int, default=0, help="add N analog values (analog-value,100...)")
+    ap.add_argument("--tick", type=float, default=1.0, help="seconds between value changes")
+    args = ap.parse_args(argv)
+
+    async def run() -> None:
+        sim = SimController(args.address, args.instance, name=args.name, port=args.port, max_apdu=args.max_apdu,
+                            segmentation=not args.no_segmentation, rpm=not args.no_rpm, extra=args.extra,
+                            tick=args.tick)
+        await sim.start()
+        print(f"ready device {args.instance} at {sim.host}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await sim.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
