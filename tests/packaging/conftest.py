@@ -1,0 +1,181 @@
+"""Fixtures for the packaging tests: the .deb built by packaging/build-deb, and throwaway roots to install
+it into.
+
+A throwaway root is a copy-on-write view of this (Debian) machine: an overlay whose lower layer is the host's
+root file system and whose upper layer is a tmpfs, mounted in a private mount namespace held open by one
+``unshare`` process. ``dpkg`` runs chrooted into it, so the maintainer scripts really run (adduser,
+deb-systemd-helper, ...) against a real Debian system, while every change lands in the tmpfs and vanishes
+with the namespace. The upper layer is exactly "what changed", which makes "purge leaves nothing behind"
+checkable file by file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_DEB = REPO / "packaging" / "build-deb"
+
+# Changes that dpkg, adduser and deluser make to the system's own bookkeeping, not to the package's files.
+BOOKKEEPING = (
+    "/var/lib/dpkg/",
+    "/var/log/",
+    "/var/cache/debconf/",
+    "/etc/passwd-",
+    "/etc/group-",
+    "/etc/shadow-",
+    "/etc/gshadow-",
+    "/etc/.pwd.lock",
+)
+
+
+def build_deb(out_dir: Path, revision: str = "1") -> Path:
+    env = {**os.environ, "OUT_DIR": str(out_dir), "DEB_REVISION": revision}
+    t0 = time.monotonic()
+    proc = subprocess.run([str(BUILD_DEB)], env=env, capture_output=True, text=True, timeout=600)
+    took = time.monotonic() - t0
+    if proc.returncode != 0:
+        pytest.fail(f"build-deb failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    debs = sorted(out_dir.glob(f"edge-agent_*-{revision}_*.deb"))
+    assert len(debs) == 1, debs
+    print(f"\nbuild-deb revision {revision}: {debs[0].name}, {debs[0].stat().st_size / 1e6:.1f} MB, {took:.1f}s")
+    return debs[0]
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mount namespace + overlay for the throwaway root)")
+    for tool in ("unshare", "nsenter", "chroot", "dpkg", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_deb(tmp_path_factory.mktemp("deb1"), "1")
+
+
+@pytest.fixture(scope="session")
+def deb_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_deb(tmp_path_factory.mktemp("deb2"), "2")
+
+
+SETUP = r"""
+set -e
+T="$1"
+mkdir -p "$T"
+mount -t tmpfs -o size=2g,mode=0755 edge-agent-test "$T"
+mkdir "$T/upper" "$T/work" "$T/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$T/upper,workdir=$T/work" "$T/root"
+mount -t proc proc "$T/root/proc"
+mount --rbind /dev "$T/root/dev"
+mount --rbind /sys "$T/root/sys"
+mount -t tmpfs tmpfs "$T/root/run"
+mount -t tmpfs tmpfs "$T/root/tmp"
+echo READY
+exec sleep 3600
+"""
+
+
+class ThrowawayRoot:
+    """A private copy-on-write root; ``run`` executes a shell command chrooted into it."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", SETUP, "setup", str(base)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "READY":
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=5)
+            pytest.fail(f"could not set up the throwaway root: {err}")
+
+    @property
+    def merged(self) -> str:
+        return f"{self.base}/root"
+
+    def host(self, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a command in the namespace but outside the chroot (sees both the host and the root)."""
+        return subprocess.run(
+            ["nsenter", "--target", str(self.proc.pid), "--mount", "sh", "-c", cmd],
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def run(self, cmd: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+               "DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"}
+        proc = subprocess.run(
+            ["nsenter", "--target", str(self.proc.pid), "--mount", "chroot", self.merged, "sh", "-c", cmd],
+            capture_output=True, text=True, timeout=timeout, env=env,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"in throwaway root: {cmd!r} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def put(self, src: Path, dest: str) -> None:
+        r = self.host(f"cp '{src}' '{self.merged}{dest}'")
+        assert r.returncode == 0, r.stderr
+
+    def changes(self) -> set[str]:
+        """Paths that differ from the host: files whose content or type differs, new directories, and
+        deletions (overlay whiteouts). Bookkeeping of dpkg/adduser is left out."""
+        script = r"""
+import hashlib, os, stat, sys
+upper = sys.argv[1]
+out = []
+for dirpath, dirnames, filenames in os.walk(upper):
+    for name in dirnames + filenames:
+        full = os.path.join(dirpath, name)
+        rel = full[len(upper):]
+        st = os.lstat(full)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            out.append("deleted " + rel)
+            continue
+        try:
+            hst = os.lstat(rel)
+        except FileNotFoundError:
+            out.append("new " + rel)
+            continue
+        if stat.S_IFMT(st.st_mode) != stat.S_IFMT(hst.st_mode):
+            out.append("changed-type " + rel)
+        elif stat.S_ISREG(st.st_mode):
+            with open(full, "rb") as a, open(rel, "rb") as b:
+                if hashlib.sha256(a.read()).digest() != hashlib.sha256(b.read()).digest():
+                    out.append("changed " + rel)
+        elif stat.S_ISLNK(st.st_mode) and os.readlink(full) != os.readlink(rel):
+            out.append("changed " + rel)
+print("\n".join(out))
+"""
+        helper = self.base.parent / "changes.py"
+        helper.write_text(script)
+        r = self.host(f"/usr/bin/python3 '{helper}' '{self.base}/upper'")
+        assert r.returncode == 0, r.stderr
+        lines = {ln for ln in r.stdout.splitlines() if ln}
+        return {ln for ln in lines if not ln.split(" ", 1)[1].startswith(BOOKKEEPING)}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def throwaway_root(tmp_path: Path) -> Iterator[ThrowawayRoot]:
+    need_root()
+    root = ThrowawayRoot(tmp_path / "troot")
+    try:
+        yield root
+    finally:
+        root.close()
