@@ -1,0 +1,462 @@
+"""Modbus runtime: one shared client and lock per physical bus, planned reads, writes, circuit breaker.
+
+Imports ``pymodbus.client`` only (``pymodbus.server`` pulls in aiohttp). A pymodbus import failure raises
+ImportError here, which the registry turns into "driver unavailable" for Modbus devices only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+
+from agent.config import PointBase
+from agent.driver import Driver, DriverContext
+from agent.errors import (
+    DeviceBusy,
+    DeviceTimeout,
+    DeviceUnreachable,
+    DriverError,
+    ProtocolError,
+    WriteRefused,
+)
+from agent.model import Quality, Sample, Value
+
+from . import BIT_TABLES, MAX_WRITE_REGISTERS, ModbusConnection, ModbusDeviceQuirks, ModbusPoint
+from .codec import Decoder, compile_decoder, encode, set_bit
+from .planner import Request, plan, refine
+
+# pymodbus logs every timeout at ERROR level; a silent device on a shared bus would flood the journal.
+# The driver reports failures itself (per-point errors, DriverError to the supervisor).
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+log = logging.getLogger(__name__)
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+class ModbusExceptionReply(Exception):
+    """The device answered with an exception code."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(f"exception {code} {EXCEPTION_NAMES.get(code, 'unknown')}")
+
+
+class RequestTimeout(Exception):
+    """No valid reply in time (silence, or a reply pymodbus could not decode)."""
+
+
+class Bus:
+    """One physical bus: a TCP connection (device or gateway) or a serial line. Every request of every device
+    on it goes through ``transact``, which holds the one lock, so polls and writes never interleave and RTU
+    frames keep their silent interval."""
+
+    def __init__(self, conn: ModbusConnection) -> None:
+        self.key = conn.bus_key
+        self.conn = conn
+        self.lock = asyncio.Lock()
+        self.gap = conn.frame_gap
+        self.last_io = 0.0
+        self.users = 0
+        self.requests = 0
+        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+
+    def _make_client(self, timeout: float) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        c = self.conn
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        if c.transport == "rtu":
+            client = AsyncModbusSerialClient(
+                cast(str, c.serial_port), framer=FramerType.RTU, baudrate=c.baudrate, bytesize=c.bytesize,
+                parity=c.parity, stopbits=c.stopbits, timeout=timeout, retries=0, reconnect_delay=0,
+            )
+        else:
+            framer = FramerType.RTU if c.transport == "rtu-over-tcp" else FramerType.SOCKET
+            client = AsyncModbusTcpClient(
+                cast(str, c.host), port=c.port, framer=framer, timeout=timeout, retries=0, reconnect_delay=0,
+            )
+        # A silent device must not make pymodbus drop the connection the other devices share.
+        client.set_max_no_responses(1_000_000)
+        return client
+
+    async def _connect(self, budget: float) -> None:
+        if self.client is not None and self.client.connected:
+            return
+        if self.client is None:
+            self.client = self._make_client(budget)
+        try:
+            async with asyncio.timeout(budget + 1.0):
+                ok = await self.client.connect()
+        except (TimeoutError, OSError, ModbusException) as exc:
+            self.client.close()
+            self.client = None
+            raise DeviceUnreachable(f"cannot connect to {self.key}: {exc or type(exc).__name__}") from exc
+        if not ok:
+            self.client.close()
+            self.client = None
+            raise DeviceUnreachable(f"cannot connect to {self.key}")
+
+    async def connect(self, budget: float) -> None:
+        async with self.lock:
+            await self._connect(budget)
+
+    async def transact(self, budget: float, op: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run one request (or one read-modify-write) alone on the bus, within ``budget`` seconds."""
+        timeout = budget
+        async with self.lock:
+            await self._connect(timeout)
+            client = self.client
+            assert client is not None
+            if self.gap:
+                wait = self.last_io + self.gap - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            client.ctx.comm_params.timeout_connect = timeout
+            self.requests += 1
+            try:
+                async with asyncio.timeout(timeout * 2 + 0.5):  # guard only; pymodbus times out first
+                    return await op(client)
+            except TimeoutError as exc:
+                raise RequestTimeout(f"no reply within {timeout:g}s") from exc
+            except ConnectionException as exc:
+                client.close()
+                self.client = None
+                raise DeviceUnreachable(f"connection to {self.key} lost: {exc}") from exc
+            except ModbusException as exc:  # ModbusIOException: no (valid) reply after retries
+                if not client.connected:
+                    self.client = None
+                raise RequestTimeout(str(exc).strip() or "no reply") from exc
+            finally:
+                self.last_io = time.monotonic()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+@dataclass
+class Breaker:
+    """Per-device circuit breaker: after ``threshold`` consecutive timeouts the device is probed once every
+    ``probe`` seconds and otherwise fails at once, so it never holds the shared bus for its timeouts."""
+
+    threshold: int
+    probe: float
+    failures: int = 0
+    open_until: float = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.failures >= self.threshold
+
+    def allow(self, now: float) -> bool:
+        return not self.is_open or now >= self.open_until
+
+    def success(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.is_open:
+            self.open_until = now + self.probe
+
+
+_READ_FN = {
+    "coil": "read_coils",
+    "discrete_input": "read_discrete_inputs",
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+}
+
+
+class ModbusDriver(Driver):
+    def __init__(self, device: Any, ctx: DriverContext) -> None:
+        super().__init__(device, ctx)
+        self.conn = cast(ModbusConnection, self.device.connection)
+        self.quirks = ModbusDeviceQuirks.model_validate(self.device.profile.device)
+        self.points: list[ModbusPoint] = [cast(ModbusPoint, p) for p in self.device.enabled_points]
+        self.unit = self.conn.unit
+        self.timeout = float(self.device.model.timeout)
+        self.retries = int(self.device.model.retries)
+        self.breaker = Breaker(self.conn.breaker_threshold, self.conn.breaker_probe)
+        self._plans: dict[frozenset[str], list[Request]] = {}
+        self._last_request = 0.0
+        self._bus: Bus | None = None
+        self.stats = {"requests": 0, "cycles": 0, "splits": 0}
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            self._bus = self.ctx.bus(self.conn.bus_key, lambda: Bus(self.conn))
+            self._bus.users += 1
+        return self._bus
+
+    async def start(self) -> None:
+        await self.bus.connect(self.timeout)
+
+    async def stop(self) -> None:
+        if self._bus is not None:
+            self._bus.users -= 1
+            if self._bus.users <= 0:
+                self._bus.close()
+            self._bus = None
+
+    # ---------------------------------------------------------------------------------------------- plan
+
+    def _plan_for(self, points: Sequence[ModbusPoint]) -> list[Request]:
+        key = frozenset(p.name for p in points)
+        reqs = self._plans.get(key)
+        if reqs is None:
+            reqs = plan(points, self.unit, self.quirks)
+            for r in reqs:
+                _compile(r)
+            self._plans[key] = reqs
+        return reqs
+
+    def plan(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for poll in ("fast", "slow"):
+            pts = [p for p in self.points if p.poll == poll]
+            for r in self._plan_for(pts):
+                out.append({**r.as_dict(), "poll": poll})
+        return out
+
+    # --------------------------------------------------------------------------------------------- reads
+
+    async def _pace(self) -> None:
+        if self.quirks.pause:
+            wait = self._last_request + self.quirks.pause - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _request(self, op: Callable[[Any], Awaitable[Any]], retries: int) -> Any:
+        """One request with retries; busy (exception 6) is retried after a short delay."""
+        attempt = 0
+        while True:
+            await self._pace()
+            self.stats["requests"] += 1
+            try:
+                rr = await self.bus.transact(self.timeout, op)
+            except RequestTimeout:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                continue
+            finally:
+                self._last_request = time.monotonic()
+            if rr.isError():
+                code = int(getattr(rr, "exception_code", 0) or 0)
+                if code == 6 and attempt < retries:
+                    attempt += 1
+                    await asyncio.sleep(self.quirks.busy_retry_delay)
+                    continue
+                raise ModbusExceptionReply(code)
+            return rr
+
+    async def _read(self, req: Request, retries: int) -> list[Any]:
+        fn = _READ_FN[req.table]
+        unit, start, count = req.unit, req.start, req.count
+
+        async def op(client: Any) -> Any:
+            return await getattr(client, fn)(start, count=count, device_id=unit)
+
+        rr = await self._request(op, retries)
+        values = rr.bits if req.table in BIT_TABLES else rr.registers
+        if values is None or len(values) < count:
+            got = 0 if values is None else len(values)
+            raise ProtocolError(f"short reply: {got} of {count} {'bits' if req.table in BIT_TABLES else 'registers'}")
+        return cast(list[Any], values)
+
+    async def read(self, points: Sequence[PointBase]) -> list[Sample]:
+        pts = [cast(ModbusPoint, p) for p in points]
+        reqs = self._plan_for(pts)
+        now = time.monotonic()
+        if not self.breaker.allow(now):
+            raise DeviceTimeout(
+                f"unit {self.unit} on {self.conn.bus_key} is not answering "
+                f"(next probe in {self.breaker.open_until - now:.0f}s)", device=self.name,
+            )
+        probing = self.breaker.is_open
+        self.stats["cycles"] += 1
+        samples: dict[str, Sample] = {}
+        ok = 0
+        device_errors: list[DriverError] = []
+        consecutive_timeouts = 0
+        new_plan: list[Request] = []
+        changed = False
+        for i, req in enumerate(reqs):
+            if consecutive_timeouts >= 2:
+                self._fail(req, "timeout (skipped: device stopped answering)", samples)
+                new_plan.append(req)
+                continue
+            retries = 0 if (probing or consecutive_timeouts) else self.retries
+            try:
+                values = await self._read(req, retries)
+            except RequestTimeout as exc:
+                consecutive_timeouts += 1
+                if ok == 0 and i == 0:
+                    self.breaker.failure(time.monotonic())
+                    raise DeviceTimeout(f"unit {self.unit} on {self.conn.bus_key}: {exc}", device=self.name) from exc
+                self._fail(req, f"timeout: {exc}", samples)
+                new_plan.append(req)
+                continue
+            except ModbusExceptionReply as exc:
+                consecutive_timeouts = 0
+                if exc.code == 2 and len(req.points) > 1:
+                    parts = await self._learn(req, samples)
+                    new_plan.extend(parts)
+                    changed = True
+                    ok += 1  # the device answered
+                    continue
+                if exc.code == 6:
+                    device_errors.append(DeviceBusy(str(exc), device=self.name))
+                elif exc.code in (10, 11):
+                    device_errors.append(DeviceTimeout(str(exc), device=self.name))
+                else:
+                    ok += 1  # an answer, even a refusal, shows the device is there
+                self._fail(req, str(exc), samples)
+                new_plan.append(req)
+                continue
+            except ProtocolError as exc:
+                consecutive_timeouts = 0
+                device_errors.append(exc)
+                self._fail(req, str(exc), samples)
+                new_plan.append(req)
+                continue
+            consecutive_timeouts = 0
+            ok += 1
+            self._decode(req, values, samples)
+            new_plan.append(req)
+        if changed:
+            self._plans[frozenset(p.name for p in pts)] = sorted(
+                new_plan, key=lambda r: (r.table != "coil", r.table, r.start)
+            )
+        if ok == 0 and device_errors:
+            self.breaker.success()  # it answered, just not usefully
+            err = device_errors[0]
+            raise type(err)(f"unit {self.unit}: {err}", device=self.name) from err
+        self.breaker.success()
+        return [samples.get(p.name) or Sample(self.name, p.name, None, Quality.ERROR, error="not read") for p in pts]
+
+    async def _learn(self, req: Request, samples: dict[str, Sample]) -> list[Request]:
+        """Split a read refused with exception 2 until the pieces work; remember the pieces."""
+        self.stats["splits"] += 1
+        results: dict[int, list[Any]] = {}
+        errors: dict[int, str] = {}
+
+        async def fails(r: Request) -> bool:
+            if r is req:
+                return True
+            try:
+                results[id(r)] = await self._read(r, self.retries)
+                return False
+            except ModbusExceptionReply as exc:
+                errors[id(r)] = str(exc)
+                return exc.code == 2
+            except (RequestTimeout, ProtocolError) as exc:
+                errors[id(r)] = f"timeout: {exc}" if isinstance(exc, RequestTimeout) else str(exc)
+                return False  # not an address problem: keep the piece, report its points
+
+        parts, dead = await refine([req], fails)
+        for r in parts:
+            _compile(r)
+            if id(r) in results:
+                self._decode(r, results[id(r)], samples)
+            else:
+                self._fail(r, errors.get(id(r), "exception 2 illegal data address"), samples)
+        if dead:
+            log.info("%s: %d point(s) refused with exception 2: %s", self.name, len(dead),
+                     ", ".join(r.points[0].name for r in dead))
+        return parts
+
+    def _decode(self, req: Request, values: list[Any], samples: dict[str, Sample]) -> None:
+        ts = time.time()
+        name = self.name
+        for dec in cast(list[Decoder], req.decoders):
+            try:
+                v = dec(values)
+            except Exception as exc:  # a decoding bug must not blank the other points
+                samples[dec.name] = Sample(name, dec.name, None, Quality.ERROR, ts, f"decode: {exc}")
+                continue
+            if v is None:
+                samples[dec.name] = Sample(name, dec.name, None, Quality.ERROR, ts, "not available (NaN)")
+            else:
+                samples[dec.name] = Sample(name, dec.name, v, Quality.GOOD, ts)
+
+    def _fail(self, req: Request, error: str, samples: dict[str, Sample]) -> None:
+        ts = time.time()
+        for p in req.points:
+            samples[p.name] = Sample(self.name, p.name, None, Quality.ERROR, ts, error)
+
+    # -------------------------------------------------------------------------------------------- writes
+
+    async def write(self, point: PointBase, value: Value) -> Value:
+        p = cast(ModbusPoint, point)
+        if p.table in ("discrete_input", "input"):
+            raise WriteRefused(f"{self.name}.{p.name}: a {p.table} cannot be written")
+        payload = encode(p, value)
+        unit, addr = self.unit, p.address
+        multiple = self.quirks.write_multiple
+        if len(payload) > MAX_WRITE_REGISTERS:
+            raise WriteRefused(f"{self.name}.{p.name}: {len(payload)} registers exceed one write")
+
+        if p.table == "coil":
+            bit = bool(payload[0])
+
+            async def op(client: Any) -> Any:
+                if multiple:
+                    return await client.write_coils(addr, [bit], device_id=unit)
+                return await client.write_coil(addr, bit, device_id=unit)
+        elif p.type == "bool":
+            on, bitno = bool(payload[0]), p.bit or 0
+
+            async def op(client: Any) -> Any:
+                # read-modify-write under one hold of the bus lock: no poll or write can slip in between
+                rr = await client.read_holding_registers(addr, count=1, device_id=unit)
+                if rr.isError():
+                    return rr
+                new = set_bit(rr.registers[0], bitno, on)
+                if multiple:
+                    return await client.write_registers(addr, [new], device_id=unit)
+                return await client.write_register(addr, new, device_id=unit)
+        else:
+            regs = [int(w) for w in payload]
+
+            async def op(client: Any) -> Any:
+                if len(regs) == 1 and not multiple:
+                    return await client.write_register(addr, regs[0], device_id=unit)
+                return await client.write_registers(addr, regs, device_id=unit)
+
+        try:
+            await self._request(op, self.retries)
+        except RequestTimeout as exc:
+            raise DeviceTimeout(f"{self.name}.{p.name}: write not acknowledged: {exc}", device=self.name) from exc
+        except ModbusExceptionReply as exc:
+            cls = DeviceBusy if exc.code == 6 else ProtocolError
+            raise cls(f"{self.name}.{p.name}: write refused by the device: {exc}", device=self.name) from exc
+        if p.table == "coil" or p.type == "bool":
+            return bool(payload[0])
+        return compile_decoder(p)(payload, 0)
+
+
+def _compile(req: Request) -> None:
+    req.decoders = [Decoder(p, req.start) for p in req.points]
