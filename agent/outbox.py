@@ -111,6 +111,10 @@ class Stored:
     ts: float
 
 
+def _noop() -> None:
+    return None
+
+
 def row_size(topic: str, body: bytes) -> int:
     """Bytes a row is charged against ``max_bytes`` (documented in :data:`ROW_OVERHEAD`)."""
     return len(body) + len(topic.encode()) + ROW_OVERHEAD
@@ -273,6 +277,10 @@ class Outbox:
             except TimeoutError:
                 return self._has_pending()
         return True
+
+    async def ping(self) -> None:
+        """Round trip through the worker thread: the watchdog's proof that the store is not wedged."""
+        await self._call(_noop)
 
     def stats(self) -> dict[str, Any]:
         """Exact queue figures from memory (no I/O): cheap enough for ``status`` and the watchdog."""
