@@ -57,9 +57,16 @@ def _err_text(exc: BaseException) -> str:
 def to_value(v: Any) -> Value:
     """bacpypes3 value → what a Sample carries: float, int, bool (binary PVs), str, None."""
     from bacpypes3.basetypes import BinaryPV
+    from bacpypes3.constructeddata import Choice
     from bacpypes3.primitivedata import Boolean, CharacterString, Enumerated
 
     if v is None or isinstance(v, Null):
+        return None
+    if isinstance(v, Choice):  # e.g. a priority-array slot: the one element that is set
+        for name in getattr(v, "_elements", {}):
+            element = getattr(v, name, None)
+            if element is not None:
+                return to_value(element)
         return None
     if isinstance(v, BinaryPV):
         return int(v) == 1
