@@ -1,0 +1,495 @@
+"""``edge-agent provision``: turn a freshly installed box into this building's agent.
+
+Writes the site file from a few flags (or prompts): site id, broker URL, TLS files. Before anything is
+written it checks every argument, loads the certificates, asks the broker for an MQTT session with exactly
+those settings, and validates the resulting site file with the same code the agent runs. Only then are the
+files put in place, each by temp file + rename, rolled back together if one fails: a failed provision leaves
+the box as it found it.
+
+Where things go (defaults for the Debian package):
+    /etc/edge-agent/site.yaml          the site file (no secrets in it)
+    /etc/edge-agent/tls/ca.crt         broker CA, client.crt: client certificate (public, copied)
+    /etc/credstore/mqtt-key            client private key, root-only; the unit's LoadCredential=mqtt-key
+    /etc/credstore/mqtt-password       MQTT password, same way (LoadCredential=mqtt-password)
+    /etc/edge-agent/unprovisioned      removed: the unit's start condition, so systemd may start the agent
+
+Exit codes: 0 done, 2 bad arguments or files, 3 the broker did not answer or refused, 1 could not write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import ValidationError
+
+from .config import SiteInfo, UplinkConfig, load_site
+from .errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/edge-agent/site.yaml"
+DEFAULT_CREDSTORE = "/etc/credstore"
+MARKER = "unprovisioned"
+KEY_CREDENTIAL = "mqtt-key"
+PASSWORD_CREDENTIAL = "mqtt-password"
+
+EXIT_WRITE, EXIT_USAGE, EXIT_BROKER = 1, 2, 3
+
+
+class ProvisionError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Plan:
+    """Everything provision will write, checked before the first byte is."""
+
+    site_id: str
+    site_name: str | None
+    broker: str
+    config: Path
+    credstore: Path
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    server_hostname: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.config.parent / "tls"
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlparse(self.broker).scheme in ("mqtts", "ssl")
+
+    def site_document(self, ca: str | None, cert: str | None) -> dict[str, Any]:
+        site: dict[str, Any] = {"id": self.site_id}
+        if self.site_name:
+            site["name"] = self.site_name
+        uplink: dict[str, Any] = {"broker": self.broker}
+        if self.username:
+            uplink["username"] = self.username
+        if self.password is not None:
+            uplink["password"] = {"credential": PASSWORD_CREDENTIAL}
+        tls: dict[str, Any] = {}
+        if ca:
+            tls["ca_file"] = ca
+        if cert:
+            tls["cert_file"] = cert
+            tls["key_file"] = {"credential": KEY_CREDENTIAL}
+        if self.server_hostname:
+            tls["server_hostname"] = self.server_hostname
+        if tls:
+            uplink["tls"] = tls
+        return {
+            "site": site,
+            "uplink": uplink,
+            "devices": [{"name": "box", "type": "edge-box", "interval": "30s"}],
+        }
+
+    def render(self, ca: str | None, cert: str | None) -> str:
+        head = (
+            "# Site file written by `edge-agent provision`. Check changes with `edge-agent validate`.\n"
+            "# Secrets are not in this file: the client key and password are systemd credentials\n"
+            f"# ({self.credstore}/{KEY_CREDENTIAL}, {self.credstore}/{PASSWORD_CREDENTIAL}).\n"
+        )
+        return head + yaml.safe_dump(self.site_document(ca, cert), sort_keys=False, default_flow_style=False)
+
+
+# ------------------------------------------------------------------------------------------- arguments
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "provision",
+        help="write this box's site file, check the broker answers, print the next step",
+        description="Write the site file from flags (or prompts), check it and the broker, then install it.",
+    )
+    p.add_argument("--site-id", help="site id: lower case letters, digits, - and _ (e.g. townhall-7)")
+    p.add_argument("--site-name", help="human name of the building")
+    p.add_argument("--broker", help="mqtts://host:8883 (TLS) or mqtt://host:1883")
+    p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) of the broker (default: system CAs)")
+    p.add_argument("--cert", metavar="FILE", help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--key", metavar="FILE", help="client private key (PEM); installed as credential mqtt-key")
+    p.add_argument("--server-hostname", help="name to check in the broker's certificate, if not the URL's")
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"site file to write (default {DEFAULT_CONFIG})")
+    p.add_argument("--credstore", default=DEFAULT_CREDSTORE,
+                   help=f"where systemd credentials live (default {DEFAULT_CREDSTORE})")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds allowed for the broker check")
+    p.add_argument("--skip-broker-check", action="store_true",
+                   help="do not contact the broker (flashing boxes off site); everything else is checked")
+    p.add_argument("--force", action="store_true", help="replace a site file that was already provisioned")
+    p.add_argument("-y", "--non-interactive", action="store_true",
+                   help="never prompt: missing values are errors (implied when stdin is not a terminal)")
+    p.set_defaults(func=main)
+
+
+def _prompt(label: str, default: str | None = None) -> str | None:
+    suffix = f" [{default}]" if default else ""
+    try:
+        answer = input(f"{label}{suffix}: ").strip()
+    except EOFError:
+        return default
+    return answer or default
+
+
+def _fill_interactively(args: argparse.Namespace) -> None:
+    if args.site_id is None:
+        args.site_id = _prompt("Site id (e.g. townhall-7)")
+    if args.broker is None:
+        args.broker = _prompt("Broker URL (mqtts://host:8883)")
+    if args.broker and urlparse(args.broker).scheme in ("mqtts", "ssl"):
+        if args.ca is None:
+            args.ca = _prompt("Broker CA file (empty: system CAs)")
+        if args.cert is None:
+            args.cert = _prompt("Client certificate file (empty: none)")
+        if args.cert and args.key is None:
+            args.key = _prompt("Client key file")
+
+
+def _readable(path: str | None, what: str) -> Path | None:
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ProvisionError(f"{what} {path}: no such file")
+    try:
+        with p.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ProvisionError(f"{what} {path}: cannot read: {exc.strerror}") from exc
+    return p.resolve()
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Check the arguments; nothing is written and nothing is contacted."""
+    if not args.site_id:
+        raise ProvisionError("--site-id is required (e.g. --site-id townhall-7)")
+    try:
+        SiteInfo.model_validate({"id": args.site_id})
+    except ValidationError:
+        raise ProvisionError(
+            f"bad site id {args.site_id!r}: use 1-64 lower case letters, digits, '-' and '_', "
+            "starting with a letter or digit (e.g. townhall-7)"
+        ) from None
+    if not args.broker:
+        raise ProvisionError("--broker is required (e.g. --broker mqtts://mqtt.example.org:8883)")
+    try:
+        UplinkConfig.model_validate({"broker": args.broker})
+    except ValidationError as exc:
+        raise ProvisionError(f"bad broker URL {args.broker!r}: {_first_error(exc)}") from None
+    plan = Plan(
+        site_id=args.site_id,
+        site_name=args.site_name,
+        broker=args.broker,
+        config=Path(args.config).absolute(),
+        credstore=Path(args.credstore).absolute(),
+        ca=_readable(args.ca, "CA certificate"),
+        cert=_readable(args.cert, "client certificate"),
+        key=_readable(args.key, "client key"),
+        username=args.username,
+        server_hostname=args.server_hostname,
+    )
+    if args.password_file:
+        pw = _readable(args.password_file, "password file")
+        assert pw is not None
+        plan.password = pw.read_text(encoding="utf-8").rstrip("\r\n")
+        if not plan.password:
+            raise ProvisionError(f"password file {args.password_file} is empty")
+    if bool(plan.cert) != bool(plan.key):
+        raise ProvisionError("--cert and --key go together (mutual TLS needs both)")
+    if (plan.ca or plan.cert or plan.server_hostname) and not plan.uses_tls:
+        raise ProvisionError(f"TLS files given but {plan.broker} is plain MQTT: use mqtts://host:8883")
+    if plan.uses_tls:
+        tls_context(plan)  # loads the PEM files: a wrong or mismatched file fails here
+    if plan.config.exists() and not (plan.config.parent / MARKER).exists() and not args.force:
+        raise ProvisionError(
+            f"{plan.config} exists and this box is already provisioned; add --force to replace it "
+            f"(the current file is kept as {plan.config.name}.bak)"
+        )
+    return plan
+
+
+def tls_context(plan: Plan) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if plan.ca:
+        try:
+            ctx.load_verify_locations(cafile=str(plan.ca))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ProvisionError(f"CA certificate {plan.ca}: not a PEM certificate ({exc})") from None
+    if plan.cert and plan.key:
+        try:
+            ctx.load_cert_chain(str(plan.cert), str(plan.key))
+        except ssl.SSLError as exc:
+            raise ProvisionError(
+                f"client certificate {plan.cert} / key {plan.key}: cannot be used together ({exc.reason or exc})"
+            ) from None
+    return ctx
+
+
+# ------------------------------------------------------------------------------------------ broker check
+
+
+async def check_broker(plan: Plan, budget: float) -> float:
+    """TCP connect, then one MQTT session with the given TLS settings and credentials. Returns seconds."""
+    import aiomqtt
+
+    u = UplinkConfig.model_validate({"broker": plan.broker})
+    host, port = u.host, u.port
+    t0 = time.monotonic()
+    try:
+        async with asyncio.timeout(budget):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    except TimeoutError:
+        raise ProvisionError(f"broker {host}:{port} did not answer within {budget:g}s", EXIT_BROKER) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ProvisionError(f"cannot reach broker {host}:{port}: {reason}", EXIT_BROKER) from None
+    ctx = tls_context(plan) if plan.uses_tls else None
+    if ctx is not None and plan.server_hostname and plan.server_hostname != host:
+        # The MQTT client checks the URL's host name; the agent checks --server-hostname. Here the chain is
+        # still verified against the CA, the name is not.
+        ctx.check_hostname = False
+        print(f"warning: broker check verifies the certificate chain, not the name {plan.server_hostname}",
+              file=sys.stderr)
+    client = aiomqtt.Client(
+        host,
+        port,
+        identifier=f"edge-agent-{plan.site_id}-provision",
+        username=plan.username,
+        password=plan.password,
+        tls_context=ctx,
+        timeout=budget,
+        keepalive=max(5, int(budget)),
+    )
+    try:
+        async with asyncio.timeout(budget):
+            async with client:
+                pass
+    except TimeoutError:
+        raise ProvisionError(
+            f"broker {host}:{port} accepted TCP but no MQTT session within {budget:g}s", EXIT_BROKER
+        ) from None
+    except ssl.SSLError as exc:
+        raise ProvisionError(f"TLS with broker {host}:{port} failed: {exc.reason or exc}", EXIT_BROKER) from None
+    except aiomqtt.MqttError as exc:
+        raise ProvisionError(f"broker {host}:{port} refused the MQTT session: {exc}", EXIT_BROKER) from None
+    except OSError as exc:
+        raise ProvisionError(f"broker {host}:{port}: {exc.strerror or exc}", EXIT_BROKER) from None
+    return time.monotonic() - t0
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def validate(plan: Plan) -> None:
+    """Validate the site file as the agent will see it: same text, TLS files and credentials staged in a
+    private temporary directory (the real ones are not touched yet)."""
+    with tempfile.TemporaryDirectory(prefix="edge-agent-provision-") as tmp:
+        t = Path(tmp)
+        creds = t / "credentials"
+        creds.mkdir(mode=0o700)
+        ca = cert = None
+        if plan.ca:
+            ca = str(t / "ca.crt")
+            shutil.copyfile(plan.ca, ca)
+        if plan.cert and plan.key:
+            cert = str(t / "client.crt")
+            shutil.copyfile(plan.cert, cert)
+            shutil.copyfile(plan.key, creds / KEY_CREDENTIAL)
+        if plan.password is not None:
+            (creds / PASSWORD_CREDENTIAL).write_text(plan.password + "\n", encoding="utf-8")
+        site = t / "site.yaml"
+        site.write_text(plan.render(ca, cert), encoding="utf-8")
+        with _env("CREDENTIALS_DIRECTORY", str(creds)):
+            try:
+                load_site(site, strict=True)
+            except ConfigError as exc:
+                problems = "\n  ".join(str(p) for p in exc.problems)
+                raise ProvisionError(f"the site file would not be valid:\n  {problems}") from None
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+class Transaction:
+    """Files staged next to their destination, renamed into place together; undone if one step fails."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path, int]] = []
+        self.done: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
+
+    def stage(self, dest: Path, data: bytes, mode: int) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.staged.append((Path(tmp), dest, mode))
+
+    def commit(self) -> None:
+        try:
+            for tmp, dest, _ in self.staged:
+                backup = None
+                if dest.exists():
+                    # A hard link keeps the old file reachable for a rollback at no copying cost.
+                    backup = dest.with_name(f".{dest.name}.provision-old")
+                    with contextlib.suppress(FileNotFoundError):
+                        backup.unlink()
+                    os.link(dest, backup)
+                os.replace(tmp, dest)
+                self.done.append((dest, backup))
+        except BaseException:
+            self.rollback()
+            raise
+        for d in {dest.parent for _, dest, _ in self.staged}:
+            _fsync_dir(d)
+        for _, backup in self.done:
+            if backup is not None:
+                with contextlib.suppress(OSError):
+                    backup.unlink()
+
+    def rollback(self) -> None:
+        for dest, backup in reversed(self.done):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, dest)
+                else:
+                    dest.unlink()
+        for tmp, _, _ in self.staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _fsync_dir(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write(plan: Plan, keep_backup: bool) -> list[Path]:
+    made_dirs: list[Path] = []
+
+    def ensure_dir(d: Path, mode: int) -> None:
+        missing = [p for p in [d, *d.parents] if not p.exists()]
+        d.mkdir(mode=mode, parents=True, exist_ok=True)
+        made_dirs.extend(reversed(missing))
+
+    tx = Transaction()
+    try:
+        ensure_dir(plan.config.parent, 0o755)
+        ca = cert = None
+        if plan.ca or plan.cert:
+            ensure_dir(plan.tls_dir, 0o755)
+        if plan.ca:
+            ca = str(plan.tls_dir / "ca.crt")
+            tx.stage(Path(ca), plan.ca.read_bytes(), 0o644)
+        if plan.cert and plan.key:
+            cert = str(plan.tls_dir / "client.crt")
+            tx.stage(Path(cert), plan.cert.read_bytes(), 0o644)
+        if plan.key or plan.password is not None:
+            ensure_dir(plan.credstore, 0o700)
+        if plan.key:
+            tx.stage(plan.credstore / KEY_CREDENTIAL, plan.key.read_bytes(), 0o600)
+        if plan.password is not None:
+            tx.stage(plan.credstore / PASSWORD_CREDENTIAL, (plan.password + "\n").encode(), 0o600)
+        if keep_backup and plan.config.exists():
+            tx.stage(plan.config.with_name(plan.config.name + ".bak"), plan.config.read_bytes(), 0o644)
+        # The site file last: it is what the agent reads, and it only ever refers to files already in place.
+        tx.stage(plan.config, plan.render(ca, cert).encode(), 0o644)
+        tx.commit()
+    except OSError as exc:
+        tx.rollback()
+        for d in reversed(made_dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise ProvisionError(f"could not write {exc.filename or plan.config}: {exc.strerror}", EXIT_WRITE) from None
+    written = [dest for dest, _ in tx.done]
+    with contextlib.suppress(FileNotFoundError):
+        (plan.config.parent / MARKER).unlink()
+    return written
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if not args.non_interactive and sys.stdin.isatty():
+            _fill_interactively(args)
+        plan = build_plan(args)
+        if args.skip_broker_check:
+            answered = None
+            print(f"warning: broker {plan.broker} not contacted (--skip-broker-check)", file=sys.stderr)
+        else:
+            answered = asyncio.run(check_broker(plan, args.timeout))
+        validate(plan)
+        replacing = plan.config.exists() and not (plan.config.parent / MARKER).exists()
+        written = write(plan, keep_backup=replacing)
+    except ProvisionError as exc:
+        print(f"edge-agent provision: error: {exc}", file=sys.stderr)
+        print("edge-agent provision: nothing was written", file=sys.stderr)
+        return exc.code
+    for p in written:
+        print(f"wrote {p}")
+    if answered is not None:
+        print(f"broker {plan.broker} answered (MQTT session in {answered * 1000:.0f} ms)")
+    print(f"site {plan.site_id} is provisioned.")
+    print()
+    if plan.config == Path(DEFAULT_CONFIG):
+        print("Next: start the agent and watch it connect:")
+        print("  sudo systemctl restart edge-agent")
+        print("  systemctl status edge-agent; journalctl -u edge-agent -f")
+    else:
+        print("Next: run the agent with this site file:")
+        print(f"  edge-agent run --config {plan.config}")
+    return 0
