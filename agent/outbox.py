@@ -111,10 +111,6 @@ class Stored:
     ts: float
 
 
-def _noop() -> None:
-    return None
-
-
 def row_size(topic: str, body: bytes) -> int:
     """Bytes a row is charged against ``max_bytes`` (documented in :data:`ROW_OVERHEAD`)."""
     return len(body) + len(topic.encode()) + ROW_OVERHEAD
@@ -279,8 +275,12 @@ class Outbox:
         return True
 
     async def ping(self) -> None:
-        """Round trip through the worker thread: the watchdog's proof that the store is not wedged."""
-        await self._call(_noop)
+        """Round-trip a trivial query through the worker thread.
+
+        The watchdog awaits this under a timeout: a worker wedged on a hung ``fsync`` or a stuck
+        transaction must stop the watchdog, not only a wedged event loop.
+        """
+        await self._call(self._ping_sync)
 
     def stats(self) -> dict[str, Any]:
         """Exact queue figures from memory (no I/O): cheap enough for ``status`` and the watchdog."""
@@ -526,6 +526,12 @@ class Outbox:
         """``ts`` of the earliest-queued row: queue order, not min(ts), so a clock step does not lie."""
         row = conn.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
         return None if row is None else float(row[0])
+
+    def _ping_sync(self) -> None:
+        try:
+            self._db().execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail(None, "ping", exc) from exc
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None

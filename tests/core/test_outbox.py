@@ -14,6 +14,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -531,3 +532,20 @@ async def test_database_is_wal_with_requested_sync(tmp_path: Path, make_outbox: 
             )
         )
         assert (mode, got) == ("wal", level)
+
+
+async def test_ping_goes_through_the_worker(make_outbox: MakeOutbox) -> None:
+    ob = await make_outbox()
+    await ob.ping()
+    gate = threading.Event()
+    blocked = asyncio.create_task(ob._call(gate.wait, 5))  # wedge the worker thread
+    await asyncio.sleep(0.02)  # let the task submit its job first
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await ob.ping()
+    gate.set()
+    assert await blocked is True
+    await ob.ping()
+    await ob.close()
+    with pytest.raises(StoreError, match="not open"):
+        await ob.ping()
