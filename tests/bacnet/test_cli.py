@@ -1,0 +1,107 @@
+"""``edge-agent bacnet discover|scan`` and the simulator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.cli import build_parser, main
+from agent.model import Quality
+from drivers.bacnet.cli import scan
+from tests.peers.bacnet import BACnetLab, next_host
+from tests.peers.common import stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start_sim(*args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "drivers.bacnet.sim", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "ready device N at IP:PORT" once bound
+    if not line.startswith("ready"):
+        stop_process(proc)
+        raise RuntimeError(f"simulator did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return proc
+
+
+@pytest.fixture
+def two_sims() -> Iterator[list[str]]:
+    hosts = [next_host(), next_host()]
+    procs = []
+    try:
+        for i, h in enumerate(hosts):
+            procs.append(_start_sim("--address", f"{h}/8", "--instance", str(2001 + i), "--name", f"sim-{i}",
+                                    "--max-apdu", "480" if i else "1024", *(["--no-segmentation"] if i else [])))
+        yield hosts
+    finally:
+        for p in procs:
+            stop_process(p)
+
+
+def test_discover_broadcast_on_loopback(two_sims: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    local = next_host()
+    rc = main(["bacnet", "discover", "--local", f"{local}/8", "--port", "47809", "--low", "2000", "--high", "2009",
+               "--broadcast", "127.255.255.255:47808", "--timeout", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    found = json.loads(out)
+    assert [d["instance"] for d in found] == [2001, 2002]
+    a, b = found
+    assert a["address"] == two_sims[0] and b["address"] == two_sims[1]
+    assert (a["vendor_id"], a["vendor_name"], a["model"], a["name"]) == (999, "edge-agent simulator", "EA-SIM-AHU",
+                                                                          "sim-0")
+    assert (a["max_apdu"], a["segmentation"]) == (1024, "segmented-both")
+    assert (b["max_apdu"], b["segmentation"]) == (480, "no-segmentation")
+    assert "Who-Is 2000-2009" in err and "2 device(s) answered" in err
+    # human output, unicast to one address
+    rc = main(["bacnet", "discover", "--local", f"{local}/8", "--port", "47809", "--address", two_sims[1],
+               "--timeout", "0.5"])
+    out, _ = capsys.readouterr()
+    assert rc == 0 and "2002" in out and "2001" not in out and "no-segmentation" in out
+
+
+def test_discover_nothing_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bacnet", "discover", "--local", f"{next_host()}/8", "--port", "47809",
+               "--address", "127.77.251.251", "--timeout", "0.3"])
+    assert rc == 3 and "no device answered" in capsys.readouterr().err
+
+
+def test_parser_has_bacnet_commands() -> None:
+    args = build_parser().parse_args(["bacnet", "scan", "1001", "--address", "127.0.0.2", "--json"])
+    assert args.device == 1001 and args.func.__name__ == "cmd_scan"
+
+
+async def test_scan_writes_a_profile_that_validates_and_polls(bacnet_lab: BACnetLab, tmp_path: Path) -> None:
+    sim = await bacnet_lab.sim(instance=3001, max_apdu=206, segmentation=False, extra=40)
+    out = bacnet_lab.tmp / "scanned-bacnet-ahu.yaml"
+    args = argparse.Namespace(device=3001, address=sim.host, local=f"{next_host()}/8", port=47809,
+                              local_instance=4194001, bbmd=None, timeout=1.0, json=True, output=str(out),
+                              id="scanned-bacnet-ahu", all_types=False)
+    result = await scan(args)
+    text = result.pop("profile")
+    out.write_text(text)
+    assert result["device"]["instance"] == 3001 and result["objects"] == 2 + 9 + 40  # device, network-port, AHU, extra
+    names = [p["name"] for p in result["points"]]
+    assert names[:3] == ["supply-air-temp", "return-air-temp", "room-temp"] and "fan-status" in names
+    room = next(p for p in result["points"] if p["name"] == "room-temp")
+    assert room == {"name": "room-temp", "object_type": "analog-input", "instance": 3, "unit": "degC",
+                    "description": "Room temperature"}
+    # the object list did not fit one 206-byte APDU: read element by element
+    assert sim.requests["ReadPropertyRequest"] > 51
+    # edge-agent validate accepts it
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "validate", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # and a device of that type polls correctly
+    drv = await bacnet_lab.driver("scanned-bacnet-ahu", sim)
+    got = {s.point: s for s in await drv.read(drv.device.enabled_points)}
+    assert len(got) == 49 and all(s.quality == Quality.GOOD for s in got.values()), got
+    assert got["room-temp"].value == 21.0 and got["fan-status"].value is True and got["mode"].value == 4
+    assert got["extra-39"].value == 39.0
