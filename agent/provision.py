@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import ssl
 import sys
 import tempfile
@@ -270,7 +271,9 @@ async def check_broker(plan: Plan, budget: float) -> float:
     except TimeoutError:
         raise ProvisionError(f"broker {host}:{port} did not answer within {budget:g}s", EXIT_BROKER) from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if isinstance(exc, socket.gaierror):
+            reason = f"cannot resolve {host}: {exc.strerror}"
         raise ProvisionError(f"cannot reach broker {host}:{port}: {reason}", EXIT_BROKER) from None
     ctx = tls_context(plan) if plan.uses_tls else None
     if ctx is not None and plan.server_hostname and plan.server_hostname != host:
@@ -295,11 +298,17 @@ async def check_broker(plan: Plan, budget: float) -> float:
                 pass
     except TimeoutError:
         raise ProvisionError(
-            f"broker {host}:{port} accepted TCP but no MQTT session within {budget:g}s", EXIT_BROKER
+            f"broker {host}:{port} accepted TCP but no MQTT session within {budget:g}s"
+            + (" (does it require a client certificate? --cert/--key)" if ctx and not plan.cert else ""),
+            EXIT_BROKER,
         ) from None
     except ssl.SSLError as exc:
         raise ProvisionError(f"TLS with broker {host}:{port} failed: {exc.reason or exc}", EXIT_BROKER) from None
     except aiomqtt.MqttError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLError) or "[SSL" in str(exc):
+            reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(exc)
+            raise ProvisionError(f"TLS with broker {host}:{port} failed: {reason}", EXIT_BROKER) from None
         raise ProvisionError(f"broker {host}:{port} refused the MQTT session: {exc}", EXIT_BROKER) from None
     except OSError as exc:
         raise ProvisionError(f"broker {host}:{port}: {exc.strerror or exc}", EXIT_BROKER) from None
@@ -383,7 +392,13 @@ class Transaction:
                     with contextlib.suppress(FileNotFoundError):
                         backup.unlink()
                     os.link(dest, backup)
-                os.replace(tmp, dest)
+                try:
+                    os.replace(tmp, dest)
+                except BaseException:
+                    if backup is not None:
+                        with contextlib.suppress(OSError):
+                            backup.unlink()
+                    raise
                 self.done.append((dest, backup))
         except BaseException:
             self.rollback()
