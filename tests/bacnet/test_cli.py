@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -96,9 +97,10 @@ async def test_scan_writes_a_profile_that_validates_and_polls(bacnet_lab: BACnet
     # the object list did not fit one 206-byte APDU: read element by element
     assert sim.requests["ReadPropertyRequest"] >= 1 + 51 + 49 * 3
     # edge-agent validate accepts it
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "validate", str(out)], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "validate", str(out), cwd=ROOT,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await proc.communicate()
+    assert proc.returncode == 0, output.decode()
     # and a device of that type polls correctly
     drv = await bacnet_lab.driver("scanned-bacnet-ahu", sim)
     got = {s.point: s for s in await drv.read(drv.device.enabled_points)}
