@@ -110,7 +110,7 @@ class ModbusPoint(PointBase):
         if self.type != "string" and self.length is not None:
             raise ValueError("length applies to strings only")
         if self.access == "read-write" and self.table in ("discrete_input", "input"):
-            raise ValueError(f"a {self.table} cannot be written: use access: read")
+            raise ValueError(f"{self.table} points are read-only in Modbus: use access: read")
         if self.address + self.register_count - 1 > 65535:
             raise ValueError("point extends past address 65535")
         if (self.scale != 1.0 or self.offset != 0.0) and self.type in ("bool", "string"):

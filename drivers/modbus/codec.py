@@ -164,7 +164,8 @@ def encode(point: ModbusPoint, value: Value) -> list[int] | list[bool]:
             raise WriteRefused(f"{where}: {value} does not fit in float32")
         packed = st.pack(raw_f)
     else:
-        raw_i = round(raw_f)
+        exact = isinstance(value, int) and point.scale == 1.0 and point.offset == 0.0
+        raw_i = value if exact else round(raw_f)  # 64-bit integers do not survive a float
         lo, hi = _RANGE[point.type]
         if not lo <= raw_i <= hi:
             raise WriteRefused(
