@@ -37,6 +37,7 @@ log = logging.getLogger("edge_agent")
 
 READY_GRACE = 15.0
 SHUTDOWN_FLUSH = 5.0
+DEVICE_STOP = 3.0
 EVENT_QUEUE = 1000
 
 
@@ -68,6 +69,7 @@ class Agent:
         self.flush_progress = time.monotonic()
         self.status_server = StatusServer(site.socket_path, self)
         self.store_error: str | None = None
+        self.abandoned: list[str] = []  # tasks that ignored cancellation at shutdown
 
     # ------------------------------------------------------------------------------ Sink (drivers)
 
@@ -245,31 +247,43 @@ class Agent:
         await self.outbox.open()
         for p in self.site.problems:
             log.error("config: %s", p)
+        # Device tasks live outside the task group: a driver that swallows cancellation must not be able to
+        # hold shutdown hostage (the watchdog reports it; shutdown abandons it after DEVICE_STOP seconds).
+        devices = [asyncio.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
         try:
             await self.status_server.start()
             async with asyncio.TaskGroup() as tg:
-                main = [
-                    tg.create_task(self._flusher(), name="flusher"),
+                flusher = tg.create_task(self._flusher(), name="flusher")
+                others = [
                     tg.create_task(self.uplink.run(), name="uplink"),
                     tg.create_task(self._watchdog(), name="watchdog"),
                     tg.create_task(self._ready(), name="ready"),
                 ]
-                devices = [tg.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
                 await self.stop_event.wait()
                 log.info("stopping: %s", self.summary())
                 self.notifier.stopping()
-                for t in devices:
-                    t.cancel()
-                await asyncio.gather(*devices, return_exceptions=True)
-                main[0].cancel()
+                await self._stop_devices(devices)
+                flusher.cancel()
                 await self.flush_now()
                 await self._drain_before_exit()
                 await self.uplink.goodbye()
-                for t in main[1:]:
+                for t in others:
                     t.cancel()
         finally:
+            await self._stop_devices(devices)
             await self.status_server.stop()
             await self.outbox.close()
+
+    async def _stop_devices(self, tasks: list[asyncio.Task[None]]) -> None:
+        live = [t for t in tasks if not t.done()]
+        for t in live:
+            t.cancel()
+        if live:
+            _, pending = await asyncio.wait(live, timeout=DEVICE_STOP)
+            for t in pending:
+                if t.get_name() not in self.abandoned:
+                    log.error("%s ignores cancellation; abandoned at shutdown", t.get_name())
+                    self.abandoned.append(t.get_name())
 
     async def _drain_before_exit(self) -> None:
         if not self.uplink.connected.is_set():

@@ -94,6 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         agent = Agent(site)
         install_signal_handlers(agent)
         await agent.run()
+        if agent.abandoned:
+            # asyncio.run() would wait forever for tasks that ignore cancellation; the outbox is closed.
+            logging.shutdown()
+            os._exit(0)
 
     try:
         asyncio.run(main())

@@ -52,7 +52,7 @@ class DriverContext:
         obj = self._buses.get(key)
         if obj is None:
             obj = self._buses[key] = factory()
-        return obj  # type: ignore[no-any-return]
+        return obj
 
     def buses(self) -> dict[str, Any]:
         return dict(self._buses)

@@ -40,7 +40,7 @@ class Notifier:
         if self._sock is None or self._addr is None:
             return False
         try:
-            self._sock.sendto("\n".join(fields).encode(), self._addr)  # type: ignore[arg-type]
+            self._sock.sendto("\n".join(fields).encode(), self._addr)
             return True
         except OSError as exc:
             log.debug("sd_notify failed: %s", exc)

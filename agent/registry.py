@@ -49,7 +49,7 @@ class DriverSpec:
             raise DriverUnavailable(
                 f"driver {self.name!r} is unavailable: cannot import {exc.name or module} ({exc})"
             ) from exc
-        return getattr(mod, cls)  # type: ignore[no-any-return]
+        return getattr(mod, cls)  # type: ignore[no-any-return,unused-ignore]
 
 
 _cache: dict[str, DriverSpec] = {}

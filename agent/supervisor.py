@@ -25,6 +25,7 @@ log = logging.getLogger("edge_agent.supervisor")
 RESTART_BUDGET = 5  # unexpected crashes ...
 RESTART_WINDOW = 600.0  # ... within this many seconds disable the device
 BACKOFF_MAX = 300.0
+PROGRESS_SLACK = 10.0  # watchdog: how late a device loop may be beyond its own cycle budget
 
 
 def _first(exc: BaseException) -> BaseException:
@@ -92,7 +93,7 @@ class DeviceRunner:
 
     def _progress(self, expect_within: float) -> None:
         self.health.last_progress = time.monotonic()
-        self.deadline = self.health.last_progress + expect_within + 10.0
+        self.deadline = self.health.last_progress + expect_within + PROGRESS_SLACK
 
     async def run(self) -> None:
         name = self.device.name
@@ -125,14 +126,14 @@ class DeviceRunner:
                 raise
             except BaseException as raw:  # only the supervisor catches broad exceptions
                 await self._stop_driver(driver)
-                exc = _first(raw)
-                if not isinstance(exc, Exception):
+                leaf = _first(raw)
+                if not isinstance(leaf, Exception):
                     raise
-                if isinstance(exc, DriverError):
-                    self._failed(f"{exc.code}: {exc}")
-                elif isinstance(exc, TimeoutError):
+                if isinstance(leaf, DriverError):
+                    self._failed(f"{leaf.code}: {leaf}")
+                elif isinstance(leaf, TimeoutError):
                     self._failed(f"timeout: no answer within {self.cycle_timeout:.0f} s")
-                elif self._crashed(exc):
+                elif self._crashed(leaf):
                     return
                 delay = self._backoff * random.uniform(0.8, 1.2)
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)

@@ -72,7 +72,10 @@ def load_text(text: str, file: str) -> LocatedDoc:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        msg = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        msg = exc.problem or "invalid YAML"
+        if exc.context:
+            ctx_line = exc.context_mark.line + 1 if exc.context_mark else None
+            msg += f" ({exc.context}{f' at line {ctx_line}' if ctx_line and ctx_line != line else ''})"
         raise ConfigError(Problem(file, line, "", f"YAML syntax error: {msg}")) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(Problem(file, None, "", f"YAML error: {exc}")) from exc

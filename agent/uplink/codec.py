@@ -10,8 +10,11 @@ Telemetry payload::
     payload = version(0x01) varint(seq) body
     body    = flags(u8) varint(gen) content           flags bit0: content is raw-deflated
     content = varint(base_ts_ms) sample*
-    sample  = varint(alias) tag(u8) [varint(dt_ms)] value [error]
-    tag     = quality(bits 0-1) | vtype(bits 2-5) << 2 | has_dt(bit 6)
+    sample  = tag(u8) [varint(alias)] [varint(dt_ms)] value [error]
+    tag     = quality(bits 0-1) | vtype(bits 2-5) << 2 | has_dt(bit 6) | next_alias(bit 7)
+
+``next_alias`` means alias = previous sample's alias + 1 (the first sample's "previous" is -1), so a poll
+cycle of consecutive points spends no byte on aliases: samples are sorted by (time, alias).
 
 ``seq`` is assigned by the outbox when the message is committed and prepended at publish time, so the body
 stored on disk never changes. ``gen`` identifies the alias map (a hash of the birth's device/point lists).
@@ -140,16 +143,21 @@ def _decode_value(buf: bytes, pos: int, vt: int) -> tuple[Value, int]:
 def encode_samples(samples: Sequence[Sample], aliases: dict[str, int], gen: int,
                    deflate_min: int = 96) -> bytes:
     """Encode one device's samples into a telemetry body (without version and seq)."""
-    ordered = sorted(samples, key=lambda s: s.ts)
+    ordered = sorted(samples, key=lambda s: (s.ts, aliases[s.point]))
     content = bytearray()
     base_ms = round(ordered[0].ts * 1000) if ordered else 0
     put_varint(content, base_ms)
     prev_ms = base_ms
+    prev_alias = -1
     for s in ordered:
         ms = max(round(s.ts * 1000), prev_ms)
-        put_varint(content, aliases[s.point])
+        alias = aliases[s.point]
         tag_pos = len(content)
         content.append(0)
+        next_alias = alias == prev_alias + 1
+        if not next_alias:
+            put_varint(content, alias)
+        prev_alias = alias
         dt = ms - prev_ms
         if dt:
             put_varint(content, dt)
@@ -159,7 +167,7 @@ def encode_samples(samples: Sequence[Sample], aliases: dict[str, int], gen: int,
             err = (s.error or "").encode("utf-8")[:120]
             put_varint(content, len(err))
             content += err
-        content[tag_pos] = int(s.quality) | (vt << 2) | (0x40 if dt else 0)
+        content[tag_pos] = int(s.quality) | (vt << 2) | (0x40 if dt else 0) | (0x80 if next_alias else 0)
     flags = 0
     payload = bytes(content)
     if len(payload) >= deflate_min:
@@ -203,12 +211,14 @@ def decode_telemetry(payload: bytes) -> Decoded:
             raise ValueError(f"bad deflate stream: {exc}") from exc
     ts_ms, p = get_varint(content, 0)
     out = []
+    alias = -1
     while p < len(content):
-        alias, p = get_varint(content, p)
-        if p >= len(content):
-            raise ValueError("truncated sample")
         tag = content[p]
         p += 1
+        if tag & 0x80:
+            alias += 1
+        else:
+            alias, p = get_varint(content, p)
         if tag & 0x40:
             dt, p = get_varint(content, p)
             ts_ms += dt

@@ -195,7 +195,7 @@ class Uplink:
             if not rows:
                 await self.outbox.wait(timeout=1.0)
                 continue
-            tasks = []
+            tasks: list[asyncio.Task[None]] = []
             for row in rows:
                 await sem.acquire()
                 if failure:

@@ -27,7 +27,7 @@ def _meminfo(proc: Path) -> dict[str, int]:
 
 def _cpu_temp(base: Path) -> float | None:
     """Highest temperature among CPU-like thermal zones, in degC; None where the kernel exposes none."""
-    temps = []
+    temps: list[float] = []
     for zone in sorted(base.glob("thermal_zone*")):
         try:
             kind = (zone / "type").read_text().strip().lower()

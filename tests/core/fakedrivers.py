@@ -1,0 +1,61 @@
+"""Fault-injection drivers for core tests (registered in-process only by the tests that use them)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from agent.config import PointBase
+from agent.driver import Driver
+from agent.errors import DeviceTimeout
+from agent.model import Sample
+from agent.registry import DriverSpec
+
+
+class FakePoint(PointBase):
+    pass
+
+
+class FakeConn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    behaviour: str = "ok"  # ok | wedge | dead | crash
+
+
+class FakeDriver(Driver):
+    """ok: returns a counter; dead: times out; crash: raises a bug; wedge: swallows cancellation forever
+    (a misbehaving driver that no timeout can stop, which the watchdog must notice)."""
+
+    count = 0
+    unwedge = False
+
+    async def read(self, points: Sequence[PointBase]) -> list[Sample]:
+        mode = self.device.connection.behaviour  # type: ignore[attr-defined]
+        if mode == "dead":
+            raise DeviceTimeout("no answer", device=self.name)
+        if mode == "crash":
+            raise ZeroDivisionError("bug in driver")
+        if mode == "wedge":
+            while not FakeDriver.unwedge:
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    continue
+            raise DeviceTimeout("unwedged", device=self.name)
+        FakeDriver.count += 1
+        return [Sample(self.name, p.name, float(FakeDriver.count)) for p in points]
+
+
+SPEC = DriverSpec("fake", FakePoint, FakeConn, "tests.core.fakedrivers:FakeDriver")
+
+
+def install(profiles_dir: str) -> None:
+    """Register the fake driver and write its profile into ``profiles_dir``."""
+    from pathlib import Path
+
+    from agent import registry
+
+    registry.DRIVERS["fake"] = "tests.core.fakedrivers"
+    Path(profiles_dir).mkdir(parents=True, exist_ok=True)
+    (Path(profiles_dir) / "fake-device.yaml").write_text("driver: fake\npoints:\n  - {name: counter}\n")
