@@ -1,0 +1,46 @@
+"""End to end: the real agent (supervisor, pipeline, outbox, uplink) with a simulated controller and Mosquitto."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.core.agentkit import Collector, running_agent, write_site
+from tests.peers.bacnet import BACnetLab, next_host
+
+
+def _values(col: Collector, point: str) -> list[Any]:
+    return [s["value"] for m in col.of("t") if m.get("device") == "ahu" for s in m["samples"]
+            if s["point"] == point]
+
+
+async def test_cov_change_reaches_broker_within_1s_without_polling(bacnet_lab: BACnetLab, broker: Any,
+                                                                   tmp_path: Path) -> None:
+    sim = await bacnet_lab.sim()
+    local = next_host()
+    devices = (
+        "  - name: ahu\n"
+        "    type: demo-bacnet-ahu\n"
+        "    interval: 60s\n"
+        "    timeout: 1s\n"
+        f"    connection: {{device_instance: {sim.instance}, address: '{sim.host}', local_address: {local}/8, "
+        "local_port: 47809}\n"
+    )
+    site = write_site(tmp_path, broker.url, devices=devices)
+    async with Collector(broker.port) as col, running_agent(site) as agent:
+        # first poll (staggered by up to 2 s) and the COV initial values
+        await col.wait(lambda: _values(col, "mode") == [4] and 21.0 in _values(col, "room_temp"), 10,
+                       "first poll")
+        runner_driver = agent.runners["ahu"].driver
+        assert runner_driver is not None and runner_driver.subscribed == {"room_temp", "room_setpoint"}
+        sim.requests.clear()
+        t0 = time.monotonic()
+        sim.obj("analog-input,3").presentValue = 23.25
+        await col.wait(lambda: 23.25 in _values(col, "room_temp"), 1.0, "COV value at the broker")
+        latency = time.monotonic() - t0
+        assert sim.requests["ReadPropertyMultipleRequest"] == 0 and sim.requests["ReadPropertyRequest"] == 0
+        print(f"COV change to broker: {latency * 1000:.0f} ms")
+        # units the profile leaves out are taken from the device at start
+        units = {p.name: p.unit for p in agent.runners["ahu"].device.points}
+        assert units["room_temp"] == "degC" and units["room_humidity"] == "%RH"
