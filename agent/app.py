@@ -70,6 +70,8 @@ class Agent:
         self.status_server = StatusServer(site.socket_path, self)
         self.store_error: str | None = None
         self.abandoned: list[str] = []  # tasks that ignored cancellation at shutdown
+        self.reload_event = asyncio.Event()
+        self.restart = False  # set when a valid new configuration asks for a re-exec
 
     # ------------------------------------------------------------------------------ Sink (drivers)
 
@@ -258,6 +260,7 @@ class Agent:
                     tg.create_task(self.uplink.run(), name="uplink"),
                     tg.create_task(self._watchdog(), name="watchdog"),
                     tg.create_task(self._ready(), name="ready"),
+                    tg.create_task(self._reloader(), name="reloader"),
                 ]
                 await self.stop_event.wait()
                 log.info("stopping: %s", self.summary())
@@ -273,6 +276,29 @@ class Agent:
             await self._stop_devices(devices)
             await self.status_server.stop()
             await self.outbox.close()
+
+    async def _reloader(self) -> None:
+        """SIGHUP: validate the site file again. Valid: stop cleanly and let the caller re-exec with it.
+        Invalid: keep running the configuration that works, and say why the new one was refused."""
+        from .config import load_site
+
+        while True:
+            await self.reload_event.wait()
+            self.reload_event.clear()
+            try:
+                await asyncio.to_thread(load_site, self.site.file, strict=True)
+            except EdgeAgentError as exc:
+                problems = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)]
+                for p in problems:
+                    log.error("reload refused: %s", p)
+                self.event(Event("agent", "config", {"result": "refused", "problems": problems[:50]},
+                                 Severity.WARNING))
+                continue
+            log.info("reload: configuration valid, restarting with it")
+            self.notifier.send("RELOADING=1")
+            self.restart = True
+            self.stop_event.set()
+            return
 
     async def _stop_devices(self, tasks: list[asyncio.Task[None]]) -> None:
         live = [t for t in tasks if not t.done()]
@@ -339,3 +365,4 @@ def install_signal_handlers(agent: Agent) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload_event.set)

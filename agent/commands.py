@@ -94,6 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         agent = Agent(site)
         install_signal_handlers(agent)
         await agent.run()
+        if agent.restart:
+            # Same PID for systemd; a fresh interpreter for the new configuration (drivers, profiles).
+            logging.shutdown()
+            os.execv(sys.executable, [sys.executable, "-m", "agent.cli", "run", "--config", args.config,
+                                      "--log-level", args.log_level])
         if agent.abandoned:
             # asyncio.run() would wait forever for tasks that ignore cancellation; the outbox is closed.
             logging.shutdown()

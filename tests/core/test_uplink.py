@@ -156,3 +156,30 @@ async def test_mutual_tls_refused_without_client_certificate(tls_broker: Broker,
         assert agent.snapshot()["uplink"]["state"] in ("offline", "connecting")
         # it keeps collecting into the outbox meanwhile
         assert agent.outbox.stats()["depth"] > 0
+
+
+async def test_sighup_refuses_bad_config_and_applies_good_one(broker: Broker, tmp_path: Path) -> None:
+    site = write_site(tmp_path, broker.url)
+    good = site.read_text()
+    async with Collector(broker.port) as col:
+        proc = start_agent_process(site, tmp_path / "agent.log")
+        try:
+            await col.wait(lambda: any(m["doc"]["state"] == "online" for m in col.of("status")), 15, "online")
+            site.write_text(good.replace("type: edge-box", "type: edge-box, interval: soon"))
+            proc.send_signal(signal.SIGHUP)
+            await col.wait(lambda: any(m["doc"].get("kind") == "config" for m in col.of("e")), 10, "refusal event")
+            ev = next(m["doc"] for m in col.of("e") if m["doc"].get("kind") == "config")
+            assert ev["data"]["result"] == "refused"
+            assert any("site.yaml:" in p and "devices[0].interval" in p for p in ev["data"]["problems"])
+            assert proc.poll() is None
+            n = len(col.of("t"))
+            await col.wait(lambda: len(col.of("t")) > n, 10, "still publishing with the old configuration")
+            # a valid change: a second device; same process (re-exec), new birth with both devices
+            site.write_text(good + "  - {name: box2, type: edge-box, interval: 1s}\n")
+            proc.send_signal(signal.SIGHUP)
+            await col.wait(lambda: any("box2" in m["doc"].get("devices", {}) for m in col.of("birth")), 20,
+                           "birth with box2")
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(10)
