@@ -58,7 +58,7 @@ def to_value(v: Any) -> Value:
     """bacpypes3 value → what a Sample carries: float, int, bool (binary PVs), str, None."""
     from bacpypes3.basetypes import BinaryPV
     from bacpypes3.constructeddata import Choice
-    from bacpypes3.primitivedata import Boolean, CharacterString, Enumerated
+    from bacpypes3.primitivedata import Boolean, CharacterString, Enumerated, Real
 
     if v is None or isinstance(v, Null):
         return None
@@ -76,6 +76,8 @@ def to_value(v: Any) -> Value:
         return str(v)
     if isinstance(v, bool):
         return v
+    if isinstance(v, Real):  # single precision: 17.14, not 17.139999389648438
+        return float(f"{float(v):.7g}")
     if isinstance(v, float):
         return float(v)
     if isinstance(v, int):

@@ -200,6 +200,28 @@ class SimController:
             self.step()
 
 
+def demo_devices(work: Any, start: Any, *, address: str = "127.0.0.2", instance: int = 1001) -> list[str]:
+    """For ``examples/demo/run.py``: start the simulator as a process and return its site-file device entry.
+
+    ``start(name, cmd, **popen_kw)`` is the demo's process starter. The agent's BACnet client uses
+    127.0.0.3:47809 (not 47808: bacpypes3 would take a unicast to 127.*:47808 as addressed to itself).
+    """
+    import subprocess
+
+    proc = start("bacnet-sim", [sys.executable, "-m", "drivers.bacnet.sim", "--address", f"{address}/8",
+                                "--instance", str(instance), "--tick", "2"], stdout=subprocess.PIPE)
+    line = proc.stdout.readline() if proc.stdout is not None else b""
+    if not line.startswith(b"ready"):
+        raise SystemExit("demo: BACnet simulator did not start; see .demo/bacnet-sim.log")
+    return [
+        "  - name: ahu-1\n"
+        "    type: demo-bacnet-ahu\n"
+        "    interval: 10s\n"
+        f"    connection: {{device_instance: {instance}, address: '{address}', local_address: 127.0.0.3/8, "
+        "local_port: 47809}"
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m drivers.bacnet.sim", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
