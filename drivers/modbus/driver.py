@@ -186,6 +186,9 @@ _READ_FN = {
 }
 
 
+_FUNCTION = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
+
+
 class ModbusDriver(Driver):
     def __init__(self, device: Any, ctx: DriverContext) -> None:
         super().__init__(device, ctx)
@@ -280,6 +283,9 @@ class ModbusDriver(Driver):
             return await getattr(client, fn)(start, count=count, device_id=unit)
 
         rr = await self._request(op, retries)
+        fc = getattr(rr, "function_code", None)
+        if fc != _FUNCTION[req.table]:
+            raise ProtocolError(f"reply to function {fc}, expected {_FUNCTION[req.table]}")
         values = rr.bits if req.table in BIT_TABLES else rr.registers
         if values is None or len(values) < count:
             got = 0 if values is None else len(values)

@@ -1,0 +1,182 @@
+"""Exception codes, silent devices, garbage and truncated replies: per-point error quality where the rest of
+the device answered, a DriverError subclass where nothing did, never a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.driver import DriverContext
+from agent.errors import DeviceBusy, DeviceTimeout, DeviceUnreachable, DriverError
+from agent.model import Quality
+from tests.peers.common import free_port
+from tests.peers.modbus import ModbusPeer, RawModbusTcp, mbap, registers_reply
+
+from .conftest import make_driver, write_profile
+
+# two reads: holding 0-1 and holding 100-101 (the gap is larger than max_gap)
+PROFILE = {
+    "defaults": {"table": "holding"},
+    "points": [
+        {"name": "a", "address": 0},
+        {"name": "b", "address": 1},
+        {"name": "x", "address": 100},
+        {"name": "y", "address": 101, "type": "int16"},
+    ],
+}
+TABLES = {1: {"holding": {0: 11, 1: 12, 100: 13, 101: 0xFFFF}}}
+
+
+def by_name(samples: list[Any]) -> dict[str, Any]:
+    return {s.point: s for s in samples}
+
+
+async def driver_for(tmp_path: Path, port: int, **model: Any) -> Any:
+    prof = write_profile(tmp_path, PROFILE)
+    conn = {"transport": "tcp", "host": "127.0.0.1", "port": port, "unit": 1,
+            **model.pop("conn", {})}
+    drv = make_driver(prof, conn, DriverContext("t", tmp_path), **{"timeout": 0.3, "retries": 1, **model})
+    await drv.start()
+    return drv
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [(1, "exception 1 illegal function"), (3, "exception 3 illegal data value"),
+     (4, "exception 4 server device failure"), (6, "exception 6 server device busy")],
+)
+async def test_exception_codes_give_per_point_errors(tmp_path: Path, code: int, text: str) -> None:
+    peer = await ModbusPeer(TABLES, exceptions={(1, 100): code}).start()
+    drv = await driver_for(tmp_path, peer.port)
+    try:
+        s = by_name(await drv.read(drv.points))
+        assert (s["a"].value, s["b"].value) == (11, 12) and s["a"].quality == Quality.GOOD
+        for n in ("x", "y"):
+            assert s[n].quality == Quality.ERROR and s[n].value is None and s[n].error == text
+        # the device recovers: the next cycle reads everything
+        peer.exceptions.clear()
+        s = by_name(await drv.read(drv.points))
+        assert (s["x"].value, s["y"].value) == (13, -1)
+    finally:
+        await drv.stop()
+        await peer.stop()
+
+
+async def test_exception_2_on_a_single_register_is_isolated(tmp_path: Path) -> None:
+    # the server maps x but refuses reads that include it; the block 100-101 splits, y stays readable
+    peer = await ModbusPeer(TABLES, exceptions={(1, 100): 2}).start()
+    drv = await driver_for(tmp_path, peer.port)
+    try:
+        s = by_name(await drv.read(drv.points))
+        assert s["x"].error == "exception 2 illegal data address" and s["y"].value == -1
+        assert [(r["start"], r["count"]) for r in drv.plan()] == [(0, 2), (100, 1), (101, 1)]
+    finally:
+        await drv.stop()
+        await peer.stop()
+
+
+async def test_busy_everywhere_is_device_busy(tmp_path: Path) -> None:
+    peer = await ModbusPeer(TABLES, exceptions={(1, 0): 6, (1, 100): 6}).start()
+    drv = await driver_for(tmp_path, peer.port)
+    try:
+        with pytest.raises(DeviceBusy, match="exception 6"):
+            await drv.read(drv.points)
+    finally:
+        await drv.stop()
+        await peer.stop()
+
+
+async def test_silent_device_times_out_then_fails_fast(tmp_path: Path) -> None:
+    peer = await ModbusPeer(TABLES, silent={1}).start()
+    drv = await driver_for(tmp_path, peer.port, retries=0, conn={"breaker_threshold": 2, "breaker_probe": 0.5})
+    try:
+        for _ in range(2):
+            t0 = time.monotonic()
+            with pytest.raises(DeviceTimeout):
+                await drv.read(drv.points)
+            assert 0.25 < time.monotonic() - t0 < 1.0  # one request's timeout, not one per read
+        t0 = time.monotonic()
+        with pytest.raises(DeviceTimeout, match="not answering"):
+            await drv.read(drv.points)
+        assert time.monotonic() - t0 < 0.02  # breaker open: no I/O
+        peer.silent.clear()
+        await asyncio.sleep(0.55)  # next probe is allowed and succeeds
+        s = by_name(await drv.read(drv.points))
+        assert s["a"].value == 11 and not drv.breaker.is_open
+    finally:
+        await drv.stop()
+        await peer.stop()
+
+
+async def test_connection_refused_is_unreachable(tmp_path: Path) -> None:
+    prof = write_profile(tmp_path, PROFILE)
+    drv = make_driver(prof, {"host": "127.0.0.1", "port": free_port()}, DriverContext("t", tmp_path), timeout=0.3)
+    with pytest.raises(DeviceUnreachable) as ei:
+        await drv.start()
+    assert ei.value.__cause__ is not None or "cannot connect" in str(ei.value)
+    with pytest.raises(DeviceUnreachable):
+        await drv.read(drv.points)
+
+
+# ------------------------------------------------------------------------------- broken replies (raw server)
+
+
+def good(tid: int, unit: int, pdu: bytes) -> bytes:
+    start, count = struct.unpack(">HH", pdu[1:5])
+    return mbap(tid, unit, registers_reply(3, [start + i for i in range(count)]))
+
+
+FAULTS = {
+    # a frame of noise with a valid-looking header
+    "garbage": lambda tid, unit, pdu: mbap(tid, unit, b"\x03\x99\xde\xad\xbe\xef"),
+    # the length field promises more than is sent: the rest never comes
+    "truncated": lambda tid, unit, pdu: mbap(tid, unit, registers_reply(3, [1, 2]), length=40)[:12],
+    # byte count says 4 registers, carries 1
+    "short_count": lambda tid, unit, pdu: mbap(tid, unit, b"\x03\x08\x00\x01"),
+    # a reply to another function
+    "wrong_function": lambda tid, unit, pdu: mbap(tid, unit, registers_reply(4, [1, 2])),
+    # a reply to another transaction
+    "wrong_tid": lambda tid, unit, pdu: mbap((tid + 7) & 0xFFFF, unit, registers_reply(3, [1, 2])),
+    # pure junk, no MBAP at all
+    "junk": lambda tid, unit, pdu: b"\xff\x00\x13\x37" * 5,
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_broken_reply_gives_point_errors_not_a_crash(tmp_path: Path, fault: str) -> None:
+    broken_once = {"on": True}
+
+    def responder(tid: int, unit: int, fc: int, pdu: bytes) -> bytes | None:
+        start = struct.unpack(">H", pdu[1:3])[0]
+        if start == 100 and broken_once["on"]:
+            return FAULTS[fault](tid, unit, pdu)
+        return good(tid, unit, pdu)
+
+    async with RawModbusTcp(responder) as srv:
+        drv = await driver_for(tmp_path, srv.port, retries=0)
+        try:
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value) == (0, 1)
+            assert s["x"].quality == Quality.ERROR and s["y"].quality == Quality.ERROR
+            assert s["x"].error
+            # the bus recovers for the next cycle (a fresh connection if the stream was desynchronised)
+            broken_once["on"] = False
+            s = by_name(await drv.read(drv.points))
+            assert (s["x"].value, s["y"].value) == (100, 101)
+        finally:
+            await drv.stop()
+
+
+async def test_all_broken_raises_a_driver_error(tmp_path: Path) -> None:
+    async with RawModbusTcp(lambda tid, unit, fc, pdu: FAULTS["garbage"](tid, unit, pdu)) as srv:
+        drv = await driver_for(tmp_path, srv.port, retries=0)
+        try:
+            with pytest.raises(DriverError):
+                await drv.read(drv.points)
+        finally:
+            await drv.stop()
