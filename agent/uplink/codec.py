@@ -7,8 +7,8 @@ exact (no float32 rounding of counters) and 1-4 bytes where Sparkplug B spends 4
 
 Telemetry payload::
 
-    payload = version(0x01) varint(seq) body
-    body    = flags(u8) varint(gen) content           flags bit0: content is raw-deflated
+    payload = head(u8) varint(seq) gen(u16, big-endian) content
+    head    = version(bits 4-7, = 1) | flags(bits 0-3)      flags bit0: content is raw-deflated
     content = varint(base_ts_ms) sample*
     sample  = tag(u8) [varint(alias)] [varint(dt_ms)] value [error]
     tag     = quality(bits 0-1) | vtype(bits 2-5) << 2 | has_dt(bit 6) | next_alias(bit 7)
@@ -16,8 +16,12 @@ Telemetry payload::
 ``next_alias`` means alias = previous sample's alias + 1 (the first sample's "previous" is -1), so a poll
 cycle of consecutive points spends no byte on aliases: samples are sorted by (time, alias).
 
-``seq`` is assigned by the outbox when the message is committed and prepended at publish time, so the body
-stored on disk never changes. ``gen`` identifies the alias map (a hash of the birth's device/point lists).
+Values that are exactly a float32 (most Modbus and BACnet REALs) travel as the shortest decimal with the same
+float32 value when one with at most 4 decimals exists: 231.39999389648438 arrives as 231.4.
+
+``seq`` is assigned by the outbox when the message is committed and inserted at publish time, so the body
+stored on disk (flags, gen, content) never changes. ``gen`` identifies the alias map: a 16-bit hash of the
+birth's device/point lists; receivers keep the maps of the last few births.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..model import Quality, Sample, Value
 
 VERSION = 0x01
 FLAG_DEFLATE = 0x01
+GEN_MASK = 0xFFFF
 
 # value types (4 bits)
 V_NULL, V_FALSE, V_TRUE, V_INT = 0, 1, 2, 3
@@ -101,6 +106,13 @@ def _encode_value(out: bytearray, v: Value) -> int:
                 return vt
         f32 = struct.pack("<f", v)
         if struct.unpack("<f", f32)[0] == v:
+            # A float32 register value (231.39999389648438): send the shortest decimal that is the same
+            # float32 (231.4) when it has at most 4 decimals. Lossless at the device's own precision.
+            for vt, mul in _DEC.items():
+                m = round(v * mul)
+                if abs(m) < 2**31 and struct.pack("<f", m / mul) == f32:
+                    put_varint(out, zigzag(m))
+                    return vt
             out += f32
             return V_F32
         out += struct.pack("<d", v)
@@ -175,16 +187,14 @@ def encode_samples(samples: Sequence[Sample], aliases: dict[str, int], gen: int,
         packed = z.compress(payload) + z.flush()
         if len(packed) < len(payload):
             payload, flags = packed, FLAG_DEFLATE
-    head = bytearray([flags])
-    put_varint(head, gen)
-    return bytes(head) + payload
+    return bytes([flags]) + (gen & GEN_MASK).to_bytes(2, "big") + payload
 
 
 def frame(seq: int, body: bytes) -> bytes:
-    """Prepend version and sequence number to a stored body."""
-    head = bytearray([VERSION])
+    """Merge version into the stored flags byte and insert the sequence number."""
+    head = bytearray([(VERSION << 4) | (body[0] & 0x0F)])
     put_varint(head, seq)
-    return bytes(head) + body
+    return bytes(head) + body[1:]
 
 
 @dataclass
@@ -196,14 +206,14 @@ class Decoded:
 
 def decode_telemetry(payload: bytes) -> Decoded:
     """Decode a telemetry payload; ValueError on anything malformed."""
-    if not payload or payload[0] != VERSION:
+    if not payload or payload[0] >> 4 != VERSION:
         raise ValueError(f"unknown telemetry version {payload[:1]!r}")
+    flags = payload[0] & 0x0F
     seq, pos = get_varint(payload, 1)
-    if pos >= len(payload):
+    if pos + 2 > len(payload):
         raise ValueError("truncated header")
-    flags = payload[pos]
-    gen, pos = get_varint(payload, pos + 1)
-    content = payload[pos:]
+    gen = int.from_bytes(payload[pos:pos + 2], "big")
+    content = payload[pos + 2:]
     if flags & FLAG_DEFLATE:
         try:
             content = zlib.decompress(content, -15)
@@ -249,8 +259,8 @@ def with_seq(seq: int, body: bytes) -> bytes:
 
 
 def alias_map_gen(devices: Iterable[tuple[str, Sequence[str]]]) -> int:
-    """A stable 31-bit id of the alias assignment: changes exactly when a device's point list changes."""
+    """A stable 16-bit id of the alias assignment: changes exactly when a device's point list changes."""
     h = hashlib.sha256()
     for dev, points in devices:
         h.update(dev.encode() + b"\0" + b"\1".join(p.encode() for p in points) + b"\0\0")
-    return int.from_bytes(h.digest()[:4], "big") & 0x7FFFFFFF
+    return int.from_bytes(h.digest()[:2], "big")

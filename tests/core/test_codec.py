@@ -47,7 +47,7 @@ def test_meter_sample_is_small() -> None:
     samples = [Sample("m", f"p{i}", v, Quality.GOOD, T0) for i, v in enumerate(vals)]
     body = encode_samples(samples, {f"p{i}": i for i in range(20)}, 123456)
     payload = frame(1000, body)
-    assert len(payload) <= 94, len(payload)  # half of 189 B
+    assert len(payload) <= 75, len(payload)  # Sparkplug B: 189 B
     assert [s[2] for s in sorted(decode_telemetry(payload).samples)] == vals
 
 
@@ -58,8 +58,9 @@ def test_deflate_used_only_when_smaller() -> None:
     assert len(decode_telemetry(frame(1, body)).samples) == 300
 
 
-@pytest.mark.parametrize("payload", [b"", b"\x02\x01", b"\x01\x05", b"\x01\x05\x01", b"\x01\x05\x00\x01\x80",
-                                     b"\x01\x05\x01\x01\xff\xff", b"\x01\x05\x00\x01\x00\x3f", b"\x01\x05\x00\x01\x80"])
+@pytest.mark.parametrize("payload", [b"", b"\x20\x01", b"\x10\x05", b"\x10\x05\x01", b"\x10\x05\x00\x01\x80",
+                                     b"\x11\x05\x00\x01\xff\xff", b"\x10\x05\x00\x01\x00\x3f",
+                                     b"\x10\x05\x00\x01\x00\xbc"])
 def test_malformed_payloads_raise_value_error(payload: bytes) -> None:
     with pytest.raises(ValueError):
         decode_telemetry(payload)
@@ -72,3 +73,14 @@ def test_varint_and_seq_splice() -> None:
         assert get_varint(bytes(buf), 0) == (n, len(buf))
     assert with_seq(12, b'{"a":1}') == b'{"seq":12,"a":1}'
     assert with_seq(3, b"{}") == b'{"seq":3}'
+
+
+def test_float32_register_values_travel_as_short_decimals() -> None:
+    import struct
+
+    raw = struct.unpack("<f", struct.pack("<f", 231.4))[0]  # what a driver decodes from two registers
+    assert raw != 231.4
+    payload = frame(1, encode_samples([Sample("m", "v", raw, Quality.GOOD, T0)], {"v": 0}, 1))
+    ((_, _, got, _, _),) = decode_telemetry(payload).samples
+    assert got == 231.4 and struct.pack("<f", got) == struct.pack("<f", raw)
+    assert len(payload) < 20
