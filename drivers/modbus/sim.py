@@ -307,9 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def serve() -> None:
         async with asyncio.TaskGroup() as tg:
+            ready = [asyncio.Event() for _ in ports]
             for i, port in enumerate(ports):
-                tg.create_task(run_sim(devices, host=args.host, port=port,
+                tg.create_task(run_sim(devices, host=args.host, port=port, ready=ready[i],
                                        serial_port=args.serial if i == 0 else None, update_every=args.update))
+            for ev in ready:
+                await ev.wait()
             where = args.serial or ", ".join(f"{args.host}:{p}" for p in ports)
             print(f"simulating {len(devices)} device(s) on {where}", flush=True)
 
