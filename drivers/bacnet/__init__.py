@@ -8,6 +8,7 @@ properties are checked against static tables (``enums.py``) kept equal to bacpyp
 from __future__ import annotations
 
 import builtins
+import difflib
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -44,6 +45,11 @@ def _norm_name(v: str) -> str:
     return _CAMEL.sub(r"-\1", v.strip()).replace("_", "-").replace(" ", "-").lower()
 
 
+def _hint(name: str, table: dict[str, int]) -> str:
+    close = difflib.get_close_matches(name, table, n=3, cutoff=0.75)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
 def normalize_object_type(v: Any) -> str | int:
     """A standard object type name, or a number (proprietary types 128-1023 only)."""
     if isinstance(v, bool):
@@ -58,9 +64,7 @@ def normalize_object_type(v: Any) -> str | int:
         raise ValueError("object_type must be a name such as analog-input")
     name = _norm_name(v)
     if name not in OBJECT_TYPES:
-        close = [k for k in OBJECT_TYPES if name.split("-")[0] in k][:4]
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown BACnet object type {v!r}{hint}")
+        raise ValueError(f"unknown BACnet object type {v!r}{_hint(name, OBJECT_TYPES)}")
     return name
 
 
@@ -78,7 +82,7 @@ def normalize_property(v: Any) -> str | int:
         raise ValueError("property must be a name such as present-value")
     name = _norm_name(v)
     if name not in PROPERTY_IDENTIFIERS:
-        raise ValueError(f"unknown BACnet property {v!r}")
+        raise ValueError(f"unknown BACnet property {v!r}{_hint(name, PROPERTY_IDENTIFIERS)}")
     return name
 
 

@@ -139,6 +139,9 @@ async def open_application(conn: BACnetConnection, *, bind_timeout: float = BIND
     if dev is not None:
         dev.maxApduLengthAccepted = OWN_MAX_APDU
         dev.segmentationSupported = Segmentation.segmentedBoth
+        # retries are the driver's (device.retries, each under device.timeout): bacpypes3 would otherwise
+        # keep retransmitting to a dead controller after the driver gave up
+        dev.numberOfApduRetries = 0
     readies = [ll.server._local_transport_ready for ll in app.link_layers.values()
                if getattr(getattr(ll, "server", None), "_local_transport_ready", None) is not None]
     try:
@@ -344,8 +347,9 @@ class BACnetDriver(Driver):
         for _attempt in range(self.retries + 1):
             self._count(service)
             try:
-                async with self._sem, asyncio.timeout(self.timeout):
-                    return await fn()
+                async with self._sem:  # the timeout counts from the send, not from the queue
+                    async with asyncio.timeout(self.timeout):
+                        return await fn()
             except TimeoutError as exc:
                 last = exc
             except OSError as exc:
