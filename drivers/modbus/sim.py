@@ -214,8 +214,10 @@ class SimServer:
     """A running simulated bus (one TCP port or one serial port) with one or more meters."""
 
     def __init__(self, meters: Sequence[SimMeter], *, host: str = "127.0.0.1", port: int = 5020,
-                 serial_port: str | None = None, update_every: float = 1.0) -> None:
+                 serial_port: str | None = None, update_every: float = 1.0,
+                 silent: Sequence[int] = ()) -> None:
         self.meters = list(meters)
+        self.silent = set(silent)  # fault injection: unit ids that never answer (a dead device on the bus)
         self.host, self.port, self.serial_port = host, port, serial_port
         self.update_every = update_every
         self.server: Any = None
@@ -226,13 +228,21 @@ class SimServer:
             m.step()
         devs = [_device(m) for m in self.meters]
         if self.serial_port:
-            self.server = ModbusSerialServer(devs, framer=FramerType.RTU, port=self.serial_port)
+            self.server = ModbusSerialServer(devs, framer=FramerType.RTU, port=self.serial_port,
+                                             trace_packet=self._trace)
         else:
-            self.server = ModbusTcpServer(devs, address=(self.host, self.port))
+            self.server = ModbusTcpServer(devs, address=(self.host, self.port), trace_packet=self._trace)
         await self.server.serve_forever(background=True)
         self._written: dict[int, dict[str, dict[int, int | bool]]] = {m.unit: m.registers() for m in self.meters}
         self._task = asyncio.create_task(self._update_loop(), name="modbus-sim-update")
         return self
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if sending and data and self.silent:
+            unit = data[0] if self.serial_port else data[6]
+            if unit in self.silent:
+                return b""  # swallow the reply
+        return data
 
     async def _update_loop(self) -> None:
         while True:
@@ -272,10 +282,11 @@ class SimServer:
 
 async def run_sim(devices: Sequence[tuple[str | Path, int]], *, host: str = "127.0.0.1", port: int = 5020,
                   serial_port: str | None = None, update_every: float = 1.0,
-                  ready: asyncio.Event | None = None) -> None:
+                  ready: asyncio.Event | None = None, silent: Sequence[int] = ()) -> None:
     """Serve simulated meters until cancelled (the demo runs this beside the agent)."""
     meters = [SimMeter.from_profile(prof, unit) for prof, unit in devices]
-    sim = await SimServer(meters, host=host, port=port, serial_port=serial_port, update_every=update_every).start()
+    sim = await SimServer(meters, host=host, port=port, serial_port=serial_port, update_every=update_every,
+                          silent=silent).start()
     if ready is not None:
         ready.set()
     try:
@@ -294,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--port", type=int, action="append", help="TCP port (repeat for several identical buses)")
     ap.add_argument("--serial", help="serve RTU on this serial port instead of TCP (e.g. one end of a socat pty pair)")
     ap.add_argument("--update", type=float, default=1.0, help="seconds between value updates")
+    ap.add_argument("--silent", type=int, action="append", default=[],
+                    help="fault injection: never answer this unit id (repeat), like a dead device on the bus")
     args = ap.parse_args(argv)
     devices: list[tuple[str | Path, int]] = []
     if args.profile:
@@ -310,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ready = [asyncio.Event() for _ in ports]
             for i, port in enumerate(ports):
                 tg.create_task(run_sim(devices, host=args.host, port=port, ready=ready[i],
-                                       serial_port=args.serial if i == 0 else None, update_every=args.update))
+                                       serial_port=args.serial if i == 0 else None, update_every=args.update,
+                                       silent=args.silent))
             for ev in ready:
                 await ev.wait()
             where = args.serial or ", ".join(f"{args.host}:{p}" for p in ports)

@@ -87,7 +87,7 @@ async def test_simulated_values_move_plausibly(sim: Any) -> None:
 
 async def test_documented_encodings_decode_to_documented_values(sim: Any) -> None:
     """Raw register contents as each document defines them -> the engineering value it says they mean."""
-    _srv, drivers = sim
+    srv, drivers = sim
     srv._task.cancel()  # freeze the simulation: these registers are set by hand
     ctx = srv.server.context
 
@@ -125,7 +125,7 @@ async def test_documented_encodings_decode_to_documented_values(sim: Any) -> Non
 
 
 async def test_remeha_fallback_setpoint_write(sim: Any) -> None:
-    _srv, drivers = sim
+    srv, drivers = sim
     srv._task.cancel()
     drv = drivers[4]
     p = check_write(drv.device, "fallback_power_setpoint", 55)
