@@ -99,15 +99,17 @@ class ModbusPeer:
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending and data:
-            unit = data[6] if self.transport == "tcp" else data[0]
+            unit = data[6] if self.transport == "tcp" else data[0]  # MBAP unit id / RTU address
             if unit in self.silent:
                 return b""
         return data
 
     async def start(self) -> ModbusPeer:
         devs = [sim_device(u, t, self._action_for(u)) for u, t in self.devices.items()]
-        if self.transport == "tcp":
-            self.server = ModbusTcpServer(devs, address=("127.0.0.1", self.port), trace_packet=self._trace)
+        if self.transport in ("tcp", "rtu-over-tcp"):
+            framer = FramerType.SOCKET if self.transport == "tcp" else FramerType.RTU
+            self.server = ModbusTcpServer(devs, framer=framer, address=("127.0.0.1", self.port),
+                                          trace_packet=self._trace)
         else:  # a pty refuses parity E/O (termios EINVAL): tests use 8N1
             self.server = ModbusSerialServer(
                 devs, framer=FramerType.RTU, port=self.serial_port or "", baudrate=19200, parity="N",
