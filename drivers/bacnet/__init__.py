@@ -125,7 +125,8 @@ class BACnetPoint(PointBase):
     )
     cov: bool = Field(False, description="follow changes by COV subscription instead of polling")
     cov_increment: float | None = Field(
-        None, gt=0, description="informational: the device's COV increment this point expects (not written)"
+        None, gt=0, description="written to the object's cov-increment before subscribing (analog objects; "
+        "this changes the controller's setting for every subscriber). Empty: keep the device's"
     )
     cov_lifetime: PositiveDuration = Field(
         300.0, description="subscription lifetime; renewed at half of it (a restarted device is resubscribed)"

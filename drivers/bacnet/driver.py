@@ -556,6 +556,8 @@ class BACnetDriver(Driver):
         scm = _Subscription(app, addr, base.monitored_object_identifier, base.subscriber_process_identifier,
                             p.cov_confirmed, lifetime)
         key = (addr, scm.subscriber_process_identifier)
+        if p.cov_increment is not None:
+            await self._set_cov_increment(p)
         app._cov_contexts[key] = scm  # before subscribing: the first notification may beat the ack
         try:
             while True:
@@ -579,6 +581,16 @@ class BACnetDriver(Driver):
             raise
         finally:
             app._cov_contexts.pop(key, None)
+
+    async def _set_cov_increment(self, p: BACnetPoint) -> None:
+        app, addr = self._app(), self.address
+        assert addr is not None and p.cov_increment is not None
+        inc = float(p.cov_increment)
+        try:
+            await self._call("write-property", lambda: app.write_property(addr, p.object_id, "cov-increment", inc))
+        except ErrorRejectAbortNack as exc:
+            log.warning("%s.%s: cannot set cov-increment %g: %s (the device's own increment applies)",
+                        self.name, p.name, inc, _err_text(exc))
 
     async def _next_value(self, scm: _Subscription, p: BACnetPoint, sink: Sink) -> None:
         """Wait for the next present-value of this subscription and hand it to the sink."""

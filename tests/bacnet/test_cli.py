@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from tests.peers.bacnet import BACnetLab, next_host
 from tests.peers.common import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
+BASE = 10000 + os.getpid() % 200 * 10  # instances unique per test process: broadcasts reach every run's sims
 
 
 def _start_sim(*args: str) -> subprocess.Popen[str]:
@@ -38,7 +40,7 @@ def two_sims() -> Iterator[list[str]]:
     procs = []
     try:
         for i, h in enumerate(hosts):
-            procs.append(_start_sim("--address", f"{h}/8", "--instance", str(2001 + i), "--name", f"sim-{i}",
+            procs.append(_start_sim("--address", f"{h}/8", "--instance", str(BASE + 1 + i), "--name", f"sim-{i}",
                                     "--max-apdu", "480" if i else "1024", *(["--no-segmentation"] if i else [])))
         yield hosts
     finally:
@@ -48,24 +50,24 @@ def two_sims() -> Iterator[list[str]]:
 
 def test_discover_broadcast_on_loopback(two_sims: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     local = next_host()
-    rc = main(["bacnet", "discover", "--local", f"{local}/8", "--port", "47809", "--low", "2000", "--high", "2009",
-               "--broadcast", "127.255.255.255:47808", "--timeout", "1", "--json"])
+    rc = main(["bacnet", "discover", "--local", f"{local}/8", "--port", "47809", "--low", str(BASE),
+               "--high", str(BASE + 9), "--broadcast", "127.255.255.255:47808", "--timeout", "1", "--json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     found = json.loads(out)
-    assert [d["instance"] for d in found] == [2001, 2002]
+    assert [d["instance"] for d in found] == [BASE + 1, BASE + 2]
     a, b = found
     assert a["address"] == two_sims[0] and b["address"] == two_sims[1]
     assert (a["vendor_id"], a["vendor_name"], a["model"], a["name"]) == (999, "edge-agent simulator", "EA-SIM-AHU",
                                                                           "sim-0")
     assert (a["max_apdu"], a["segmentation"]) == (1024, "segmented-both")
     assert (b["max_apdu"], b["segmentation"]) == (480, "no-segmentation")
-    assert "Who-Is 2000-2009" in err and "2 device(s) answered" in err
+    assert f"Who-Is {BASE}-{BASE + 9}" in err and "2 device(s) answered" in err
     # human output, unicast to one address
     rc = main(["bacnet", "discover", "--local", f"{local}/8", "--port", "47809", "--address", two_sims[1],
                "--timeout", "0.5"])
     out, _ = capsys.readouterr()
-    assert rc == 0 and "2002" in out and "2001" not in out and "no-segmentation" in out
+    assert rc == 0 and str(BASE + 2) in out and str(BASE + 1) not in out and "no-segmentation" in out
 
 
 def test_discover_nothing_answers(capsys: pytest.CaptureFixture[str]) -> None:

@@ -114,3 +114,21 @@ async def test_refused_subscription_is_polled(bacnet_lab: BACnetLab) -> None:
         assert got["ghost"].error == "unknown-object"
     # after follow() ends nothing is considered subscribed: everything is polled again
     assert {p.name for p in drv.polled_points()} == {"room", "setpoint", "supply", "ghost"}
+
+
+async def test_cov_increment_is_set_on_the_device(bacnet_lab: BACnetLab) -> None:
+    sim = await bacnet_lab.sim()
+    write_profile(bacnet_lab.tmp, "ahu", """\
+        - {name: room, object_type: analog-input, instance: 3, cov: true, cov_increment: 2.0}
+    """)
+    drv = await bacnet_lab.driver("ahu", sim)
+    sink = CollectSink()
+    async with following(drv, sink):
+        await _wait_subscribed(drv, {"room"})
+        assert sim.obj("analog-input,3").covIncrement == 2.0
+        await sink.wait_for(lambda s: s.value == 21.0, 1.0)
+        sim.obj("analog-input,3").presentValue = 22.0  # below the increment: no notification
+        await asyncio.sleep(0.3)
+        assert [s.value for _, s in sink.got] == [21.0]
+        sim.obj("analog-input,3").presentValue = 23.5
+        await sink.wait_for(lambda s: s.value == 23.5, 1.0)
