@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.config import PointBase
 from agent.registry import DriverSpec
@@ -77,8 +77,9 @@ class ModbusPoint(PointBase):
     )
     byte_order: ByteOrder = Field(
         "ABCD",
-        description="order of the bytes as they arrive, A = most significant: ABCD big-endian (Modbus "
-        "default), CDAB word-swapped (low word first), BADC bytes swapped in each word, DCBA little-endian. "
+        validation_alias=AliasChoices("byte_order", "word_order"),
+        description="(alias word_order) order of the bytes as they arrive, A = most significant: ABCD "
+        "big-endian (Modbus default), CDAB word-swapped (low word first), BADC bytes swapped in each word, DCBA little-endian. "
         "Generalises to 64-bit (ABCD: words high to low; CDAB: words low to high). Strings: ABCD = first "
         "character in the high byte, BADC = in the low byte",
     )
@@ -148,7 +149,7 @@ class ModbusConnection(BaseModel):
     stopbits: Literal[1, 2] = Field(1, description="rtu: stop bits")
     bytesize: Literal[7, 8] = Field(8, description="rtu: data bits")
     inter_frame_gap: Duration | None = Field(
-        None, description="rtu: silence between frames (default 3.5 characters, at least 1.75 ms)"
+        None, description="rtu: silence between frames (default 3.5 character times; 1.75 ms above 19200 baud)"
     )
     breaker_threshold: int = Field(
         3, ge=1, le=100, description="consecutive timeouts after which the device is probed only occasionally"
@@ -167,6 +168,10 @@ class ModbusConnection(BaseModel):
             if not 1 <= self.unit <= 247:
                 raise ValueError("unit on a serial line must be 1-247")
         return self
+
+    def line_settings(self) -> tuple[object, ...]:
+        """What every device on one serial line must agree on."""
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize) if self.transport == "rtu" else ()
 
     @property
     def bus_key(self) -> str:

@@ -214,6 +214,13 @@ class ModbusDriver(Driver):
         return self._bus
 
     async def start(self) -> None:
+        mine, line = self.conn.line_settings(), self.bus.conn.line_settings()
+        if mine != line:
+            raise DeviceUnreachable(
+                f"{self.name}: serial settings {mine} differ from those already used on {self.conn.bus_key} "
+                f"{line}: every device on one RS-485 line must use the same baud rate, parity and framing",
+                device=self.name,
+            )
         await self.bus.connect(self.timeout)
 
     async def stop(self) -> None:
