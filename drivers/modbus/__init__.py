@@ -79,7 +79,8 @@ class ModbusPoint(PointBase):
         "ABCD",
         validation_alias=AliasChoices("byte_order", "word_order"),
         description="(alias word_order) order of the bytes as they arrive, A = most significant: ABCD "
-        "big-endian (Modbus default), CDAB word-swapped (low word first), BADC bytes swapped in each word, DCBA little-endian. "
+        "big-endian (Modbus default), CDAB word-swapped (low word first), BADC bytes swapped in each word, "
+        "DCBA little-endian. "
         "Generalises to 64-bit (ABCD: words high to low; CDAB: words low to high). Strings: ABCD = first "
         "character in the high byte, BADC = in the low byte",
     )

@@ -180,3 +180,14 @@ async def test_all_broken_raises_a_driver_error(tmp_path: Path) -> None:
                 await drv.read(drv.points)
         finally:
             await drv.stop()
+
+
+async def test_devices_on_one_line_must_agree_on_serial_settings(tmp_path: Path) -> None:
+    prof = write_profile(tmp_path, PROFILE)
+    ctx = DriverContext("t", tmp_path)
+    line = {"transport": "rtu", "serial_port": str(tmp_path / "ttyNone"), "baudrate": 9600, "parity": "N"}
+    a = make_driver(prof, {**line, "unit": 1}, ctx, "a")
+    b = make_driver(prof, {**line, "unit": 2, "baudrate": 19200}, ctx, "b")
+    assert a.bus is b.bus
+    with pytest.raises(DeviceUnreachable, match="differ"):
+        await b.start()
