@@ -236,7 +236,8 @@ async def test_cancelled_take_gives_its_leases_back(make_outbox: MakeOutbox) -> 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(100):  # the lease is undone when the orphaned worker job finishes
+    await ob.ping()  # the worker is FIFO: the orphaned take has finished once ping returns
+    for _ in range(100):  # ... and its lease is undone by a callback on the loop
         if ob.stats()["leased"] == 0:
             break
         await asyncio.sleep(0.01)
