@@ -31,7 +31,7 @@ from agent.model import Quality, Sample, Value
 
 from . import BIT_TABLES, MAX_WRITE_REGISTERS, ModbusConnection, ModbusDeviceQuirks, ModbusPoint
 from .codec import Decoder, compile_decoder, encode, set_bit
-from .planner import Request, plan, refine
+from .planner import TABLE_ORDER, Lessons, Request, plan, refine
 
 # pymodbus logs every timeout at ERROR level; a silent device on a shared bus would flood the journal.
 # The driver reports failures itself (per-point errors, DriverError to the supervisor).
@@ -200,6 +200,7 @@ class ModbusDriver(Driver):
         self.retries = int(self.device.model.retries)
         self.breaker = Breaker(self.conn.breaker_threshold, self.conn.breaker_probe)
         self._plans: dict[frozenset[str], list[Request]] = {}
+        self.lessons = Lessons()  # what exception-2 replies taught; applies to every plan of this device
         self._last_request = 0.0
         self._bus: Bus | None = None
         self.stats = {"requests": 0, "cycles": 0, "splits": 0}
@@ -236,7 +237,7 @@ class ModbusDriver(Driver):
         key = frozenset(p.name for p in points)
         reqs = self._plans.get(key)
         if reqs is None:
-            reqs = plan(points, self.unit, self.quirks)
+            reqs = plan(points, self.unit, self.quirks, self.lessons)
             for r in reqs:
                 _compile(r)
             self._plans[key] = reqs
@@ -360,8 +361,9 @@ class ModbusDriver(Driver):
             self._decode(req, values, samples)
             new_plan.append(req)
         if changed:
+            self._plans.clear()  # other point sets (fast, slow, fast+slow) replan with the lessons
             self._plans[frozenset(p.name for p in pts)] = sorted(
-                new_plan, key=lambda r: (r.table != "coil", r.table, r.start)
+                new_plan, key=lambda r: (TABLE_ORDER[r.table], r.start)
             )
         if ok == 0 and device_errors:
             self.breaker.success()  # it answered, just not usefully
@@ -390,6 +392,7 @@ class ModbusDriver(Driver):
                 return False  # not an address problem: keep the piece, report its points
 
         parts, dead = await refine([req], fails)
+        self.lessons.learn(parts, dead)
         for r in parts:
             _compile(r)
             if id(r) in results:

@@ -13,6 +13,7 @@ ones that work, so the learned plan is remembered and one bad register never bla
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,8 +53,35 @@ def limits(table: str, quirks: ModbusDeviceQuirks) -> tuple[int, int]:
     return quirks.max_registers, (quirks.max_gap if quirks.gap_fill else 0)
 
 
-def plan(points: Iterable[ModbusPoint], unit: int, quirks: ModbusDeviceQuirks) -> list[Request]:
-    """The minimal list of reads covering these points."""
+@dataclass
+class Lessons:
+    """What exception-2 replies taught about a device, so that every plan of it avoids the same mistakes:
+    ``holes`` are unused ranges a read must not span (something in them is refused), ``refused`` the points
+    the device refuses even alone (each keeps a read of its own, and so keeps being tried)."""
+
+    holes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    refused: set[tuple[str, int]] = field(default_factory=set)
+
+    def learn(self, parts: Sequence[Request], dead: Sequence[Request]) -> None:
+        """Record the outcome of ``refine`` for one failed read: the holes between its working pieces."""
+        ordered = sorted(parts, key=lambda r: r.start)
+        for a, b in itertools.pairwise(ordered):
+            if b.start > a.end:
+                self.holes.setdefault(a.table, []).append((a.end, b.start))
+        for r in dead:
+            self.refused.add((r.table, r.start))
+
+    def blocks(self, table: str, start: int, end: int) -> bool:
+        """True when the unused range [start, end) meets a learned hole."""
+        return any(s < end and start < e for s, e in self.holes.get(table, ()))
+
+    def __bool__(self) -> bool:
+        return bool(self.holes or self.refused)
+
+
+def plan(points: Iterable[ModbusPoint], unit: int, quirks: ModbusDeviceQuirks,
+         lessons: Lessons | None = None) -> list[Request]:
+    """The minimal list of reads covering these points (within what ``lessons`` forbids)."""
     by_table: dict[str, list[ModbusPoint]] = {}
     for p in points:
         by_table.setdefault(p.table, []).append(p)
@@ -62,15 +90,25 @@ def plan(points: Iterable[ModbusPoint], unit: int, quirks: ModbusDeviceQuirks) -
         size, gap = limits(table, quirks)
         pts = sorted(by_table[table], key=lambda p: (p.address, p.end))
         cur: Request | None = None
+        cur_alone = False
         for p in pts:
+            alone = lessons is not None and (table, p.address) in lessons.refused
             if cur is not None:
                 new_end = max(cur.end, p.end)
-                if p.address - cur.end <= gap and new_end - cur.start <= size:
+                if (
+                    p.address - cur.end <= gap
+                    and new_end - cur.start <= size
+                    and not alone
+                    and not cur_alone
+                    and not (lessons is not None and p.address > cur.end
+                             and lessons.blocks(table, cur.end, p.address))
+                ):
                     cur.count = new_end - cur.start
                     cur.points.append(p)
                     continue
                 out.append(cur)
-            cur = Request(unit, table, p.address, p.register_count, [p])
+            cur = Request(unit, table, p.address, p.register_count, [p], alone)
+            cur_alone = alone
         if cur is not None:
             out.append(cur)
     return out

@@ -191,3 +191,28 @@ async def test_devices_on_one_line_must_agree_on_serial_settings(tmp_path: Path)
     assert a.bus is b.bus
     with pytest.raises(DeviceUnreachable, match="differ"):
         await b.start()
+
+
+async def test_lessons_apply_to_every_point_set(tmp_path: Path) -> None:
+    """A hole learned while polling the fast points is not read again when the supervisor polls fast+slow."""
+    prof = write_profile(tmp_path, {"defaults": {"table": "holding"}, "points": [
+        {"name": "a", "address": 0}, {"name": "b", "address": 1},
+        {"name": "x", "address": 10}, {"name": "y", "address": 11, "poll": "slow"},
+    ]})
+    peer = await ModbusPeer({1: {"holding": {0: 1, 1: 2, 10: 3, 11: 4}}}).start()
+    drv = make_driver(prof, {"host": "127.0.0.1", "port": peer.port}, DriverContext("t", tmp_path))
+    try:
+        await drv.start()
+        fast = [p for p in drv.points if p.poll == "fast"]
+        s = by_name(await drv.read(fast))  # holding 0-10 refused (2-9 unmapped): split, learned
+        assert (s["a"].value, s["b"].value, s["x"].value) == (1, 2, 3)
+        assert drv.stats["splits"] == 1
+        sent = drv.stats["requests"]
+        s = by_name(await drv.read(drv.points))
+        assert [s[n].value for n in "abxy"] == [1, 2, 3, 4]
+        assert drv.stats["requests"] - sent == 2 and drv.stats["splits"] == 1  # 0-1 and 10-11, no refusal
+        assert [(r["start"], r["count"], r["poll"]) for r in drv.plan()] == [(0, 2, "fast"), (10, 1, "fast"),
+                                                                          (11, 1, "slow")]
+    finally:
+        await drv.stop()
+        await peer.stop()

@@ -18,7 +18,7 @@ import yaml
 from agent.config import load_profile
 from agent.errors import ConfigError
 from drivers.modbus import BIT_TABLES, ModbusDeviceQuirks, ModbusPoint
-from drivers.modbus.planner import Request, limits, plan, refine
+from drivers.modbus.planner import Lessons, Request, limits, plan, refine
 
 from .conftest import ROOT
 
@@ -108,3 +108,8 @@ def test_planner_case(case: str) -> None:
         assert [r.points[0].name for r in dead] == exp["dead"]
         # what was learned is stable: the learned plan passes the device model as it stands
         assert not any(asyncio.run(fails(r)) for r in learned if r not in dead)
+        # and the lessons reproduce it when the planner starts afresh (other point sets of the device)
+        lessons = Lessons()
+        lessons.learn(learned, dead)
+        replanned = plan([p for p in points if p.enabled and p.poll == "fast"], 1, quirks, lessons)
+        assert [r.as_dict() for r in replanned] == [r.as_dict() for r in learned]
