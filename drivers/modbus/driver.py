@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pymodbus import FramerType
@@ -77,6 +77,14 @@ class Bus:
         self.users = 0
         self.requests = 0
         self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        # Per unit id: what outlives one driver instance (the supervisor builds a new one after a failure).
+        self.memory: dict[int, UnitMemory] = {}
+
+    def unit_memory(self, conn: ModbusConnection) -> UnitMemory:
+        mem = self.memory.get(conn.unit)
+        if mem is None:
+            mem = self.memory[conn.unit] = UnitMemory(Breaker(conn.breaker_threshold, conn.breaker_probe))
+        return mem
 
     def _make_client(self, timeout: float) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         c = self.conn
@@ -178,6 +186,14 @@ class Breaker:
             self.open_until = now + self.probe
 
 
+@dataclass
+class UnitMemory:
+    """State of one unit id on a bus that survives driver restarts: its breaker and its exception-2 lessons."""
+
+    breaker: Breaker
+    lessons: Lessons = field(default_factory=Lessons)
+
+
 _READ_FN = {
     "coil": "read_coils",
     "discrete_input": "read_discrete_inputs",
@@ -198,9 +214,7 @@ class ModbusDriver(Driver):
         self.unit = self.conn.unit
         self.timeout = float(self.device.model.timeout)
         self.retries = int(self.device.model.retries)
-        self.breaker = Breaker(self.conn.breaker_threshold, self.conn.breaker_probe)
         self._plans: dict[frozenset[str], list[Request]] = {}
-        self.lessons = Lessons()  # what exception-2 replies taught; applies to every plan of this device
         self._last_request = 0.0
         self._bus: Bus | None = None
         self.stats = {"requests": 0, "cycles": 0, "splits": 0}
@@ -213,6 +227,15 @@ class ModbusDriver(Driver):
             self._bus = self.ctx.bus(self.conn.bus_key, lambda: Bus(self.conn))
             self._bus.users += 1
         return self._bus
+
+    @property
+    def breaker(self) -> Breaker:
+        return self.bus.unit_memory(self.conn).breaker
+
+    @property
+    def lessons(self) -> Lessons:
+        """What exception-2 replies taught about this unit; applies to every plan of it."""
+        return self.bus.unit_memory(self.conn).lessons
 
     async def start(self) -> None:
         mine, line = self.conn.line_settings(), self.bus.conn.line_settings()

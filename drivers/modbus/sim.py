@@ -91,9 +91,12 @@ class SimMeter:
                 sp.value += self.power * dt / 3600.0 * sp.factor
             elif sp.kind == "power":
                 share = 1 / 3 if any(s in sp.point.name for s in ("_l1", "_l2", "_l3")) else 1.0
-                sp.value = self.power * share * sp.factor
+                u = (sp.point.unit or "").lower()
+                kind = 0.38 if u in ("var", "kvar") else (1 / 0.93 if u in ("va", "kva") else 1.0)
+                sp.value = self.power * share * kind * sp.factor
             elif sp.kind == "current":
-                sp.value = self.power / 3 / 230.0 * (1 + random.gauss(0, 0.01))
+                neutral = 0.08 if "neutral" in sp.point.name else 1.0
+                sp.value = self.power / 3 / 230.0 * neutral * (1 + random.gauss(0, 0.01))
             elif sp.kind == "voltage":
                 nominal = 400.0 if _line_to_line(sp.point.name) else 230.0
                 sp.value = nominal * (1 + random.gauss(0, 0.004))
@@ -293,6 +296,45 @@ async def run_sim(devices: Sequence[tuple[str | Path, int]], *, host: str = "127
         await asyncio.Event().wait()
     finally:
         await sim.stop()
+
+
+DEMO_DEVICES = [
+    ("carlo-gavazzi-em340", 1, "tgbt-main"),
+    ("schneider-iem3155", 2, "tgbt-lighting"),
+    ("socomec-countis-e33", 3, "kitchen"),
+    ("remeha-gtw08", 4, "boiler"),
+]
+
+
+def demo_site_devices(work: Path, start: Any, interval: str = "5s") -> list[str]:
+    """For the demo (examples/demo/run.py): start one simulated bus with one device of each shipped Modbus
+    profile and return the site-file lines of the devices that poll it. ``start(name, cmd)`` launches and
+    tracks a process (the demo's helper); everything binds 127.0.0.1."""
+    import socket
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "drivers.modbus.sim", "--host", "127.0.0.1", "--port", str(port)]
+    for prof, unit, _name in DEMO_DEVICES:
+        cmd += ["--device", f"{root / 'profiles' / prof}.yaml:{unit}"]
+    proc = start("modbus-sim", cmd)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("demo: modbus simulator exited early; see .demo/modbus-sim.log")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    return [
+        f"  - {{name: {name}, type: {prof}, interval: {interval}, timeout: 1s, "
+        f"connection: {{transport: tcp, host: 127.0.0.1, port: {port}, unit: {unit}}}}}"
+        for prof, unit, name in DEMO_DEVICES
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

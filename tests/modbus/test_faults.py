@@ -104,6 +104,14 @@ async def test_silent_device_times_out_then_fails_fast(tmp_path: Path) -> None:
         with pytest.raises(DeviceTimeout, match="not answering"):
             await drv.read(drv.points)
         assert time.monotonic() - t0 < 0.02  # breaker open: no I/O
+        # the supervisor replaces a failed driver with a new instance: the breaker lives on the bus
+        again = make_driver(drv.device.profile, drv.device.model.connection, drv.ctx, timeout=0.3, retries=0)
+        await again.start()
+        t0 = time.monotonic()
+        with pytest.raises(DeviceTimeout, match="not answering"):
+            await again.read(again.points)
+        assert time.monotonic() - t0 < 0.02
+        await again.stop()
         peer.silent.clear()
         await asyncio.sleep(0.55)  # next probe is allowed and succeeds
         s = by_name(await drv.read(drv.points))
