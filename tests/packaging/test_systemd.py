@@ -1,0 +1,118 @@
+"""The packaged agent under the real unit and a real systemd: the throwaway root with the package installed
+and provisioned is booted with systemd-nspawn (sharing the host's network, so the agent reaches the test's
+Mosquitto on 127.0.0.1). A probe unit inside records what systemd saw, then powers the container off.
+
+Shows what `systemd-analyze` cannot: the sandbox still lets the agent start (READY=1 makes a Type=notify
+unit active), publish, read its credential, feed the watchdog and stop cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.peers.mosquitto import Broker
+
+from .conftest import ThrowawayRoot
+from .test_deb import install
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+SITE = "nspawn-site"
+
+PROBE = r"""[Unit]
+Description=test probe: record edge-agent's state, stop it, power off
+After=edge-agent.service
+
+[Service]
+Type=oneshot
+StandardOutput=file:/var/tmp/probe.txt
+StandardError=inherit
+ExecStart=/bin/sh -c '\
+  sleep 40; \
+  systemctl show edge-agent -p ActiveState,SubState,NRestarts,StatusText,WatchdogUSec; \
+  systemctl show edge-agent -p WatchdogTimestampMonotonic,ActiveEnterTimestampMonotonic,MainPID; \
+  pid=$(systemctl show edge-agent -p MainPID --value); \
+  grep -E "^(Uid|Gid|Groups|CapEff|CapBnd|NoNewPrivs|Seccomp):" /proc/$pid/status | sed "s/^/proc_/; s/:\t*/=/"; \
+  echo dialout_gid=$(getent group dialout | cut -d: -f3); \
+  echo edge_agent_uid=$(id -u edge-agent); \
+  echo creds=$(ls /run/credentials/edge-agent.service | tr "\n" " "); \
+  echo state_owner=$(stat -c %%U /var/lib/edge-agent); \
+  echo etc_writable_by_root=$(nsenter -t $pid -m sh -c "touch /etc/x 2>/dev/null && echo yes || echo no"); \
+  as_agent="nsenter -t $pid -m setpriv --reuid edge-agent --regid edge-agent --clear-groups"; \
+  echo config_writable=$($as_agent sh -c "touch /etc/edge-agent/x 2>/dev/null && echo yes || echo no"); \
+  echo state_writable=$($as_agent sh -c "touch /var/lib/edge-agent/x 2>/dev/null && echo yes || echo no"); \
+  systemctl stop edge-agent; \
+  systemctl show edge-agent -p Result,ExecMainStatus | sed "s/^/after_stop_/"; \
+  journalctl -b -u edge-agent --no-pager -o cat | sed "s/^/journal: /"; \
+  systemctl poweroff'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: Path, broker: Broker,
+                                            tmp_path: Path) -> None:
+    if shutil.which("systemd-nspawn") is None:
+        pytest.skip("systemd-nspawn not installed (apt-get install systemd-container)")
+    root = throwaway_root
+    install(root, deb)
+    pw = tmp_path / "pw"
+    pw.write_text("probe-password\n")
+    root.put(pw, "/var/tmp/pw")
+    root.run(f"edge-agent provision -y --site-id {SITE} --broker {broker.url} --username agent "
+             "--password-file /var/tmp/pw && rm /var/tmp/pw")
+    probe = tmp_path / "probe.service"
+    probe.write_text(PROBE)
+    root.put(probe, "/etc/systemd/system/probe.service")
+    root.run("ln -s /etc/systemd/system/probe.service /etc/systemd/system/multi-user.target.wants/probe.service")
+    # nspawn brings its own /proc, /dev, /sys, /run and /tmp.
+    r = root.host(f"umount -R {root.merged}/proc {root.merged}/dev {root.merged}/sys {root.merged}/run "
+                  f"{root.merged}/tmp")
+    assert r.returncode == 0, r.stderr
+
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", "#", "-v"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    t0 = time.monotonic()
+    boot = root.host(
+        f"systemd-nspawn -q -M ea-test-{os.getpid()} --keep-unit --register=no --link-journal=no "
+        f"-D {root.merged} --boot",
+        timeout=180,
+    )
+    took = time.monotonic() - t0
+    sub.terminate()
+    published, _ = sub.communicate(timeout=10)
+    probe_out = root.host(f"cat {root.merged}/var/tmp/probe.txt").stdout
+    print(f"\nnspawn boot + probe: {took:.0f}s\n{probe_out}")
+    if "ActiveState=" not in probe_out:
+        pytest.fail(f"the probe did not run: nspawn rc={boot.returncode}\n{boot.stdout[-3000:]}\n{boot.stderr}")
+    got = dict(line.split("=", 1) for line in probe_out.splitlines() if "=" in line and
+               not line.startswith("journal: "))
+
+    # Type=notify: "active" only after the agent sent READY=1; no restart since.
+    assert got["ActiveState"] == "active" and got["SubState"] == "running", probe_out
+    assert got["NRestarts"] == "0"
+    # The watchdog is armed and was fed after start.
+    assert got["WatchdogUSec"] == "1min"
+    assert int(got["WatchdogTimestampMonotonic"]) > int(got["ActiveEnterTimestampMonotonic"]), probe_out
+    # The sandbox as the process sees it: its own user, dialout for serial ports, no capabilities,
+    # no new privileges, a seccomp filter, a read-only OS with the state directory writable.
+    assert got["proc_Uid"].split()[0] == got["edge_agent_uid"]
+    assert got["dialout_gid"] in got["proc_Groups"].split()
+    assert int(got["proc_CapEff"], 16) == 0 and int(got["proc_CapBnd"], 16) == 0
+    assert got["proc_NoNewPrivs"] == "1" and got["proc_Seccomp"] == "2"
+    assert got["etc_writable_by_root"] == "no", "ProtectSystem=strict: the OS is read-only even for root"
+    assert got["config_writable"] == "no" and got["state_writable"] == "yes"
+    assert got["state_owner"] == "edge-agent"
+    # LoadCredential=mqtt-password from /etc/credstore; the missing mqtt-key was skipped, not fatal.
+    assert got["creds"].split() == ["mqtt-password"]
+    # SIGTERM: flushed and exited 0.
+    assert got["after_stop_Result"] == "success" and got["after_stop_ExecMainStatus"] == "0", probe_out
+    # And it really published to the broker, under this site's id.
+    assert f"/{SITE}/" in published, published[:2000]
