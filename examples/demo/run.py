@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:
@@ -106,13 +107,17 @@ def main() -> int:
 
 
 def _modbus(work: Path, start: object) -> list[str]:
-    """Simulated meters, if the Modbus driver's simulator is present."""
-    return []
+    """Simulated meters on one Modbus TCP bus (one device per shipped Modbus profile)."""
+    from drivers.modbus.sim import demo_site_devices
+
+    return demo_site_devices(work, start)
 
 
 def _bacnet(work: Path, start: object) -> list[str]:
-    """Simulated controller, if the BACnet driver's simulator is present."""
-    return []
+    """A simulated air-handler controller on BACnet/IP (127.0.0.2), followed by COV and polling."""
+    from drivers.bacnet.sim import demo_devices
+
+    return demo_devices(work, start)
 
 
 SIMULATORS = [_modbus, _bacnet]
