@@ -38,6 +38,7 @@ log = logging.getLogger("edge_agent")
 READY_GRACE = 15.0
 SHUTDOWN_FLUSH = 5.0
 DEVICE_STOP = 3.0
+UNSTORED_MAX = 5000  # records held in memory while the outbox cannot be written
 EVENT_QUEUE = 1000
 
 
@@ -70,6 +71,8 @@ class Agent:
         self.status_server = StatusServer(site.socket_path, self)
         self.store_error: str | None = None
         self.abandoned: list[str] = []  # tasks that ignored cancellation at shutdown
+        self._unstored: list[Record] = []  # records the outbox refused (store error), retried next flush
+        self.unstored_dropped = 0
         self.reload_event = asyncio.Event()
         self.restart = False  # set when a valid new configuration asks for a re-exec
 
@@ -166,18 +169,29 @@ class Agent:
                 next_flush = time.monotonic() + interval
                 for device, body, ts in self.pipeline.drain():
                     records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
-            if records:
+            if records or self._unstored:
                 await self._append(records)
 
     async def _append(self, records: list[Record]) -> None:
+        """Commit to the outbox. If the store fails (disk full, I/O error), keep the records in memory, bounded
+        (oldest telemetry dropped first, counted), and retry at the next flush."""
+        batch = self._unstored + records
+        self._unstored = []
         try:
-            await self.outbox.append(records)
+            await self.outbox.append(batch)
+            if self.store_error:
+                log.info("outbox writable again; %d held records stored", len(batch))
             self.store_error = None
         except EdgeAgentError as exc:
-            # Keep running: devices keep their live state, status shows the problem, retry next flush.
+            # Keep running: devices keep their live state, status shows the problem.
             if self.store_error != str(exc):
                 log.error("outbox: %s", exc)
             self.store_error = str(exc)
+            while len(batch) > UNSTORED_MAX:
+                victim = next((i for i, r in enumerate(batch) if r.kind == Kind.TELEMETRY), 0)
+                batch.pop(victim)
+                self.unstored_dropped += 1
+            self._unstored = batch
 
     async def flush_now(self) -> None:
         """Move everything pending into the outbox (shutdown, tests)."""
@@ -187,7 +201,7 @@ class Agent:
             records.append(Record(Kind.EVENT, topic, body, ts))
         for device, body, ts in self.pipeline.drain():
             records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
-        if records:
+        if records or self._unstored:
             await self._append(records)
 
     def summary(self) -> str:
@@ -354,7 +368,8 @@ class Agent:
                        "last_error": up.last_error, "connects": up.connects, "published": up.published,
                        "last_publish_age": round(now - up.last_publish, 1) if up.last_publish else None},
             "outbox": {**st, "oldest_age": round(now - oldest, 1) if oldest else None,
-                       "store_error": self.store_error, "events_dropped_queue": self.events_dropped},
+                       "store_error": self.store_error, "events_dropped_queue": self.events_dropped,
+                       "held_in_memory": len(self._unstored), "dropped_unstored": self.unstored_dropped},
             "pipeline": {"offered": self.pipeline.offered, "reported": self.pipeline.reported,
                          "gen": self.pipeline.gen},
             "devices": devices,

@@ -1,0 +1,40 @@
+"""Fault injection: the outbox refuses writes (disk full) for a while; nothing produced meanwhile is lost
+and the agent keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.errors import StoreError
+from agent.model import Event
+
+from .agentkit import running_agent, write_site
+
+BROKER = "mqtt://127.0.0.1:9"
+
+
+async def test_store_error_holds_records_and_retries(tmp_path: Path) -> None:
+    site = write_site(tmp_path, BROKER)
+    async with running_agent(site) as agent:
+        await asyncio.sleep(0.5)
+        real_append = agent.outbox.append
+        before = agent.outbox.stats()["last_seq"]
+
+        async def disk_full(records: object) -> list[int]:
+            raise StoreError("database or disk is full")
+
+        agent.outbox.append = disk_full  # type: ignore[method-assign]
+        agent.event(Event("door-1", "door", {"state": "forced"}))
+        await asyncio.sleep(0.6)
+        snap = agent.snapshot()["outbox"]
+        assert snap["store_error"] == "database or disk is full"
+        assert snap["held_in_memory"] >= 1
+        assert agent.stats()["outbox"]["last_seq"] == before
+        agent.outbox.append = real_append  # type: ignore[method-assign]
+        await asyncio.sleep(0.5)
+        assert agent.snapshot()["outbox"]["store_error"] is None
+        assert agent.snapshot()["outbox"]["held_in_memory"] == 0
+        rows = await agent.outbox.take(1000)
+        doors = [r for r in rows if r.topic.endswith("/e/door-1")]
+        assert len(doors) == 1 and b'"forced"' in doors[0].body
