@@ -55,7 +55,7 @@ class Broker:
         if not Path(MOSQUITTO).exists():
             pytest.fail("mosquitto is not installed: run scripts/test, which installs it")
         conf = self.write_config()
-        self.log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
+        self.log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=self.log, stderr=self.log)
         wait_for(lambda: port_open("127.0.0.1", self.port) or self.proc.poll() is not None, 10, what="mosquitto")
         if self.proc.poll() is not None:
