@@ -301,7 +301,7 @@ async def run_sim(devices: Sequence[tuple[str | Path, int]], *, host: str = "127
 DEMO_DEVICES = [
     ("carlo-gavazzi-em340", 1, "tgbt-main"),
     ("schneider-iem3155", 2, "tgbt-lighting"),
-    ("socomec-countis-e33", 3, "kitchen"),
+    ("socomec-countis-e34", 3, "kitchen"),
     ("remeha-gtw08", 4, "boiler"),
 ]
 

@@ -24,7 +24,7 @@ from .wire import device_registers
 SHIPPED = {
     1: PROFILES / "carlo-gavazzi-em340.yaml",
     2: PROFILES / "schneider-iem3155.yaml",
-    3: PROFILES / "socomec-countis-e33.yaml",
+    3: PROFILES / "socomec-countis-e34.yaml",
     4: PROFILES / "remeha-gtw08.yaml",
 }
 
@@ -104,11 +104,12 @@ async def test_documented_encodings_decode_to_documented_values(sim: Any) -> Non
     await put(2, 3059, device_registers("float32", 12.5, "ABCD"))
     await put(2, 3027, device_registers("float32", 231.25, "ABCD"))
     await put(2, 3203, device_registers("int64", 123_456_789_012, "ABCD"))
-    # Socomec Countis E33: U32/S32 high word first; V/100, A/1000, Hz/100, W/0.1
+    # Socomec Countis E34: U32/S32 high word first; V/100, A/1000, Hz/100, W/0.1, kWh/100
     await put(3, 50520, device_registers("uint32", 23012, "ABCD"))
     await put(3, 50528, device_registers("uint32", 12345, "ABCD"))
     await put(3, 50526, device_registers("uint32", 5001, "ABCD"))
     await put(3, 50536, device_registers("int32", -150, "ABCD"))
+    await put(3, 50946, device_registers("uint32", 1234567, "ABCD"))  # Ea+, kWh/100
     # Remeha GTW-08: INT16, 0.01 degC
     await put(4, 384, [(-200) & 0xFFFF])
     await put(4, 400, [6543])
@@ -116,7 +117,8 @@ async def test_documented_encodings_decode_to_documented_values(sim: Any) -> Non
         1: {"voltage_l1_n": 230.5, "active_power_l1": -1234.5, "energy_import": 123456.7, "frequency": 50.0,
             "power_factor": -0.95},
         2: {"active_power": 12.5, "voltage_l1_n": 231.25, "energy_import": 123_456_789_012},
-        3: {"voltage_v1": 230.12, "current_i1": 12.345, "frequency": 50.01, "active_power": -1500},
+        3: {"voltage_v1": 230.12, "current_i1": 12.345, "frequency": 50.01, "active_power": -1500,
+            "energy_import": 12345.67},
         4: {"outside_temperature": -2.0, "flow_temperature": 65.43},
     }
     for u, expected in want.items():
