@@ -47,6 +47,9 @@ ExecStart=/bin/sh -c '\
   as_agent="nsenter -t $pid -m setpriv --reuid edge-agent --regid edge-agent --clear-groups"; \
   echo config_writable=$($as_agent sh -c "touch /etc/edge-agent/x 2>/dev/null && echo yes || echo no"); \
   echo state_writable=$($as_agent sh -c "touch /var/lib/edge-agent/x 2>/dev/null && echo yes || echo no"); \
+  edge-agent status > /var/tmp/status.txt 2>&1 && echo status_cli=ok || echo status_cli=failed; \
+  systemctl reload edge-agent; sleep 8; \
+  systemctl show edge-agent -p ActiveState,MainPID,NRestarts | sed "s/^/after_reload_/"; \
   systemctl stop edge-agent; \
   systemctl show edge-agent -p Result,ExecMainStatus | sed "s/^/after_stop_/"; \
   journalctl -b -u edge-agent --no-pager -o cat | sed "s/^/journal: /"; \
@@ -112,6 +115,11 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     assert got["state_owner"] == "edge-agent"
     # LoadCredential=mqtt-password from /etc/credstore; the missing mqtt-key was skipped, not fatal.
     assert got["creds"].split() == ["mqtt-password"]
+    # `edge-agent status` (as root, outside the service) finds the service's socket in /run/edge-agent.
+    assert got["status_cli"] == "ok", root.host(f"cat {root.merged}/var/tmp/status.txt").stdout
+    # reload (SIGHUP): same process re-reads its site file, no restart counted.
+    assert got["after_reload_ActiveState"] == "active"
+    assert got["after_reload_MainPID"] == got["MainPID"] and got["after_reload_NRestarts"] == "0", probe_out
     # SIGTERM: flushed and exited 0.
     assert got["after_stop_Result"] == "success" and got["after_stop_ExecMainStatus"] == "0", probe_out
     # And it really published to the broker, under this site's id.
