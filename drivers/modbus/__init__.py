@@ -238,9 +238,9 @@ def check_profile(points: Sequence[PointBase], device: dict[str, Any]) -> list[t
         for ib, b in items:
             active = [(ia, a) for ia, a in active if a.end > b.address]
             for ia, a in active:
-                both_bits = a.bit is not None and b.bit is not None and a.address == b.address
-                if both_bits:
-                    if a.bit == b.bit:
+                if a.bit is not None or b.bit is not None:
+                    # a bit may be read beside its whole status word; the same bit twice is a typo
+                    if a.bit == b.bit and a.address == b.address:
                         problems.append(((ib, "bit"), f"same bit as points[{ia}] ({a.name})"))
                     continue
                 problems.append(
