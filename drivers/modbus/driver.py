@@ -453,6 +453,8 @@ class ModbusDriver(Driver):
         if p.table in ("discrete_input", "input"):
             raise WriteRefused(f"{self.name}.{p.name}: a {p.table} cannot be written")
         payload = encode(p, value)
+        if not self.breaker.allow(time.monotonic()):
+            raise DeviceTimeout(f"{self.name}: unit {self.unit} is not answering; write not sent", device=self.name)
         unit, addr = self.unit, p.address
         multiple = self.quirks.write_multiple
         if len(payload) > MAX_WRITE_REGISTERS:

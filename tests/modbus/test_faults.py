@@ -111,6 +111,8 @@ async def test_silent_device_times_out_then_fails_fast(tmp_path: Path) -> None:
         with pytest.raises(DeviceTimeout, match="not answering"):
             await again.read(again.points)
         assert time.monotonic() - t0 < 0.02
+        with pytest.raises(DeviceTimeout, match="write not sent"):  # writes do not wait for a dead device
+            await again.write(again.points[0], 1)
         await again.stop()
         peer.silent.clear()
         await asyncio.sleep(0.55)  # next probe is allowed and succeeds
@@ -224,3 +226,13 @@ async def test_lessons_apply_to_every_point_set(tmp_path: Path) -> None:
     finally:
         await drv.stop()
         await peer.stop()
+
+
+def test_plan_needs_no_connection(tmp_path: Path) -> None:
+    """`edge-agent plan` builds the driver and prints its plan without any I/O."""
+    prof = write_profile(tmp_path, PROFILE)
+    drv = make_driver(prof, {"host": "127.0.0.1", "port": free_port(), "unit": 9}, DriverContext("t", tmp_path))
+    assert drv.plan() == [
+        {"unit": 9, "table": "holding", "start": 0, "count": 2, "points": ["a", "b"], "poll": "fast"},
+        {"unit": 9, "table": "holding", "start": 100, "count": 2, "points": ["x", "y"], "poll": "fast"},
+    ]
