@@ -151,3 +151,31 @@ async def test_writes_queue_between_polls_on_a_shared_bus(setup: Any) -> None:
     stop.set()
     assert await task >= 1
     assert not errors
+
+
+@pytest.mark.parametrize(("multiple", "coil_fc", "reg_fc"), [(False, 5, 6), (True, 15, 16)])
+async def test_write_function_codes(tmp_path: Path, multiple: bool, coil_fc: int, reg_fc: int) -> None:
+    """FC5/FC6 by default; FC15/FC16 for devices that only accept the multiple-write functions."""
+    prof = write_profile(tmp_path, {"device": {"write_multiple": multiple}, "points": [
+        {"name": "relay", "table": "coil", "address": 2, "type": "bool", "access": "read-write"},
+        {"name": "sp", "table": "holding", "address": 4, "type": "int16", "access": "read-write"},
+        {"name": "sp32", "table": "holding", "address": 6, "type": "float32", "access": "read-write"},
+    ]})
+    tables: dict[str, dict[int, int | bool]] = {"coil": {a: False for a in range(16)},
+                                                "holding": {a: 0 for a in range(10)}}
+    peer = await ModbusPeer({1: tables}).start()
+    drv = make_driver(prof, {"host": "127.0.0.1", "port": peer.port}, DriverContext("t", tmp_path))
+    try:
+        await drv.start()
+        peer.functions.clear()
+        await drv.write(check_write(drv.device, "relay", True), True)
+        await drv.write(check_write(drv.device, "sp", -5), -5)
+        await drv.write(check_write(drv.device, "sp32", 1.5), 1.5)
+        # pymodbus consults its datastore twice for FC5/FC6 (check, then set): collapse repeats
+        seen = [fc for i, fc in enumerate(peer.functions) if i == 0 or peer.functions[i - 1] != fc]
+        assert seen == [coil_fc, reg_fc, 16]  # a float32 is always FC16
+        assert await peer.get(1, "coil", 2) == [True]
+        assert await peer.get(1, "holding", 4, 4) == [0xFFFB, 0, 0x3FC0, 0]
+    finally:
+        await drv.stop()
+        await peer.stop()
