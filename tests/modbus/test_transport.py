@@ -172,8 +172,9 @@ async def test_write_function_codes(tmp_path: Path, multiple: bool, coil_fc: int
         await drv.write(check_write(drv.device, "sp", -5), -5)
         await drv.write(check_write(drv.device, "sp32", 1.5), 1.5)
         # pymodbus consults its datastore twice for FC5/FC6 (check, then set): collapse repeats
-        seen = [fc for i, fc in enumerate(peer.functions) if i == 0 or peer.functions[i - 1] != fc]
-        assert seen == [coil_fc, reg_fc, 16]  # a float32 is always FC16
+        f = peer.functions
+        seen = [x for i, x in enumerate(f) if i == 0 or f[i - 1] != x]
+        assert seen == [(coil_fc, 2), (reg_fc, 4), (16, 6)]  # a float32 is always FC16
         assert await peer.get(1, "coil", 2) == [True]
         assert await peer.get(1, "holding", 4, 4) == [0xFFFB, 0, 0x3FC0, 0]
     finally:

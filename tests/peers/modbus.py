@@ -84,12 +84,12 @@ class ModbusPeer:
     delay: float = 0.0  # seconds added before every reply (slow device)
     server: Any = None
     requests: int = 0
-    functions: list[int] = field(default_factory=list)  # function code of every request that reached a table
+    functions: list[tuple[int, int]] = field(default_factory=list)  # (function, address) of requests served
 
     def _action_for(self, unit: int) -> Callable[..., Awaitable[Any]]:
         async def action(fc: int, start: int, address: int, count: int, regs: Any, values: Any) -> Any:
             self.requests += 1
-            self.functions.append(fc)
+            self.functions.append((fc, address))
             if self.delay:
                 await asyncio.sleep(self.delay)
             for a in range(address, address + count):
