@@ -109,3 +109,53 @@ async def test_scan_writes_a_profile_that_validates_and_polls(bacnet_lab: BACnet
     assert len(got) == 49 and all(s.quality == Quality.GOOD for s in got.values()), got
     assert got["room-temp"].value == 21.0 and got["fan-status"].value is True and got["mode"].value == 4
     assert got["extra-39"].value == 39.0
+
+
+def _read_back(host: str, prop: str, index: int | None = None) -> object:
+    from drivers.bacnet import BACnetConnection
+    from drivers.bacnet.driver import open_application, to_value
+
+    async def go() -> object:
+        app = await open_application(BACnetConnection(device_instance=1, local_address=f"{next_host()}/8",
+                                                      local_port=47809))
+        try:
+            async with asyncio.timeout(2):
+                return to_value(await app.read_property(Address(host), "analog-value,1", prop, index))
+        finally:
+            app.close()
+
+    from bacpypes3.pdu import Address
+
+    return asyncio.run(go())
+
+
+def test_plan_and_write_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = next_host()
+    proc = _start_sim("--address", f"{host}/8", "--instance", str(BASE + 5))
+    try:
+        site = tmp_path / "site.yaml"
+        site.write_text(
+            "site: {id: cli}\n"
+            f"state_dir: {tmp_path / 'state'}\n"
+            "uplink: {broker: 'mqtt://127.0.0.1:1'}\n"
+            "devices:\n"
+            "  - name: ahu\n"
+            "    type: demo-bacnet-ahu\n"
+            f"    connection: {{device_instance: {BASE + 5}, address: '{host}', local_address: {next_host()}/8, "
+            "local_port: 47809}\n")
+        assert main(["plan", "ahu", "-c", str(site), "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert [(b["poll"], b["service"], b["properties"]) for b in plan] == [
+            ("fast", "read-property-multiple", 8), ("slow", "read-property-multiple", 1)]
+        assert main(["write", "ahu", "room_setpoint", "24.5", "--direct", "-c", str(site)]) == 0
+        assert "ahu.room_setpoint = 24.5" in capsys.readouterr().out
+        assert _read_back(host, "present-value") == 24.5 and _read_back(host, "priority-array", 8) == 24.5
+        assert main(["write", "ahu", "room_setpoint", "30", "--direct", "-c", str(site)]) == 1
+        assert "above the maximum 26" in capsys.readouterr().err
+        assert main(["write", "ahu", "fan_status", "false", "--direct", "-c", str(site)]) == 1
+        assert "read-only" in capsys.readouterr().err
+        assert main(["write", "ahu", "room_setpoint", "null", "--direct", "-c", str(site)]) == 0
+        assert "ahu.room_setpoint = None" in capsys.readouterr().out
+        assert _read_back(host, "present-value") == 21.0 and _read_back(host, "priority-array", 8) is None
+    finally:
+        stop_process(proc)
