@@ -142,6 +142,7 @@ async def open_application(conn: BACnetConnection, *, bind_timeout: float = BIND
         # retries are the driver's (device.retries, each under device.timeout): bacpypes3 would otherwise
         # keep retransmitting to a dead controller after the driver gave up
         dev.numberOfApduRetries = 0
+        dev.apduTimeout = 120_000  # ms; the driver's per-device timeout always fires first
     readies = [ll.server._local_transport_ready for ll in app.link_layers.values()
                if getattr(getattr(ll, "server", None), "_local_transport_ready", None) is not None]
     try:
@@ -352,6 +353,10 @@ class BACnetDriver(Driver):
                         return await fn()
             except TimeoutError as exc:
                 last = exc
+            except AbortPDU as exc:
+                if str(exc.reason) != "no-response":
+                    raise
+                last = TimeoutError(f"bacpypes3 gave up: {exc.reason}")
             except OSError as exc:
                 raise DeviceUnreachable(f"{self.name}: {exc}", device=self.name) from exc
         raise DeviceTimeout(
