@@ -332,7 +332,9 @@ class ModbusDriver(Driver):
                 f"unit {self.unit} on {self.conn.bus_key} is not answering "
                 f"(next probe in {self.breaker.open_until - now:.0f}s)", device=self.name,
             )
-        probing = self.breaker.is_open
+        # a unit that failed its last cycle gets no retries until it answers again: on a shared bus every
+        # retry of a silent unit is a timeout the other units wait for
+        probing = self.breaker.failures > 0
         self.stats["cycles"] += 1
         samples: dict[str, Sample] = {}
         ok = 0
