@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 
 from agent.driver import DriverContext
@@ -163,4 +162,4 @@ async def bacnet_lab(tmp_path: Path) -> AsyncIterator[BACnetLab]:
         await lab.close()
 
 
-__all__ = ["BACnetLab", "CollectSink", "bacnet_lab", "device_entry", "next_host", "pytest", "write_profile"]
+__all__ = ["BACnetLab", "CollectSink", "bacnet_lab", "device_entry", "next_host", "write_profile"]
