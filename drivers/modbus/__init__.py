@@ -156,7 +156,7 @@ class ModbusConnection(BaseModel):
         3, ge=1, le=100, description="consecutive timeouts after which the device is probed only occasionally"
     )
     breaker_probe: Duration = Field(
-        30.0, description="while the breaker is open, one probe request this often; other polls fail fast"
+        60.0, description="while the breaker is open, one probe request this often; other polls fail fast"
     )
 
     @model_validator(mode="after")
