@@ -84,6 +84,8 @@ async def test_rpm_batching_100_points_against_readproperty_baseline(bacnet_lab:
     assert [s.value for s in samples] == [float(i) for i in range(100)] == [s.value for s in base_samples]
     assert (base_rpm, base_rp) == (0, 100)
     assert rp == 0 and rpm == 1  # 100 present-values: 904-byte request < 1024, segmented reply
+    [batch] = bacnet_lab.drivers[0].plan()
+    assert batch["request_bytes"] == 904 and batch["reply_bytes"] > 1476  # the reply (1604 B) came in segments
     print(f"100 points: {rpm} ReadPropertyMultiple vs {base_rp} ReadProperty")
 
 
