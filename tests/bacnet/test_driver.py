@@ -194,3 +194,16 @@ async def test_unbindable_local_address_is_unreachable(bacnet_lab: BACnetLab) ->
     drv = await bacnet_lab.driver("ahu", sim, start=False, conn={"local_address": "10.254.254.254/24"})
     with pytest.raises(DeviceUnreachable, match="cannot bind"):
         await drv.start()
+
+
+async def test_requests_stay_within_one_apdu_of_a_segmenting_device(bacnet_lab: BACnetLab) -> None:
+    """bacpypes3 would segment a long request itself, miscounting the header; the planner never needs it."""
+    sim = await bacnet_lab.sim(extra=100, max_apdu=480, segmentation=True)
+    write_profile(bacnet_lab.tmp, "mid", _many_points(100), device="max_points_per_request: 100")
+    drv = await bacnet_lab.driver("mid", sim)
+    plan = drv.plan()
+    assert len(plan) == 2 and all(b["request_bytes"] <= 480 for b in plan)
+    sim.requests.clear()
+    samples = await drv.read(drv.device.enabled_points)
+    assert [s.value for s in samples] == [float(i) for i in range(100)]
+    assert sim.requests["ReadPropertyMultipleRequest"] == 2
