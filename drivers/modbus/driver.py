@@ -148,6 +148,7 @@ class Bus:
                 raise DeviceUnreachable(f"connection to {self.key} lost: {exc}") from exc
             except ModbusException as exc:  # ModbusIOException: no (valid) reply after retries
                 if not client.connected:
+                    client.close()
                     self.client = None
                 raise RequestTimeout(str(exc).strip() or "no reply") from exc
             finally:
