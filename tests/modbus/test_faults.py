@@ -236,3 +236,18 @@ def test_plan_needs_no_connection(tmp_path: Path) -> None:
         {"unit": 9, "table": "holding", "start": 0, "count": 2, "points": ["a", "b"], "poll": "fast"},
         {"unit": 9, "table": "holding", "start": 100, "count": 2, "points": ["x", "y"], "poll": "fast"},
     ]
+
+
+async def test_reconnects_after_the_device_restarts(tmp_path: Path) -> None:
+    peer = await ModbusPeer(TABLES).start()
+    drv = await driver_for(tmp_path, peer.port, retries=0)
+    try:
+        assert by_name(await drv.read(drv.points))["a"].value == 11
+        await peer.stop()  # the meter reboots: connection closed, port refused
+        with pytest.raises(DriverError):
+            await drv.read(drv.points)
+        peer = await ModbusPeer(TABLES, port=peer.port).start()
+        assert by_name(await drv.read(drv.points))["a"].value == 11
+    finally:
+        await drv.stop()
+        await peer.stop()
