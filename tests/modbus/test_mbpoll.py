@@ -61,3 +61,24 @@ async def test_mbpoll_reads_what_the_driver_reads(tmp_path: Path) -> None:
     finally:
         await drv.stop()
         await peer.stop()
+
+
+@pytest.mark.skipif(MBPOLL is None, reason="mbpoll not installed")
+async def test_mbpoll_over_rtu_reads_what_the_driver_reads(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    pty = request.getfixturevalue("pty_pair")
+    holding = dict(enumerate(device_registers("float32", -12.75, "ABCD"), start=40))
+    peer = await ModbusPeer({3: {"holding": holding}}, transport="rtu", serial_port=pty.a).start()
+    prof = write_profile(tmp_path, {"points": [{"name": "t", "table": "holding", "address": 40, "type": "float32"}]})
+    try:
+        out = await mbpoll("-m", "rtu", "-b", "19200", "-P", "none", "-a", "3", "-0", "-1", "-t", "4:float", "-B",
+                           "-r", "40", "-c", "1", pty.b)
+        drv = make_driver(prof, {"transport": "rtu", "serial_port": pty.b, "baudrate": 19200, "parity": "N",
+                                 "unit": 3}, DriverContext("t", tmp_path))
+        await drv.start()
+        try:
+            got = (await drv.read(drv.points))[0].value
+        finally:
+            await drv.stop()
+        assert got == float(reading(out, 40)) == -12.75
+    finally:
+        await peer.stop()
