@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -44,3 +45,28 @@ async def test_cov_change_reaches_broker_within_1s_without_polling(bacnet_lab: B
         # units the profile leaves out are taken from the device at start
         units = {p.name: p.unit for p in agent.runners["ahu"].device.points}
         assert units["room_temp"] == "degC" and units["room_humidity"] == "%RH"
+
+
+async def test_dead_controller_does_not_delay_a_live_one(bacnet_lab: BACnetLab, broker: Any, tmp_path: Path) -> None:
+    sim = await bacnet_lab.sim(move=True, tick=0.2)
+    local = next_host()
+    conn = f"local_address: {local}/8, local_port: 47809"
+    devices = (
+        "  - name: ahu\n    type: demo-bacnet-ahu\n    interval: 0.5s\n    timeout: 1s\n"
+        f"    connection: {{device_instance: {sim.instance}, address: '{sim.host}', {conn}}}\n"
+        "  - name: dead\n    type: demo-bacnet-ahu\n    interval: 0.5s\n    timeout: 2s\n    retries: 0\n"
+        f"    connection: {{device_instance: 4242, address: '127.77.252.252', {conn}}}\n"
+    )
+    site = write_site(tmp_path, broker.url, devices=devices)
+    async with Collector(broker.port) as col, running_agent(site) as agent:
+        await col.wait(lambda: len(_values(col, "supply_air_temp")) >= 1, 10, "first poll")
+        t0 = time.monotonic()
+        sim.requests.clear()
+        n0 = len([m for m in col.of("t") if m.get("device") == "ahu"])
+        await asyncio.sleep(3.0)
+        polls = sim.requests["ReadPropertyMultipleRequest"]
+        assert polls >= 5, polls  # ~6 cycles of 0.5 s while the dead one times out (2 s) and backs off
+        assert agent.runners["dead"].health.available is False
+        assert "timeout" in (agent.runners["dead"].health.last_error or "")
+        assert len([m for m in col.of("t") if m.get("device") == "ahu"]) > n0
+        print(f"live device: {polls} polls in {time.monotonic() - t0:.1f} s beside a dead one")
