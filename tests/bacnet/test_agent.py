@@ -48,7 +48,7 @@ async def test_cov_change_reaches_broker_within_1s_without_polling(bacnet_lab: B
 
 
 async def test_dead_controller_does_not_delay_a_live_one(bacnet_lab: BACnetLab, broker: Any, tmp_path: Path) -> None:
-    sim = await bacnet_lab.sim(move=True, tick=0.2)
+    sim = await bacnet_lab.sim()
     local = next_host()
     conn = f"local_address: {local}/8, local_port: 47809"
     devices = (
@@ -62,11 +62,12 @@ async def test_dead_controller_does_not_delay_a_live_one(bacnet_lab: BACnetLab, 
         await col.wait(lambda: len(_values(col, "supply_air_temp")) >= 1, 10, "first poll")
         t0 = time.monotonic()
         sim.requests.clear()
-        n0 = len([m for m in col.of("t") if m.get("device") == "ahu"])
         await asyncio.sleep(3.0)
         polls = sim.requests["ReadPropertyMultipleRequest"]
         assert polls >= 5, polls  # ~6 cycles of 0.5 s while the dead one times out (2 s) and backs off
         assert agent.runners["dead"].health.available is False
         assert "timeout" in (agent.runners["dead"].health.last_error or "")
-        assert len([m for m in col.of("t") if m.get("device") == "ahu"]) > n0
+        # a polled change still reaches the broker within a cycle or two
+        sim.obj("multi-state-value,1").presentValue = 2
+        await col.wait(lambda: 2 in _values(col, "mode"), 1.5, "polled mode change")
         print(f"live device: {polls} polls in {time.monotonic() - t0:.1f} s beside a dead one")
