@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -129,8 +130,20 @@ class BACnetBus:
                 self.app = None
 
 
+def _probe_bind(ip: str, port: int) -> None:
+    """Fail at once, with the system's reason, when the address is not on this machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip, port))
+        except OSError as exc:
+            raise DeviceUnreachable(f"cannot bind BACnet/IP to {ip}:{port}: {exc.strerror or exc}") from exc
+
+
 async def open_application(conn: BACnetConnection, *, bind_timeout: float = BIND_TIMEOUT) -> Application:
     """Create the client application and wait until its socket is bound (bacpypes3 would retry forever)."""
+    if conn.local_address != "host":
+        _probe_bind(conn.local_address.partition("/")[0], conn.local_port)
     try:
         app = Application.from_args(_bus_args(conn))
     except (OSError, ValueError, RuntimeError) as exc:
