@@ -61,7 +61,7 @@ class SimApplication(Application):
 
 def _encoded_size(apdu: Any) -> int:
     encoded = apdu.encode()
-    return 4 + len(encoded.pduData)  # + header: type, invoke id, service choice (unsegmented)
+    return 3 + len(encoded.pduData)  # + unsegmented ComplexACK header: type, invoke id, service choice
 
 
 class SimController:
