@@ -3,7 +3,8 @@ and provisioned is booted with systemd-nspawn (sharing the host's network, so th
 Mosquitto on 127.0.0.1). A probe unit inside records what systemd saw, then powers the container off.
 
 Shows what `systemd-analyze` cannot: the sandbox still lets the agent start (READY=1 makes a Type=notify
-unit active), publish, read its credential, feed the watchdog and stop cleanly on SIGTERM.
+unit active), publish, read its credential, feed the watchdog, reload, survive a package upgrade while running
+and stop cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ ExecStart=/bin/sh -c '\
   edge-agent status > /var/tmp/status.txt 2>&1 && echo status_cli=ok || echo status_cli=failed; \
   systemctl reload edge-agent; sleep 8; \
   systemctl show edge-agent -p ActiveState,MainPID,NRestarts | sed "s/^/after_reload_/"; \
+  echo outbox_before_upgrade=$(stat -c %%i /var/lib/edge-agent/outbox.sqlite); \
+  dpkg -i /var/tmp/v2.deb > /var/tmp/upgrade.txt 2>&1 && echo upgrade=ok || echo upgrade=failed; \
+  sleep 3; \
+  systemctl show edge-agent -p ActiveState,SubState,MainPID | sed "s/^/after_upgrade_/"; \
+  echo after_upgrade_version=$(dpkg -s edge-agent | sed -n "s/^Version: //p"); \
+  echo outbox_after_upgrade=$(stat -c %%i /var/lib/edge-agent/outbox.sqlite); \
   systemctl stop edge-agent; \
   systemctl show edge-agent -p Result,ExecMainStatus | sed "s/^/after_stop_/"; \
   journalctl -b -u edge-agent --no-pager -o cat | sed "s/^/journal: /"; \
@@ -60,8 +67,8 @@ WantedBy=multi-user.target
 """
 
 
-def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: Path, broker: Broker,
-                                            tmp_path: Path) -> None:
+def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: Path, deb_v2: Path,
+                                            broker: Broker, tmp_path: Path) -> None:
     if shutil.which("systemd-nspawn") is None:
         pytest.skip("systemd-nspawn not installed (apt-get install systemd-container)")
     root = throwaway_root
@@ -69,12 +76,16 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     pw = tmp_path / "pw"
     pw.write_text("probe-password\n")
     root.put(pw, "/var/tmp/pw")
+    root.put(deb_v2, "/var/tmp/v2.deb")
     root.run(f"edge-agent provision -y --site-id {SITE} --broker {broker.url} --username agent "
              "--password-file /var/tmp/pw && rm /var/tmp/pw")
     probe = tmp_path / "probe.service"
     probe.write_text(PROBE)
     root.put(probe, "/etc/systemd/system/probe.service")
     root.run("ln -s /etc/systemd/system/probe.service /etc/systemd/system/multi-user.target.wants/probe.service")
+    # This machine is a container image whose policy-rc.d forbids maintainer scripts to start or stop
+    # services; a site box has none.
+    root.run("rm -f /usr/sbin/policy-rc.d")
     # nspawn brings its own /proc, /dev, /sys, /run and /tmp.
     r = root.host(f"umount -R {root.merged}/proc {root.merged}/dev {root.merged}/sys {root.merged}/run "
                   f"{root.merged}/tmp")
@@ -120,6 +131,12 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     # reload (SIGHUP): same process re-reads its site file, no restart counted.
     assert got["after_reload_ActiveState"] == "active"
     assert got["after_reload_MainPID"] == got["MainPID"] and got["after_reload_NRestarts"] == "0", probe_out
+    # Upgrade while running: prerm stops it (outbox flushed), postinst starts the new version; same outbox.
+    assert got["upgrade"] == "ok", root.host(f"cat {root.merged}/var/tmp/upgrade.txt").stdout
+    assert got["after_upgrade_ActiveState"] == "active" and got["after_upgrade_SubState"] == "running"
+    assert got["after_upgrade_MainPID"] != got["MainPID"], "a new process runs the new version"
+    assert got["after_upgrade_version"].endswith("-2")
+    assert got["outbox_after_upgrade"] == got["outbox_before_upgrade"], "the same outbox file"
     # SIGTERM: flushed and exited 0.
     assert got["after_stop_Result"] == "success" and got["after_stop_ExecMainStatus"] == "0", probe_out
     # And it really published to the broker, under this site's id.
