@@ -170,3 +170,20 @@ def test_schema_does_not_import_pymodbus_and_runtime_not_the_server() -> None:
         "import drivers.modbus.driver; assert 'pymodbus.server' not in sys.modules, 'runtime imported server'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_missing_pymodbus_disables_only_the_driver() -> None:
+    code = (
+        "import sys; sys.modules['pymodbus'] = None  # as if pymodbus were not installed\n"
+        "from agent.config import load_profile\n"
+        "from agent.errors import DriverUnavailable\n"
+        "from agent.registry import get_spec\n"
+        "load_profile('profiles/remeha-gtw08.yaml')  # profiles still validate\n"
+        "try:\n"
+        "    get_spec('modbus').load_class()\n"
+        "except DriverUnavailable as exc:\n"
+        "    assert 'pymodbus' in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('driver loaded without pymodbus')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
