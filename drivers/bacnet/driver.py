@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack, RejectPDU
 from bacpypes3.app import Application
-from bacpypes3.basetypes import Segmentation
+from bacpypes3.basetypes import PropertyIdentifier, PropertyReference, Segmentation
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import Null, ObjectIdentifier
 from bacpypes3.service.cov import SubscriptionContextManager
@@ -380,7 +380,8 @@ class BACnetDriver(Driver):
     async def _rp(self, objid: str, prop: str | int, index: int | None = None) -> Any:
         app, addr = self._app(), self.address
         assert addr is not None
-        return await self._call("read-property", lambda: app.read_property(addr, objid, prop, index))
+        oid, pid = ObjectIdentifier(objid), PropertyIdentifier(prop)
+        return await self._call("read-property", lambda: app.read_property(addr, oid, pid, index))
 
     async def _rp_checked(self, objid: str, prop: str) -> Any:
         try:
@@ -458,12 +459,17 @@ class BACnetDriver(Driver):
         assert addr is not None
         params: list[Any] = []
         groups: dict[str, list[Any]] = {}
+        members: dict[str, list[BACnetPoint]] = {}
         for p in points:
-            ref = p.property if p.array_index is None else f"{p.property}[{p.array_index}]"
+            ref = PropertyReference(propertyIdentifier=PropertyIdentifier(p.property))
+            if p.array_index is not None:
+                ref.propertyArrayIndex = p.array_index
             if p.object_id not in groups:
-                groups[p.object_id] = []
-                params += [p.object_id, groups[p.object_id]]
+                groups[p.object_id], members[p.object_id] = [], []
+                params += [ObjectIdentifier(p.object_id), groups[p.object_id]]
             groups[p.object_id].append(ref)
+            members[p.object_id].append(p)
+        order = [p for ps in members.values() for p in ps]  # the order of the reply
         now = time.time()
         try:
             results = await self._call("read-property-multiple",
@@ -489,13 +495,15 @@ class BACnetDriver(Driver):
         by_key: dict[tuple[str, str, int | None], Any] = {}
         for objid, prop, idx, value in results:
             by_key[(str(objid), str(prop), idx)] = value
+        positional = {p.name: r[3] for p, r in zip(order, results, strict=False)} \
+            if len(results) == len(order) else {}
         out = []
-        for i, p in enumerate(points):
+        for p in points:
             key = (p.object_id, str(p.property), p.array_index)
             if key in by_key:
                 v = by_key[key]
-            elif len(results) == len(points):
-                v = results[i][3]
+            elif p.name in positional:
+                v = positional[p.name]
             else:
                 out.append(Sample(self.name, p.name, None, Quality.ERROR, now, "missing-in-reply"))
                 continue
@@ -526,14 +534,17 @@ class BACnetDriver(Driver):
             wire = int(value)
         else:
             wire = value
+        oid, pid = ObjectIdentifier(p.object_id), PropertyIdentifier(p.property)
         try:
-            await self._call("write-property", lambda: app.write_property(
-                addr, p.object_id, p.property, wire, p.array_index, priority))
+            result = await self._call("write-property", lambda: app.write_property(
+                addr, oid, pid, wire, p.array_index, priority))
         except ErrorRejectAbortNack as exc:
             raise ProtocolError(f"{self.name}.{p.name}: device refused the write: {_err_text(exc)}",
                                 device=self.name) from exc
         except (TypeError, ValueError) as exc:
             raise WriteRefused(f"{self.name}.{p.name}: cannot encode {value!r}: {exc}") from exc
+        if isinstance(result, str):  # bacpypes3 does not know the property's type (proprietary)
+            raise WriteRefused(f"{self.name}.{p.name}: cannot encode {value!r}: {result.strip('-')}")
         return value
 
     # ------------------------------------------------------------------------------------- COV

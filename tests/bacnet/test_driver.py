@@ -52,12 +52,16 @@ async def test_unknown_object_and_property_give_point_errors(bacnet_lab: BACnetL
         - {name: room, object_type: analog-input, instance: 3}
         - {name: ghost, object_type: analog-input, instance: 99}
         - {name: noprop, object_type: binary-input, instance: 1, property: cov-increment}
+        - {name: vendor_prop, object_type: analog-input, instance: 3, property: 600}
+        - {name: vendor_obj, object_type: 130, instance: 5}
     """)
     drv = await bacnet_lab.driver("ahu", sim)
     got = _by_name(await drv.read(drv.device.enabled_points))
     assert got["room"].quality == Quality.GOOD and got["room"].value == 21.0
     assert (got["ghost"].quality, got["ghost"].error, got["ghost"].value) == (Quality.ERROR, "unknown-object", None)
     assert (got["noprop"].quality, got["noprop"].error) == (Quality.ERROR, "unknown-property")
+    assert (got["vendor_prop"].quality, got["vendor_prop"].error) == (Quality.ERROR, "unknown-property")
+    assert (got["vendor_obj"].quality, got["vendor_obj"].error) == (Quality.ERROR, "unknown-object")
     # a request made only of unknown objects is refused as a whole: points are then told apart one by one
     only = [p for p in drv.device.points if p.name == "ghost"]
     got = _by_name(await drv.read(only))
