@@ -185,7 +185,9 @@ class SimController:
         fan_on = str(self.obj("binary-value,1").presentValue) == "active"
         mode = int(self.obj("multi-state-value,1").presentValue)
         target = sp if fan_on and mode != 1 else 16.0
-        room.presentValue = round(float(room.presentValue) + 0.1 * (target - float(room.presentValue))
+        # the room follows the target with a slow swing (people, sun), so COV has something to report
+        aim = target + 0.8 * math.sin(t / 30.0)
+        room.presentValue = round(float(room.presentValue) + 0.2 * (aim - float(room.presentValue))
                                   + self.rng.uniform(-0.05, 0.05), 2)
         self.obj("analog-input,1").presentValue = round((sp - 4.0 if fan_on else 20.0)
                                                         + self.rng.uniform(-0.2, 0.2), 2)
