@@ -134,6 +134,8 @@ def _probe_bind(ip: str, port: int) -> None:
     """Fail at once, with the system's reason, when the address is not on this machine."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):  # as bacpypes3 binds: sharing the port is not an error here
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             s.bind((ip, port))
         except OSError as exc:
