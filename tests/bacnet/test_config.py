@@ -111,3 +111,29 @@ def test_units() -> None:
     assert unit_symbol("percent-relative-humidity") == "%RH"
     assert unit_symbol("no-units") is None
     assert unit_symbol("kilograms-per-hour") == "kilograms-per-hour"
+
+
+def test_bad_connection_is_located(tmp_path: Path) -> None:
+    from agent.config import load_site
+
+    site = tmp_path / "site.yaml"
+    site.write_text(f"""\
+site: {{id: t}}
+uplink: {{broker: "mqtt://127.0.0.1:1"}}
+profiles_dirs: [{ROOT / 'profiles'}]
+devices:
+  - name: ahu
+    type: demo-bacnet-ahu
+    connection:
+      device_instance: 4194303
+      address: plant-room
+      local_address: 10.0.0.5:47808
+      bbmd_tll: 60
+""")
+    with pytest.raises(ConfigError) as ei:
+        load_site(site)
+    text = str(ei.value)
+    assert f"{site}:8: devices[0].connection.device_instance:" in text
+    assert f"{site}:9: devices[0].connection.address: expected IP, IP:port, or NETWORK:MAC" in text
+    assert f"{site}:10: devices[0].connection.local_address: expected 'host' or IP/prefix" in text
+    assert f"{site}:11: devices[0].connection.bbmd_tll: unknown key" in text
