@@ -208,15 +208,11 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
                     _progress(f"object-list {i}/{count}")
         wanted = [o for o in objects if o is not None and (args.all_types or str(o[0]) in SCAN_TYPES)]
         _progress(f"{len(objects)} objects, {len(wanted)} to describe")
+        described = await _describe(app, addr, wanted, args.timeout, info)
         points: list[dict[str, Any]] = []
         names: set[str] = set()
-        for n, objid in enumerate(wanted, 1):
-            oid = f"{objid[0]},{objid[1]}"
+        for objid, props in zip(wanted, described, strict=True):
             otype = str(objid[0])
-            props: dict[str, Any] = {}
-            for prop in ("object-name", "description", "units"):
-                v = await _read(app, addr, oid, prop, args.timeout)
-                props[prop] = to_value(v) if v is not None else None
             name = _point_name(str(props["object-name"] or f"{otype}-{objid[1]}"), names)
             pt: dict[str, Any] = {"name": name, "object_type": otype, "instance": int(objid[1])}
             if props["units"] is not None:
@@ -226,8 +222,6 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
             if otype in WRITABLE:
                 pt["_writable"] = True
             points.append(pt)
-            if n % 10 == 0 or n == len(wanted):
-                _progress(f"described {n}/{len(wanted)} objects")
         pid = args.id or _point_name(str(info["model"] or f"bacnet-device-{inst}").lower(), set())
         profile = render_profile(pid, inst, str(addr), info, points)
         return {"device": {"instance": inst, "address": str(addr), **info}, "objects": len(objects),
@@ -235,6 +229,51 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
                 "profile": profile}
     finally:
         app.close()
+
+
+DESCRIBE = ("object-name", "description", "units")
+
+
+async def _describe(app: Any, addr: Any, objects: list[Any], budget: float,
+                    info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Name, description and units of each object: ReadPropertyMultiple over several objects when the
+    device can segment its replies (one object per request otherwise), ReadProperty when RPM fails."""
+    from bacpypes3.apdu import ErrorRejectAbortNack
+
+    from .driver import to_value
+
+    max_apdu = int(info.get("max_apdu") or 480)
+    segmented = str(info.get("segmentation")) in ("segmented-both", "segmented-transmit")
+    per_request = max(1, min(20, (max_apdu - 16) // 13)) if segmented else 1  # 13 request bytes per object
+    out: list[dict[str, Any]] = []
+    rpm = True
+    for start in range(0, len(objects), per_request):
+        chunk = objects[start:start + per_request]
+        got: dict[str, dict[str, Any]] = {}
+        if rpm:
+            params: list[Any] = []
+            for o in chunk:
+                params += [o, list(DESCRIBE)]
+            try:
+                async with asyncio.timeout(budget):
+                    for objid, prop, _idx, value in await app.read_property_multiple(addr, params) or []:
+                        ok = value is not None and type(value).__name__ != "ErrorType"
+                        got.setdefault(str(objid), {})[str(prop)] = to_value(value) if ok else None
+            except ErrorRejectAbortNack as exc:
+                _progress(f"ReadPropertyMultiple refused ({exc}); reading property by property")
+                rpm, got = False, {}
+        for o in chunk:
+            props = got.get(f"{o[0]},{o[1]}")
+            if props is None:
+                props = {}
+                for prop in DESCRIBE:
+                    v = await _read(app, addr, f"{o[0]},{o[1]}", prop, budget)
+                    props[prop] = to_value(v) if v is not None else None
+            out.append({p: props.get(p) for p in DESCRIBE})
+        done = len(out)
+        if done % 20 < len(chunk) or done == len(objects):
+            _progress(f"described {done}/{len(objects)} objects")
+    return out
 
 
 def _point_name(raw: str, taken: set[str]) -> str:

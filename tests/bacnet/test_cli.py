@@ -97,7 +97,8 @@ async def test_scan_writes_a_profile_that_validates_and_polls(bacnet_lab: BACnet
     assert room == {"name": "room-temp", "object_type": "analog-input", "instance": 3, "unit": "degC",
                     "description": "Room temperature"}
     # the object list did not fit one 206-byte APDU: read element by element
-    assert sim.requests["ReadPropertyRequest"] >= 1 + 51 + 49 * 3
+    # device info 6, object-list whole (aborted) 1, its length 1, its 51 elements; one RPM per object
+    assert (sim.requests["ReadPropertyRequest"], sim.requests["ReadPropertyMultipleRequest"]) == (59, 49)
     # edge-agent validate accepts it
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "validate", str(out), cwd=ROOT,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -159,3 +160,15 @@ def test_plan_and_write_from_the_command_line(tmp_path: Path, capsys: pytest.Cap
         assert _read_back(host, "present-value") == 21.0 and _read_back(host, "priority-array", 8) is None
     finally:
         stop_process(proc)
+
+
+async def test_scan_of_a_segmenting_device_batches_objects(bacnet_lab: BACnetLab) -> None:
+    sim = await bacnet_lab.sim(instance=3002, extra=40)
+    args = argparse.Namespace(device=3002, address=sim.host, local=f"{next_host()}/8", port=47809,
+                              local_instance=4194001, bbmd=None, timeout=1.0, json=True, output=None,
+                              id=None, all_types=False)
+    result = await scan(args)
+    assert len(result["points"]) == 49 and result["points"][2]["unit"] == "degC"
+    assert "fan-status" in [p["name"] for p in result["points"]] and "id: \"ea-sim-ahu\"" in result["profile"]
+    # whole object list in one (segmented) reply; 49 objects described by 3 RPM of 20 objects
+    assert (sim.requests["ReadPropertyRequest"], sim.requests["ReadPropertyMultipleRequest"]) == (7, 3)
