@@ -172,3 +172,13 @@ async def test_scan_of_a_segmenting_device_batches_objects(bacnet_lab: BACnetLab
     assert "fan-status" in [p["name"] for p in result["points"]] and "id: \"ea-sim-ahu\"" in result["profile"]
     # whole object list in one (segmented) reply; 49 objects described by 3 RPM of 20 objects
     assert (sim.requests["ReadPropertyRequest"], sim.requests["ReadPropertyMultipleRequest"]) == (7, 3)
+
+
+async def test_scan_of_a_device_without_rpm(bacnet_lab: BACnetLab) -> None:
+    sim = await bacnet_lab.sim(instance=3003, rpm=False)
+    args = argparse.Namespace(device=3003, address=sim.host, local=f"{next_host()}/8", port=47809,
+                              local_instance=4194001, bbmd=None, timeout=1.0, json=True, output=None,
+                              id="x", all_types=False)
+    result = await scan(args)
+    assert [p["name"] for p in result["points"]][:2] == ["supply-air-temp", "return-air-temp"]
+    assert len(result["points"]) == 9 and sim.requests["ReadPropertyMultipleRequest"] == 1  # refused once
