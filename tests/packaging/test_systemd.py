@@ -48,6 +48,8 @@ ExecStart=/bin/sh -c '\
   as_agent="nsenter -t $pid -m setpriv --reuid edge-agent --regid edge-agent --clear-groups"; \
   echo config_writable=$($as_agent sh -c "touch /etc/edge-agent/x 2>/dev/null && echo yes || echo no"); \
   echo state_writable=$($as_agent sh -c "touch /var/lib/edge-agent/x 2>/dev/null && echo yes || echo no"); \
+  /opt/edge-agent/bin/python /opt/netcheck.py | sed "s/^/plain_/"; \
+  systemctl start sandbox-check; sed "s/^/sandboxed_/" /run/netcheck.txt; \
   edge-agent status > /var/tmp/status.txt 2>&1 && echo status_cli=ok || echo status_cli=failed; \
   systemctl reload edge-agent; sleep 8; \
   systemctl show edge-agent -p ActiveState,MainPID,NRestarts | sed "s/^/after_reload_/"; \
@@ -59,12 +61,86 @@ ExecStart=/bin/sh -c '\
   echo outbox_after_upgrade=$(stat -c %%i /var/lib/edge-agent/outbox.sqlite); \
   systemctl stop edge-agent; \
   systemctl show edge-agent -p Result,ExecMainStatus | sed "s/^/after_stop_/"; \
+  touch /etc/edge-agent/unprovisioned; systemctl start edge-agent; \
+  systemctl show edge-agent -p ActiveState,ConditionResult | sed "s/^/held_/"; \
   journalctl -b -u edge-agent --no-pager -o cat | sed "s/^/journal: /"; \
   systemctl poweroff'
 
 [Install]
 WantedBy=multi-user.target
 """
+
+# What BACnet/IP and ONVIF discovery do with sockets, kept on loopback: UDP broadcast (Who-Is), multicast
+# (WS-Discovery group), interface listing over netlink. Run once plainly and once inside the unit's sandbox.
+NETCHECK = r"""
+import errno
+import socket
+
+def check(name, fn):
+    try:
+        fn()
+        print(f"{name}=ok")
+    except Exception as exc:
+        print(f"{name}={type(exc).__name__}: {exc}")
+
+def broadcast():
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind(("127.255.255.255", 0))
+    r.settimeout(3)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.sendto(b"who-is", ("127.255.255.255", r.getsockname()[1]))
+    assert r.recv(100) == b"who-is"
+
+def multicast():
+    group = "239.255.255.250"
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    r.bind((group, 0))
+    r.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                 socket.inet_aton(group) + socket.inet_aton("127.0.0.1"))
+    r.settimeout(3)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+    s.sendto(b"probe", (group, r.getsockname()[1]))
+    assert r.recv(100) == b"probe"
+
+def interfaces():
+    assert any(name == "lo" for _, name in socket.if_nameindex())
+
+def no_raw_sockets():
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EAFNOSUPPORT):  # RestrictAddressFamilies= answers EAFNOSUPPORT
+            return
+        raise
+    raise AssertionError("packet socket allowed")
+
+check("udp_broadcast", broadcast)
+check("udp_multicast", multicast)
+check("netlink_interfaces", interfaces)
+check("no_packet_socket", no_raw_sockets)
+"""
+
+
+def sandbox_check_unit(unit_text: str) -> str:
+    """The installed unit with its sandbox unchanged, running the network check instead of the agent."""
+    keep = []
+    for line in unit_text.splitlines():
+        key = line.split("=", 1)[0]
+        # Its own runtime directory: systemd removes a unit's RuntimeDirectory= when the unit stops.
+        if key in ("Type", "NotifyAccess", "WatchdogSec", "Restart", "RestartSec", "ExecReload",
+                   "ConditionPathExists", "ExecStart", "RuntimeDirectory"):
+            continue
+        keep.append(line)
+        if line.strip() == "[Service]":
+            keep += ["Type=oneshot", "ExecStart=/opt/edge-agent/bin/python /opt/netcheck.py",
+                     "RuntimeDirectory=edge-agent-sandbox-check",
+                     "StandardOutput=file:/run/netcheck.txt"]
+    return "\n".join(keep) + "\n"
 
 
 def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: Path, deb_v2: Path,
@@ -83,6 +159,11 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     probe.write_text(PROBE)
     root.put(probe, "/etc/systemd/system/probe.service")
     root.run("ln -s /etc/systemd/system/probe.service /etc/systemd/system/multi-user.target.wants/probe.service")
+    (tmp_path / "netcheck.py").write_text(NETCHECK)
+    root.put(tmp_path / "netcheck.py", "/opt/netcheck.py")
+    installed_unit = root.run("cat /lib/systemd/system/edge-agent.service").stdout
+    (tmp_path / "sandbox-check.service").write_text(sandbox_check_unit(installed_unit))
+    root.put(tmp_path / "sandbox-check.service", "/etc/systemd/system/sandbox-check.service")
     # This machine is a container image whose policy-rc.d forbids maintainer scripts to start or stop
     # services; a site box has none.
     root.run("rm -f /usr/sbin/policy-rc.d")
@@ -126,6 +207,11 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     assert got["state_owner"] == "edge-agent"
     # LoadCredential=mqtt-password from /etc/credstore; the missing mqtt-key was skipped, not fatal.
     assert got["creds"].split() == ["mqtt-password"]
+    # The sandbox keeps what BACnet/ONVIF discovery needs (as an unconfined process has it) and refuses
+    # packet sockets (which root outside the sandbox may open).
+    assert got["plain_udp_broadcast"] == "ok" and got["plain_udp_multicast"] == "ok"
+    for name in ("udp_broadcast", "udp_multicast", "netlink_interfaces", "no_packet_socket"):
+        assert got[f"sandboxed_{name}"] == "ok", (name, got[f"sandboxed_{name}"], got.get(f"plain_{name}"))
     # `edge-agent status` (as root, outside the service) finds the service's socket in /run/edge-agent.
     assert got["status_cli"] == "ok", root.host(f"cat {root.merged}/var/tmp/status.txt").stdout
     # reload (SIGHUP): same process re-reads its site file, no restart counted.
@@ -139,5 +225,7 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     assert got["outbox_after_upgrade"] == got["outbox_before_upgrade"], "the same outbox file"
     # SIGTERM: flushed and exited 0.
     assert got["after_stop_Result"] == "success" and got["after_stop_ExecMainStatus"] == "0", probe_out
+    # An unprovisioned box does not start the agent: the unit's condition holds it back.
+    assert got["held_ActiveState"] == "inactive" and got["held_ConditionResult"] == "no", probe_out
     # And it really published to the broker, under this site's id.
     assert f"/{SITE}/" in published, published[:2000]
