@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -70,7 +70,6 @@ class Plan:
     username: str | None = None
     password: str | None = None
     server_hostname: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tls_dir(self) -> Path:
