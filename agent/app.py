@@ -86,6 +86,11 @@ class Agent:
                       "sev": event.severity.name.lower(), "data": event.data})
         self._queue_event(self.topics.event(event.source), body, event.ts)
 
+    def points_changed(self, device: str) -> None:
+        ch = self.pipeline.channels.get(device)
+        if ch is not None and ch.refresh():
+            self.uplink.rebirth()
+
     def _queue_event(self, topic: str, body: bytes, ts: float) -> None:
         try:
             self._events.put_nowait((topic, body, ts))

@@ -33,6 +33,9 @@ class Sink(Protocol):
 
     def event(self, event: Event) -> None: ...
 
+    def points_changed(self, device: str) -> None:
+        """The driver learned point metadata at start (e.g. units read from the device)."""
+
 
 class DriverContext:
     """Services shared by all drivers of one agent: per-bus shared objects, agent statistics, paths."""

@@ -95,6 +95,20 @@ class DeviceChannel:
         """Next value of every point is reported again (used after a rebirth)."""
         self.reported.clear()
 
+    def refresh(self) -> bool:
+        """Take the device's current point objects (a driver may fill in units at start); True if a unit
+        changed, i.e. the birth must be published again."""
+        changed = False
+        for p in self.device.points:
+            old = self.points.get(p.name)
+            if old is not None and old.unit != p.unit:
+                changed = True
+            self.points[p.name] = p
+            st = self.live.get(p.name)
+            if st is not None:
+                st.unit = p.unit
+        return changed
+
 
 class Pipeline:
     """Holds one channel per device; ``drain()`` returns encoded telemetry bodies ready for the outbox."""

@@ -116,8 +116,11 @@ class DeviceRunner:
             self.driver = driver
             try:
                 self._progress(self.cycle_timeout)
+                units = [p.unit for p in self.device.points]
                 async with asyncio.timeout(self.cycle_timeout):
                     await driver.start()
+                if [p.unit for p in self.device.points] != units:
+                    self.sink.points_changed(self.device.name)
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._follow(driver), name=f"{name}:follow")
                     await self._poll(driver)

@@ -45,6 +45,11 @@ async def test_cov_change_reaches_broker_within_1s_without_polling(bacnet_lab: B
         # units the profile leaves out are taken from the device at start
         units = {p.name: p.unit for p in agent.runners["ahu"].device.points}
         assert units["room_temp"] == "degC" and units["room_humidity"] == "%RH"
+        # ... and published: a new birth carries them, and the monitor shows the unit with the value
+        await col.wait(lambda: any(p.get("u") == "degC" and p["n"] == "room_temp"
+                                   for m in col.of("birth") for p in m["doc"]["devices"]["ahu"]["points"]), 5,
+                       "birth with device units")
+        assert agent.snapshot()["devices"]["ahu"]["points"]["room_temp"]["unit"] == "degC"
 
 
 async def test_dead_controller_does_not_delay_a_live_one(bacnet_lab: BACnetLab, broker: Any, tmp_path: Path) -> None:
