@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+CREDSTORES = ("/etc/credstore", "/run/credstore")
+
 
 class SecretRef(BaseModel):
     """Exactly one of ``env``, ``file`` or ``credential``.
@@ -43,12 +45,18 @@ class SecretRef(BaseModel):
             p = Path(self.file)
         elif self.credential:
             cdir = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not cdir:
-                raise ValueError(
-                    f"credential {self.credential!r} asked for, but CREDENTIALS_DIRECTORY is not set "
-                    "(not started by systemd with LoadCredential=?)"
-                )
-            p = Path(cdir) / str(self.credential)
+            if cdir:
+                p = Path(cdir) / str(self.credential)
+            else:
+                # Outside the service (an operator running `edge-agent validate`): look where systemd's
+                # LoadCredential=NAME looks, so a provisioned box validates without extra environment.
+                found = [c for c in (Path(d) / str(self.credential) for d in CREDSTORES) if c.is_file()]
+                if not found:
+                    raise ValueError(
+                        f"credential {self.credential!r} asked for, but CREDENTIALS_DIRECTORY is not set "
+                        f"(not started by systemd with LoadCredential=?) and it is not in {', '.join(CREDSTORES)}"
+                    )
+                p = found[0]
         else:
             raise ValueError("an environment variable has no path")
         if not p.is_file():
