@@ -87,6 +87,9 @@ class StatusServer:
             return {"ok": False, "error": f"unknown op {op!r}"}
         except EdgeAgentError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a driver bug must not leave the field tech without an answer
+            log.exception("status request %r failed", op)
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
 def _alive(path: Path) -> bool:
