@@ -72,7 +72,9 @@ class SystemDriver(Driver):
             elif source == "cpu_temp":
                 cache["cpu_temp"] = _cpu_temp(self.thermal)
             elif source.startswith("outbox"):
-                st2 = self.ctx.stats().get("outbox", {})
+                st2 = self.ctx.stats().get("outbox")
+                if not st2:
+                    raise ValueError("outbox figures come from the running agent")
                 cache["outbox_backlog"] = st2.get("depth")
                 cache["outbox_bytes"] = st2.get("bytes")
                 oldest = st2.get("oldest_ts")
@@ -85,8 +87,10 @@ class SystemDriver(Driver):
             sp = cast(SystemPoint, p)
             try:
                 v = measure(sp.source)
-            except (OSError, ValueError) as exc:
+            except OSError as exc:
                 errors[sp.source] = f"{type(exc).__name__}: {exc}"
+            except ValueError as exc:
+                errors[sp.source] = str(exc)
                 v = None
             if v is None:
                 err = errors.get(sp.source, "not available on this machine")

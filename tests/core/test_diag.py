@@ -1,0 +1,78 @@
+"""edge-agent diag: broker and device reachability, step by step, against real peers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.common import free_port, stop_process, wait_for
+from tests.peers.mosquitto import Broker
+
+from .agentkit import ROOT, write_site
+
+
+def diag(*args: str) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, "-m", "agent.cli", "diag", *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_diag_broker_ok(broker: Broker, tmp_path: Path) -> None:
+    site = write_site(tmp_path, broker.url)
+    rc, out, err = diag("broker", "--config", str(site), "--json")
+    assert rc == 0, out + err
+    doc = json.loads(out)
+    assert [s["name"] for s in doc["steps"]] == ["resolve name", "TCP connect", "MQTT session",
+                                                 "subscribe command topic"]
+    assert doc["ok"] is True and doc["steps"][3]["detail"] == "ea/v1/t1/cmd"
+
+
+def test_diag_broker_refused_says_where(tmp_path: Path) -> None:
+    site = write_site(tmp_path, f"mqtt://127.0.0.1:{free_port()}")
+    rc, out, _ = diag("broker", "--config", str(site))
+    assert rc == 1
+    assert "FAIL TCP connect" in out and "Connection refused" in out and "result: FAILED" in out
+
+
+@pytest.fixture
+def meter_sim() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "drivers.modbus.sim", "--host", "127.0.0.1", "--port", str(port),
+                             "--device", f"{ROOT / 'profiles' / 'socomec-countis-e34.yaml'}:3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    assert proc.stdout is not None
+    wait_for(lambda: b"simulating" in proc.stdout.readline(), 20, what="modbus simulator")  # type: ignore[union-attr]
+    yield port
+    stop_process(proc)
+
+
+def test_diag_device_reads_every_point_once(meter_sim: int, tmp_path: Path) -> None:
+    dev = (f"  - {{name: kitchen, type: socomec-countis-e34, timeout: 1s, "
+           f"connection: {{host: 127.0.0.1, port: {meter_sim}, unit: 3}}}}\n")
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", devices=dev)
+    rc, out, err = diag("device", "kitchen", "--config", str(site), "--json")
+    assert rc == 0, out + err
+    doc = json.loads(out)
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert steps["TCP connect"]["ok"] and steps["read all points"]["ok"]
+    assert steps["plan"]["detail"].endswith("point(s)")
+    pts = {p["point"]: p for p in doc["points"]}
+    assert pts["voltage_u12"]["quality"] == "good" and 340 < pts["voltage_u12"]["value"] < 460
+    assert pts["voltage_u12"]["unit"] == "V"
+    text = diag("device", "kitchen", "--config", str(site))[1]
+    assert "voltage_u12" in text and "result:" in text
+
+
+def test_diag_device_unreachable_and_unknown(tmp_path: Path) -> None:
+    port = free_port()
+    dev = f"  - {{name: meter, type: socomec-countis-e34, connection: {{host: 127.0.0.1, port: {port}, unit: 1}}}}\n"
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", devices=dev)
+    rc, out, _ = diag("device", "meter", "--config", str(site))
+    assert rc == 1 and "FAIL TCP connect" in out and "Connection refused" in out
+    rc, _, err = diag("device", "nope", "--config", str(site))
+    assert rc == 2 and "no usable device named 'nope'" in err and "meter" in err
