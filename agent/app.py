@@ -266,6 +266,9 @@ class Agent:
         """Run until ``stop_event`` is set; then shut down in bounded time."""
         self.site.state_dir.mkdir(parents=True, exist_ok=True)
         await self.outbox.open()
+        # The alias map of this run travels in the outbox too (events go first), so that telemetry queued now
+        # stays decodable even if it is only delivered after a later run has published another birth.
+        await self._append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()), time.time())])
         for p in self.site.problems:
             log.error("config: %s", p)
         # Device tasks live outside the task group: a driver that swallows cancellation must not be able to

@@ -138,11 +138,11 @@ class Uplink:
     async def _announce(self, client: aiomqtt.Client) -> None:
         t = self.cfg.publish_timeout
         await client.subscribe(self.topics.command, qos=1, timeout=t)
-        await client.publish(self.topics.birth, dumps(self._birth_doc()), qos=1, retain=True, timeout=t)
+        await client.publish(self.topics.birth, dumps(self.birth_doc()), qos=1, retain=True, timeout=t)
         await client.publish(self.topics.status, dumps({"state": "online", "ts": round(time.time(), 3),
                                                         "agent": __version__}), qos=1, retain=True, timeout=t)
 
-    def _birth_doc(self) -> dict[str, Any]:
+    def birth_doc(self) -> dict[str, Any]:
         return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3), **self.birth()}
 
     def rebirth(self) -> None:
@@ -152,7 +152,7 @@ class Uplink:
         while True:
             await self._rebirth.wait()
             self._rebirth.clear()
-            await client.publish(self.topics.birth, dumps(self._birth_doc()), qos=1, retain=True,
+            await client.publish(self.topics.birth, dumps(self.birth_doc()), qos=1, retain=True,
                                  timeout=self.cfg.publish_timeout)
 
     async def goodbye(self) -> None:

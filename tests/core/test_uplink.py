@@ -183,3 +183,27 @@ async def test_sighup_refuses_bad_config_and_applies_good_one(broker: Broker, tm
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+async def test_telemetry_queued_under_an_old_config_stays_decodable(tmp_path: Path) -> None:
+    """Run 1 collects offline with config A; run 2 starts with config B (another alias map) and a broker:
+    every telemetry message, old and new, arrives with its alias map (birth of its generation)."""
+    broker = Broker(tmp_path)  # not started during run 1
+    site = write_site(tmp_path, broker.url)
+    async with running_agent(site) as agent:
+        await asyncio.sleep(1.0)
+        gen_a = agent.pipeline.gen
+        assert agent.outbox.stats()["telemetry"] >= 1
+    site.write_text(site.read_text() + "  - {name: box2, type: edge-box, interval: 0.5s}\n")
+    broker.start()
+    try:
+        async with Collector(broker.port) as col, running_agent(site) as agent:
+            gen_b = agent.pipeline.gen
+            assert gen_a != gen_b
+            await col.wait(lambda: {m["gen"] for m in col.of("t")} >= {gen_a, gen_b}, 10, "both generations")
+            await asyncio.sleep(0.3)
+            tel = col.of("t")
+            assert all(m["known_gen"] for m in tel), [m["gen"] for m in tel if not m["known_gen"]]
+            assert {m["doc"]["gen"] for m in col.of("birth")} >= {gen_a, gen_b}
+    finally:
+        broker.stop()
