@@ -207,3 +207,22 @@ async def test_telemetry_queued_under_an_old_config_stays_decodable(tmp_path: Pa
             assert {m["doc"]["gen"] for m in col.of("birth")} >= {gen_a, gen_b}
     finally:
         broker.stop()
+
+
+async def test_event_reaches_broker_fast_even_with_slow_telemetry_batches(broker: Broker, tmp_path: Path) -> None:
+    import time
+
+    from agent.model import Event, Severity
+
+    site = write_site(tmp_path, broker.url)
+    site.write_text(site.read_text().replace("batch_interval: 0.1s", "batch_interval: 30s"))
+    async with Collector(broker.port) as col, running_agent(site) as agent:
+        await asyncio.wait_for(agent.uplink.connected.wait(), 10)
+        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        agent.event(Event("door-2", "door", {"state": "forced"}, Severity.ALARM))
+        await col.wait(lambda: any(m["doc"].get("kind") == "door" for m in col.of("e")), 1.0, "door event")
+        latency = time.monotonic() - t0
+        print(f"event to broker: {latency * 1000:.1f} ms")
+        assert latency < 1.0
+        assert not col.of("t"), "telemetry is still held by the 30 s batch"
