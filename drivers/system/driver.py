@@ -89,6 +89,7 @@ class SystemDriver(Driver):
                 v = measure(sp.source)
             except OSError as exc:
                 errors[sp.source] = f"{type(exc).__name__}: {exc}"
+                v = None
             except ValueError as exc:
                 errors[sp.source] = str(exc)
                 v = None
