@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .config import DeviceConfig, Site
 from .driver import DriverContext, check_write, coerce_cli_value
-from .errors import DriverError, EdgeAgentError, WriteRefused
+from .errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
 from .model import DeviceHealth, Event, Sample, Severity, Value
 from .notify import Notifier
 from .outbox import Kind, Outbox, Record
@@ -38,6 +38,7 @@ log = logging.getLogger("edge_agent")
 READY_GRACE = 15.0
 SHUTDOWN_FLUSH = 5.0
 DEVICE_STOP = 3.0
+WRITE_TIMEOUT = 30.0  # one local or remote write, queue on the bus included
 UNSTORED_MAX = 5000  # records held in memory while the outbox cannot be written
 EVENT_QUEUE = 1000
 
@@ -141,9 +142,20 @@ class Agent:
             value = coerce_cli_value(value)
         pt = check_write(dev, point, value)
         runner = self.runners.get(device)
-        if runner is None or runner.driver is None:
+        if runner is None:
             raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
-        written = await runner.driver.write(pt, value)
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                # the runner's lock: never write through a driver that is being stopped or restarted
+                async with runner.lock:
+                    driver = runner.driver
+                    if driver is None:
+                        raise DriverError(f"{device} is not running (state {self.health[device].state})",
+                                          device=device)
+                    written = await driver.write(pt, value)
+        except TimeoutError:
+            raise DeviceTimeout(f"{device}.{point}: write not confirmed within {WRITE_TIMEOUT:g} s; outcome unknown",
+                                device=device) from None
         self.event(Event(device, "write", {"point": point, "value": written}, Severity.INFO))
         return written
 

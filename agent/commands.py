@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError, EdgeAgentError, Problem
 
 DEFAULT_SITE = "/etc/edge-agent/site.yaml"
+WRITE_TIMEOUT = 30.0  # the agent's budget for one write (bus queue + retries); the CLI waits a bit longer
 
 
 def _site_arg(p: argparse.ArgumentParser) -> None:
@@ -283,11 +284,24 @@ def cmd_write(args: argparse.Namespace) -> int:
 
     value = coerce_cli_value(args.value)
     if not args.direct:
+        ans = None
         try:
             path = _socket_for(args)
-            ans = request(path, {"op": "write", "device": args.device, "point": args.point, "value": value})
-        except (OSError, ConfigError):
-            ans = None  # no agent running: write directly
+            ans = request(path, {"op": "write", "device": args.device, "point": args.point, "value": value},
+                          timeout=WRITE_TIMEOUT + 5)
+        except (FileNotFoundError, ConnectionRefusedError, ConfigError):
+            pass  # no agent running: write directly
+        except TimeoutError:
+            print(f"the agent did not answer within {WRITE_TIMEOUT + 5:g} s: outcome unknown, not retried "
+                  "(check with `edge-agent status`)", file=sys.stderr)
+            return 1
+        except PermissionError as exc:
+            print(f"cannot talk to the running agent ({exc}); run as root or a member of the edge-agent group "
+                  "(a direct write beside a running agent is refused)", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"cannot talk to the running agent: {exc}; nothing written", file=sys.stderr)
+            return 1
         if ans is not None:
             if ans.get("ok"):
                 print(f"{args.device}.{args.point} = {ans.get('written')!r} (through the running agent)")

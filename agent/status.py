@@ -114,5 +114,8 @@ def request(path: Path, req: dict[str, Any], timeout: float = 10.0) -> dict[str,
             if not chunk:
                 break
             buf += chunk
-    answer: dict[str, Any] = json.loads(buf)
+    try:
+        answer: dict[str, Any] = json.loads(buf)
+    except ValueError:
+        return {"ok": False, "error": "the agent closed the connection without an answer (see its journal)"}
     return answer

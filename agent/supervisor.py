@@ -44,7 +44,7 @@ class DeviceRunner:
         self.driver: Driver | None = None
         self.deadline = time.monotonic() + 60.0  # watchdog: next progress expected before this
         self._crashes: deque[float] = deque()
-        self._lock = asyncio.Lock()  # serialises local writes with driver restarts
+        self.lock = asyncio.Lock()  # serialises reads, writes and driver stop/restart of this device
         dm = device.model
         self._initial_backoff = min(max(dm.interval, 1.0), 10.0)
         self._backoff = self._initial_backoff
@@ -156,10 +156,11 @@ class DeviceRunner:
         return False
 
     async def _stop_driver(self, driver: Driver) -> None:
+        self.driver = None  # no new write picks this driver up
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5.0):
-                await asyncio.shield(driver.stop())
-        self.driver = None
+                async with self.lock:  # a write in progress finishes first (bounded by its own timeout)
+                    await asyncio.shield(driver.stop())
 
     def _disable(self, reason: str) -> None:
         h = self.health
@@ -201,7 +202,7 @@ class DeviceRunner:
 
     async def _cycle(self, driver: Driver, pts: Sequence[PointBase]) -> None:
         t0 = time.monotonic()
-        async with self._lock, asyncio.timeout(self.cycle_timeout):
+        async with self.lock, asyncio.timeout(self.cycle_timeout):
             samples = await driver.read(pts)
         self.health.cycle_ms = round((time.monotonic() - t0) * 1000.0, 2)
         self._online()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests.peers.common import free_port, stop_process, wait_for
+from tests.peers.common import free_port
 from tests.peers.mosquitto import Broker
 
 from .agentkit import ROOT, write_site
@@ -39,21 +37,10 @@ def test_diag_broker_refused_says_where(tmp_path: Path) -> None:
     assert "FAIL TCP connect" in out and "Connection refused" in out and "result: FAILED" in out
 
 
-@pytest.fixture
-def meter_sim() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "drivers.modbus.sim", "--host", "127.0.0.1", "--port", str(port),
-                             "--device", f"{ROOT / 'profiles' / 'socomec-countis-e34.yaml'}:3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
-    assert proc.stdout is not None
-    wait_for(lambda: b"simulating" in proc.stdout.readline(), 20, what="modbus simulator")  # type: ignore[union-attr]
-    yield port
-    stop_process(proc)
-
-
-def test_diag_device_reads_every_point_once(meter_sim: int, tmp_path: Path) -> None:
+def test_diag_device_reads_every_point_once(modbus_sim: Callable[..., int], tmp_path: Path) -> None:
+    port = modbus_sim("socomec-countis-e34:3")
     dev = (f"  - {{name: kitchen, type: socomec-countis-e34, timeout: 1s, "
-           f"connection: {{host: 127.0.0.1, port: {meter_sim}, unit: 3}}}}\n")
+           f"connection: {{host: 127.0.0.1, port: {port}, unit: 3}}}}\n")
     site = write_site(tmp_path, "mqtt://127.0.0.1:9", devices=dev)
     rc, out, err = diag("device", "kitchen", "--config", str(site), "--json")
     assert rc == 0, out + err
