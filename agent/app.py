@@ -25,7 +25,7 @@ from .driver import DriverContext, check_write, coerce_cli_value
 from .errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
 from .model import DeviceHealth, Event, Sample, Severity, Value
 from .notify import Notifier
-from .outbox import Kind, Outbox, Record
+from .outbox import Kind, Outbox, Record, row_size
 from .pipeline import Pipeline
 from .status import StatusServer
 from .supervisor import DeviceRunner
@@ -74,6 +74,7 @@ class Agent:
         self.abandoned: list[str] = []  # tasks that ignored cancellation at shutdown
         self._unstored: list[Record] = []  # records the outbox refused (store error), retried next flush
         self.unstored_dropped = 0
+        self.oversize_dropped = 0
         self.reload_event = asyncio.Event()
         self.restart = False  # set when a valid new configuration asks for a re-exec
 
@@ -194,6 +195,18 @@ class Agent:
         (oldest telemetry dropped first, counted), and retry at the next flush."""
         batch = self._unstored + records
         self._unstored = []
+        # A record that can never fit would make the outbox refuse the whole batch at every flush.
+        limit = self.outbox.max_bytes // 4
+        fits = [r for r in batch if row_size(r.topic, r.body) <= limit]
+        if len(fits) != len(batch):
+            for r in batch:
+                if row_size(r.topic, r.body) > limit:
+                    self.oversize_dropped += 1
+                    log.error("dropping a %d-byte %s message to %s: larger than a quarter of outbox.max_bytes",
+                              len(r.body), r.kind.name.lower(), r.topic)
+            batch = fits
+        if not batch:
+            return
         try:
             await self.outbox.append(batch)
             if self.store_error:
@@ -389,7 +402,8 @@ class Agent:
                        "last_publish_age": round(now - up.last_publish, 1) if up.last_publish else None},
             "outbox": {**st, "oldest_age": round(now - oldest, 1) if oldest else None,
                        "store_error": self.store_error, "events_dropped_queue": self.events_dropped,
-                       "held_in_memory": len(self._unstored), "dropped_unstored": self.unstored_dropped},
+                       "held_in_memory": len(self._unstored), "dropped_unstored": self.unstored_dropped,
+                       "dropped_oversize": self.oversize_dropped},
             "pipeline": {"offered": self.pipeline.offered, "reported": self.pipeline.reported,
                          "gen": self.pipeline.gen},
             "devices": devices,

@@ -272,7 +272,8 @@ class UplinkConfig(BaseModel):
 
 class OutboxConfig(BaseModel):
     model_config = STRICT
-    max_bytes: ByteSize = Field(64 * 1024 * 1024, description="disk budget of queued messages, e.g. 64MiB")
+    max_bytes: ByteSize = Field(64 * 1024 * 1024, ge=256 * 1024,
+                                description="disk budget of queued messages, e.g. 64MiB (at least 256KiB)")
     sync: Literal["full", "normal"] = Field(
         "full", description="full survives power loss (fsync per commit); normal survives process crashes"
     )

@@ -38,3 +38,28 @@ async def test_store_error_holds_records_and_retries(tmp_path: Path) -> None:
         rows = await agent.outbox.take(1000)
         doors = [r for r in rows if r.topic.endswith("/e/door-1")]
         assert len(doors) == 1 and b'"forced"' in doors[0].body
+
+
+async def test_oversized_record_is_dropped_alone(tmp_path: Path) -> None:
+    """One message too large for the outbox is dropped and counted; everything else is stored."""
+    site = write_site(tmp_path, BROKER, extra="outbox: {max_bytes: 256KiB}\n")
+    async with running_agent(site) as agent:
+        await asyncio.sleep(0.3)
+        agent.event(Event("agent", "config", {"problems": ["x" * 100_000]}))
+        agent.event(Event("door-1", "door", {"state": "forced"}))
+        await asyncio.sleep(0.5)
+        snap = agent.snapshot()["outbox"]
+        assert snap["dropped_oversize"] == 1 and snap["store_error"] is None and snap["held_in_memory"] == 0
+        rows = await agent.outbox.take(1000)
+        assert any(r.topic.endswith("/e/door-1") for r in rows)
+
+
+def test_tiny_outbox_is_a_located_error(tmp_path: Path) -> None:
+    import pytest
+
+    from agent.config import load_site
+    from agent.errors import ConfigError
+
+    site = write_site(tmp_path, BROKER, extra="outbox: {max_bytes: 30}\n")
+    with pytest.raises(ConfigError, match=r"site.yaml:\d+: outbox.max_bytes: Input should be greater than or equal"):
+        load_site(site)
