@@ -47,7 +47,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -141,6 +143,7 @@ class Outbox:
             raise ValueError(f"sync must be 'full' or 'normal', not {sync!r}")
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self._lock_fd: int | None = None
         self.sync = sync
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # created and used only on the worker thread
@@ -168,6 +171,7 @@ class Outbox:
         """
         if self._open:
             return
+        self._lock_file()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._open = True
         try:
@@ -176,6 +180,7 @@ class Outbox:
             self._open = False
             self._executor.shutdown(wait=False)
             self._executor = None
+            self._unlock_file()
             raise
         if self._has_pending():
             self._pending.set()
@@ -191,6 +196,36 @@ class Outbox:
             self._open = False
             self._executor = None
             executor.shutdown(wait=False)
+            self._unlock_file()
+
+    def _lock_file(self) -> None:
+        """One process per outbox: a second agent on the same state directory would hand out the same
+        sequence numbers and publish the same rows. ``<db>.lock`` is held (flock) while open."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create {lock_path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise StoreError(
+                f"outbox {self.path} is in use by another process (pid {holder}): is edge-agent already "
+                "running with this state directory?"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock_file(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
     # ------------------------------------------------------------------ queue API
 

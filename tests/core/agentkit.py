@@ -109,7 +109,7 @@ class Collector:
         for m in self.messages:
             if m["kind"] == "t" and "seq" in m:
                 out.add(m["seq"])
-            elif m["kind"] in ("e", "ack") and isinstance(m.get("doc"), dict) and "seq" in m["doc"]:
+            elif m["kind"] in ("e", "ack", "birth") and isinstance(m.get("doc"), dict) and "seq" in m["doc"]:
                 out.add(m["doc"]["seq"])
         return out
 

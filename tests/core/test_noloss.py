@@ -81,7 +81,12 @@ async def test_kill9_mid_publish_every_committed_sequence_arrives(tmp_path: Path
             committed = after_kill | col.seqs()
             assert after_kill, "the outbox should still hold rows at the kill"
             proc = start_agent_process(site, tmp_path / "agent.log")
-            await col.wait(lambda: committed <= col.seqs(), 30, "every committed seq")
+            try:
+                await col.wait(lambda: committed <= col.seqs(), 30, "every committed seq")
+            except AssertionError:
+                missing = sorted(committed - col.seqs())
+                raise AssertionError(f"missing {len(missing)}: {missing[:10]}..{missing[-3:]}; "
+                                     f"db now: {sorted(_committed(db))[:10]}") from None
         finally:
             proc.kill()
             proc.wait(5)

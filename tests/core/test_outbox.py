@@ -550,3 +550,23 @@ async def test_ping_goes_through_the_worker(make_outbox: MakeOutbox) -> None:
     await ob.close()
     with pytest.raises(StoreError, match="not open"):
         await ob.ping()
+
+
+async def test_second_process_on_the_same_outbox_is_refused(tmp_path: Path) -> None:
+    """Two agents on one state directory would share sequence numbers: the second open is refused."""
+    import subprocess
+
+    path = tmp_path / "ob.sqlite"
+    ob = Outbox(path)
+    await ob.open()
+    code = ("import asyncio,sys; from agent.outbox import Outbox\n"
+            f"asyncio.run(Outbox(__import__('pathlib').Path({str(path)!r})).open())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert f"in use by another process (pid {os.getpid()})" in r.stderr
+    with pytest.raises(StoreError, match="is edge-agent already running"):
+        await Outbox(path).open()
+    await ob.close()
+    again = Outbox(path)
+    await again.open()  # free once closed
+    await again.close()
