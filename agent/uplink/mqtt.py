@@ -186,12 +186,14 @@ class Uplink:
                 failure.append(exc)
             else:
                 acked.append(row.seq)
+                self.progress = time.monotonic()  # watchdog: every PUBACK is progress, however slow the link
             finally:
                 sem.release()
 
         while True:
             self.progress = time.monotonic()
-            rows = await self.outbox.take(self.cfg.max_inflight * 32)
+            # Small takes: a new event never waits behind more than a few round trips of backlog.
+            rows = await self.outbox.take(self.cfg.max_inflight * 4)
             if not rows:
                 await self.outbox.wait(timeout=1.0)
                 continue

@@ -53,6 +53,9 @@ async def running_agent(site_path: Path, **kw: Any) -> AsyncIterator[Agent]:
     agent = Agent(load_site(site_path, strict=False), **kw)
     task = asyncio.create_task(agent.run(), name="agent-under-test")
     try:
+        async with asyncio.timeout(10):
+            while agent.outbox.stats()["last_seq"] == 0 and not task.done():  # the run's birth is queued first
+                await asyncio.sleep(0.01)
         yield agent
     finally:
         agent.stop_event.set()

@@ -226,3 +226,31 @@ async def test_event_reaches_broker_fast_even_with_slow_telemetry_batches(broker
         print(f"event to broker: {latency * 1000:.1f} ms")
         assert latency < 1.0
         assert not col.of("t"), "telemetry is still held by the 30 s batch"
+
+
+async def test_event_overtakes_a_long_replay(tmp_path: Path) -> None:
+    """During the replay of a large backlog, a new event still reaches the broker in under 1 s."""
+    import time
+
+    from agent.model import Event, Severity
+    from agent.outbox import Kind, Record
+
+    broker = Broker(tmp_path)
+    site = write_site(tmp_path, broker.url)
+    async with running_agent(site) as agent:
+        body = b"\x00" + bytes(60)  # stored telemetry body: flags, gen, content (not decoded by this test)
+        for _ in range(10):
+            await agent.outbox.append([Record(Kind.TELEMETRY, "ea/v1/t1/t/box", body, time.time())
+                                       for _ in range(2000)])
+        broker.start()
+        try:
+            async with Collector(broker.port) as col:
+                await col.wait(lambda: len(col.of("t")) > 500, 15, "replay under way")
+                assert agent.outbox.stats()["depth"] > 5000, "the replay should still be long"
+                t0 = time.monotonic()
+                agent.event(Event("door-3", "door", {"state": "forced"}, Severity.ALARM))
+                await col.wait(lambda: any(m["doc"].get("kind") == "door" for m in col.of("e")), 1.0, "door")
+                print(f"event during replay: {(time.monotonic() - t0) * 1000:.0f} ms, "
+                      f"backlog left {agent.outbox.stats()['depth']}")
+        finally:
+            broker.stop()

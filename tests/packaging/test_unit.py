@@ -75,7 +75,10 @@ def test_what_the_agent_needs_is_still_granted() -> None:
     s = unit_settings()
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
     assert int(s["WatchdogSec"][0]) > 0
-    assert s["Restart"] == ["on-failure"] and "StartLimitBurst" in s and "StartLimitIntervalSec" in s
+    assert s["Restart"] == ["on-failure"] and "StartLimitBurst" in s
+    # the start-limit policy is "never give up, paced": no interval, at least 5 s between restarts
+    assert s["StartLimitIntervalSec"] == ["0"] and int(s["RestartSec"][0]) >= 5
+    assert s["RestartPreventExitStatus"] == ["78"]
     assert s["User"] == ["edge-agent"] and "root" not in s["User"]
     assert s["StateDirectory"] == ["edge-agent"] and s["RuntimeDirectory"] == ["edge-agent"]
     assert s["ConfigurationDirectory"] == ["edge-agent"]
