@@ -235,12 +235,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
 
 def tls_context(plan: Plan) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if plan.ca:
-        try:
-            ctx.load_verify_locations(cafile=str(plan.ca))
-        except (ssl.SSLError, ValueError) as exc:
-            raise ProvisionError(f"CA certificate {plan.ca}: not a PEM certificate ({exc})") from None
+    from .uplink.mqtt import client_tls_context
+
+    try:
+        ctx = client_tls_context(str(plan.ca) if plan.ca else None, plan.server_hostname)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ProvisionError(f"CA certificate {plan.ca}: not a PEM certificate ({exc})") from None
     if plan.cert and plan.key:
         try:
             ctx.load_cert_chain(str(plan.cert), str(plan.key))
@@ -274,13 +274,7 @@ async def check_broker(plan: Plan, budget: float) -> float:
         if isinstance(exc, socket.gaierror):
             reason = f"cannot resolve {host}: {exc.strerror}"
         raise ProvisionError(f"cannot reach broker {host}:{port}: {reason}", EXIT_BROKER) from None
-    ctx = tls_context(plan) if plan.uses_tls else None
-    if ctx is not None and plan.server_hostname and plan.server_hostname != host:
-        # The MQTT client checks the URL's host name; the agent checks --server-hostname. Here the chain is
-        # still verified against the CA, the name is not.
-        ctx.check_hostname = False
-        print(f"warning: broker check verifies the certificate chain, not the name {plan.server_hostname}",
-              file=sys.stderr)
+    ctx = tls_context(plan) if plan.uses_tls else None  # checks --server-hostname, as the agent does
     client = aiomqtt.Client(
         host,
         port,

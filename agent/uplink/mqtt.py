@@ -44,11 +44,38 @@ class UplinkState:
     next_retry: float | None = None
 
 
+class _NamedTLSContext(ssl.SSLContext):
+    """Verifies the broker certificate against a configured name (``uplink.tls.server_hostname``) rather
+    than the host of the URL: brokers reached by IP address, or through a tunnel, with a certificate for
+    their public name. paho passes the URL host to ``wrap_socket``; this context substitutes the name."""
+
+    expected_name = ""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["server_hostname"] = self.expected_name
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def client_tls_context(ca_file: str | None = None, server_hostname: str | None = None) -> ssl.SSLContext:
+    """A verifying TLS client context (system CAs or ``ca_file``), TLS 1.2 at least."""
+    if server_hostname:
+        ctx: ssl.SSLContext = _NamedTLSContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.expected_name = server_hostname  # type: ignore[attr-defined]
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def build_tls_context(cfg: UplinkConfig, secrets: Secrets) -> ssl.SSLContext | None:
     if not cfg.uses_tls:
         return None
-    ctx = ssl.create_default_context(cafile=cfg.tls.ca_file if cfg.tls else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls = cfg.tls
+    ctx = client_tls_context(tls.ca_file if tls else None, tls.server_hostname if tls else None)
     if secrets.cert_file and secrets.key_file:
         ctx.load_cert_chain(secrets.cert_file, secrets.key_file)
     return ctx

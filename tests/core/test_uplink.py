@@ -121,7 +121,8 @@ def pki(tmp_path: Path) -> Path:
         _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={cn}",
                  "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
         ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n")
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:broker.test\n" if name == "server"
+                       else "extendedKeyUsage=clientAuth\n")
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
                  "-days", "2", "-out", f"{name}.crt", "-extfile", str(ext), cwd=d)
     for f in d.iterdir():
@@ -254,3 +255,19 @@ async def test_event_overtakes_a_long_replay(tmp_path: Path) -> None:
                       f"backlog left {agent.outbox.stats()['depth']}")
         finally:
             broker.stop()
+
+
+@pytest.mark.parametrize(("name", "connects"), [("broker.test", True), ("other.test", False)])
+async def test_server_hostname_is_what_the_certificate_is_checked_against(
+        tls_broker: Broker, pki: Path, tmp_path: Path, name: str, connects: bool) -> None:
+    tls = (f"  tls: {{ca_file: {pki / 'ca.crt'}, cert_file: {pki / 'client.crt'}, "
+           f"key_file: {pki / 'client.key'}, server_hostname: {name}}}\n")
+    site = write_site(tmp_path, tls_broker.url, extra_uplink=tls)
+    async with running_agent(site) as agent:
+        try:
+            await asyncio.wait_for(agent.uplink.connected.wait(), 4)
+        except TimeoutError:
+            pass
+        assert agent.uplink.state.connected is connects
+        if not connects:
+            assert "other.test" in (agent.uplink.state.last_error or ""), agent.uplink.state.last_error
