@@ -57,6 +57,8 @@ def register(sub: Any) -> None:
         q.add_argument("--timeout", type=float, default=10.0, help="budget of each step, seconds")
         if name == "device":
             q.add_argument("device", help="device name in the site file")
+            q.add_argument("--force", action="store_true",
+                           help="run even though the agent is running (a second client on the device)")
         q.set_defaults(func=cmd_diag)
 
 
@@ -83,6 +85,11 @@ def cmd_diag(args: argparse.Namespace) -> int:
                   f"{', '.join(d.name for d in site.devices) or 'none'})"
                   + (f"; problems: {'; '.join(bad)}" if bad else ""), file=sys.stderr)
             return 2
+        if not args.force and _agent_running(site.socket_path):
+            print(f"the agent is running and talks to {dev.name}: a second client could garble an RS-485 line or "
+                  "steal BACnet replies. Use `edge-agent status --device "
+                  f"{dev.name}` (values, ages, last errors), or stop the agent, or pass --force.", file=sys.stderr)
+            return 2
         report = asyncio.run(diag_device(site, dev, args.timeout))
     if args.json:
         print(json.dumps({"target": report.target, "ok": report.ok, "steps": [asdict(s) for s in report.steps],
@@ -90,6 +97,16 @@ def cmd_diag(args: argparse.Namespace) -> int:
     else:
         print(render(report))
     return 0 if report.ok else 1
+
+
+def _agent_running(path: Any) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
 
 
 def render(r: Report) -> str:

@@ -63,3 +63,17 @@ def test_diag_device_unreachable_and_unknown(tmp_path: Path) -> None:
     assert rc == 1 and "FAIL TCP connect" in out and "Connection refused" in out
     rc, _, err = diag("device", "nope", "--config", str(site))
     assert rc == 2 and "no usable device named 'nope'" in err and "meter" in err
+
+
+async def test_diag_device_refuses_beside_a_running_agent(tmp_path: Path) -> None:
+    import asyncio
+
+    from .agentkit import running_agent
+
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9")
+    async with running_agent(site):
+        await asyncio.sleep(0.3)
+        rc, _, err = await asyncio.to_thread(diag, "device", "box", "--config", str(site))
+        assert rc == 2 and "the agent is running" in err and "edge-agent status --device box" in err
+        rc, out, _ = await asyncio.to_thread(diag, "device", "box", "--config", str(site), "--force")
+        assert rc == 0 and "load1" in out
