@@ -193,6 +193,10 @@ class DeviceRunner:
                 pts += [p for p in polled if p.poll == "slow"]
             if pts:
                 await self._cycle(driver, pts)
+            elif not self.health.available:
+                # Every point is followed (BACnet COV): the driver started and its follow task is alive,
+                # which is what availability means for it.
+                self._online()
             # No overlapping cycles, no burst to catch up: schedule from the planned time, skipping misses.
             done = time.monotonic()
             if done >= next_fast:

@@ -76,3 +76,30 @@ async def test_dead_controller_does_not_delay_a_live_one(bacnet_lab: BACnetLab, 
         sim.obj("multi-state-value,1").presentValue = 2
         await col.wait(lambda: 2 in _values(col, "mode"), 1.5, "polled mode change")
         print(f"live device: {polls} polls in {time.monotonic() - t0:.1f} s beside a dead one")
+
+
+async def test_device_followed_only_by_cov_is_online(bacnet_lab: BACnetLab, tmp_path: Path) -> None:
+    """All points by COV, nothing to poll: the device still shows online (status and availability event)."""
+    sim = await bacnet_lab.sim()
+    local = next_host()
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "cov-only.yaml").write_text(
+        "driver: bacnet\npoints:\n"
+        "  - {name: room_temp, unit: degC, object_type: analog-input, instance: 3, cov: true}\n"
+        "  - {name: room_setpoint, unit: degC, object_type: analog-value, instance: 1, cov: true}\n")
+    devices = (
+        "  - name: ahu\n    type: cov-only\n    interval: 0.5s\n    timeout: 1s\n"
+        f"    connection: {{device_instance: {sim.instance}, address: '{sim.host}', local_address: {local}/8, "
+        "local_port: 47809}\n"
+    )
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", devices=devices, extra=f"profiles_dirs: [{profiles}]\n")
+    async with running_agent(site) as agent:
+        for _ in range(100):
+            if agent.health["ahu"].available:
+                break
+            await asyncio.sleep(0.05)
+        drv = agent.runners["ahu"].driver
+        assert drv is not None and drv.subscribed == {"room_temp", "room_setpoint"}  # type: ignore[attr-defined]
+        assert agent.health["ahu"].state == "online"
+        assert agent.snapshot()["devices"]["ahu"]["points"]["room_temp"]["quality"] == "good"
