@@ -325,27 +325,52 @@ class Agent:
             await self.outbox.close()
 
     async def _reloader(self) -> None:
-        """SIGHUP: validate the site file again. Valid: stop cleanly and let the caller re-exec with it.
-        Invalid: keep running the configuration that works, and say why the new one was refused."""
-        from .config import load_site
-
+        """SIGHUP: load the site file again. It is applied (clean stop, the caller re-execs) unless it would
+        break something that works now: a problem in site/uplink/outbox, or a problem in the entry of a
+        device that is running now. Otherwise the running configuration stays and the refusal is published
+        with every located problem. Problems in entries of devices that are not running now don't block."""
         while True:
             await self.reload_event.wait()
             self.reload_event.clear()
             try:
-                await asyncio.to_thread(load_site, self.site.file, strict=True)
+                blocking, other = await asyncio.to_thread(self._check_reload)
             except EdgeAgentError as exc:
-                problems = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)]
-                for p in problems:
+                blocking, other = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)], []
+            if blocking:
+                for p in blocking:
                     log.error("reload refused: %s", p)
-                self.event(Event("agent", "config", {"result": "refused", "problems": problems[:50]},
+                self.event(Event("agent", "config", {"result": "refused", "problems": blocking[:50]},
                                  Severity.WARNING))
                 continue
+            for p in other:
+                log.warning("reload: %s (that device stays off)", p)
             log.info("reload: configuration valid, restarting with it")
             self.notifier.send("RELOADING=1")
             self.restart = True
             self.stop_event.set()
             return
+
+    def _check_reload(self) -> tuple[list[str], list[str]]:
+        """(problems that block the reload, problems that only keep a not-running device off)."""
+        from .config import load_site
+        from .yamlloc import load_file
+
+        new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
+        entries = load_file(self.site.file).data.get("devices") or []
+        running = {d.name for d in self.site.devices if d.name in self.runners}
+        blocking: list[str] = []
+        other: list[str] = []
+        for p in new.problems:
+            if p.file != str(self.site.file):  # a broken profile: devices using it show up as entries below
+                other.append(str(p))
+                continue
+            name = None
+            if p.key.startswith("devices[") and "]" in p.key:
+                idx = int(p.key[len("devices["):p.key.index("]")])
+                if 0 <= idx < len(entries) and isinstance(entries[idx], dict):
+                    name = entries[idx].get("name")
+            (blocking if name is None or name in running else other).append(str(p))
+        return blocking, other
 
     async def _stop_devices(self, tasks: list[asyncio.Task[None]]) -> None:
         live = [t for t in tasks if not t.done()]

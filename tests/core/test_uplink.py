@@ -271,3 +271,31 @@ async def test_server_hostname_is_what_the_certificate_is_checked_against(
         assert agent.uplink.state.connected is connects
         if not connects:
             assert "other.test" in (agent.uplink.state.last_error or ""), agent.uplink.state.last_error
+
+
+async def test_reload_not_blocked_by_a_device_that_was_already_broken(broker: Broker, tmp_path: Path) -> None:
+    """A site that starts with one broken device entry can still be reloaded; breaking a running device can't."""
+    site = write_site(tmp_path, broker.url)
+    base = site.read_text()
+    site.write_text(base + "  - {name: meter, type: no-such-meter}\n")
+    async with Collector(broker.port) as col:
+        proc = start_agent_process(site, tmp_path / "agent.log")
+        try:
+            await col.wait(lambda: any(m["doc"]["state"] == "online" for m in col.of("status")), 15, "online")
+            # breaking the running device is refused
+            broken = base.replace("interval: 0.1s", "interval: never")
+            site.write_text(broken + "  - {name: meter, type: no-such-meter}\n")
+            proc.send_signal(signal.SIGHUP)
+            await col.wait(lambda: any(m["doc"].get("kind") == "config" for m in col.of("e")), 10, "refusal")
+            ev = next(m["doc"] for m in col.of("e") if m["doc"].get("kind") == "config")
+            assert any("devices[0].interval" in p for p in ev["data"]["problems"])
+            assert not any("devices[1]" in p for p in ev["data"]["problems"])
+            # adding box2 while meter stays broken is applied
+            site.write_text(base + "  - {name: meter, type: no-such-meter}\n"
+                            "  - {name: box2, type: edge-box, interval: 1s}\n")
+            proc.send_signal(signal.SIGHUP)
+            await col.wait(lambda: any("box2" in m["doc"].get("devices", {}) for m in col.of("birth")), 20, "box2")
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(10)
