@@ -129,6 +129,8 @@ def check_write(device: DeviceConfig, point_name: str, value: Value) -> PointBas
         raise WriteRefused(f"{device.name}: no point named {point_name!r}")
     if not point.writable:
         raise WriteRefused(f"{device.name}.{point_name} is read-only")
+    if isinstance(value, str) and (point.min is not None or point.max is not None):
+        raise WriteRefused(f"{device.name}.{point_name} expects a number, got {value!r}")
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return point
     if isinstance(value, int | float):

@@ -533,6 +533,10 @@ class BACnetDriver(Driver):
                 else "inactive"
         elif isinstance(p.object_type, str) and p.object_type.startswith("multi-state") \
                 and p.property == "present-value":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer() \
+                    or value < 1:
+                raise WriteRefused(f"{self.name}.{p.name}: a multi-state value is a state number 1, 2, 3...; "
+                                   f"got {value!r}")
             wire = int(value)
         else:
             wire = value

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.errors import DeviceTimeout, DeviceUnreachable
+from agent.errors import DeviceTimeout, DeviceUnreachable, WriteRefused
 from agent.model import Quality
 from tests.peers.bacnet import BACnetLab, write_profile
 
@@ -155,6 +155,10 @@ async def test_write_with_priority_and_relinquish(bacnet_lab: BACnetLab) -> None
     await drv.write(pts["fan_cmd"], False)
     assert str(sim.obj("binary-value,1").presentValue) == "inactive"
     await drv.write(pts["mode"], 2)
+    assert int(sim.obj("multi-state-value,1").presentValue) == 2
+    for bad in ("abc", 2.7, 0, True):  # clear refusals, nothing sent
+        with pytest.raises(WriteRefused, match="state number"):
+            await drv.write(pts["mode"], bad)
     assert int(sim.obj("multi-state-value,1").presentValue) == 2
     # relinquish: null at priority 8, the relinquish default comes back
     assert await drv.write(pts["setpoint"], None) is None

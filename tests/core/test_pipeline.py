@@ -85,3 +85,24 @@ def test_alias_generation_changes_with_point_list(tmp_path: Path) -> None:
     f.write_text(f.read_text().replace("name: box", "name: box2"))
     site = load_site(f)
     assert Pipeline(site.devices, 900).gen != a
+
+
+def test_check_write_refuses_text_for_numeric_points(tmp_path: Path) -> None:
+    from agent.driver import check_write
+    from agent.errors import WriteRefused
+
+    f = tmp_path / "site.yaml"
+    prof = tmp_path / "p"
+    prof.mkdir()
+    (prof / "w.yaml").write_text("driver: system\npoints:\n"
+                                 "  - {name: sp, source: load1, access: read-write, min: 5, max: 30}\n")
+    f.write_text(f"site: {{id: demo}}\nuplink: {{broker: 'mqtt://127.0.0.1:1883'}}\nprofiles_dirs: [{prof}]\n"
+                 "devices:\n  - {name: d, type: w}\n")
+    dev = load_site(f).devices[0]
+    with pytest.raises(WriteRefused, match="expects a number"):
+        check_write(dev, "sp", "9")
+    with pytest.raises(WriteRefused, match="above the maximum 30"):
+        check_write(dev, "sp", 31)
+    with pytest.raises(WriteRefused, match="must be finite"):
+        check_write(dev, "sp", float("nan"))
+    assert check_write(dev, "sp", 21.5).name == "sp"
