@@ -170,7 +170,7 @@ def _socket_for(args: argparse.Namespace) -> Path:
     from .config import load_site
 
     try:
-        return load_site(args.config, strict=False).socket_path
+        return load_site(args.config, strict=False).client_socket_path()
     except ConfigError:
         for cand in (Path("/run/edge-agent/agent.sock"), Path("/var/lib/edge-agent/agent.sock")):
             if cand.exists():

@@ -376,10 +376,21 @@ class Site:
 
     @property
     def socket_path(self) -> Path:
+        """Where the agent listens: status.socket, else $RUNTIME_DIRECTORY (systemd), else the state dir."""
         if self.model.status.socket:
             return Path(self.model.status.socket)
         env = os.environ.get("RUNTIME_DIRECTORY")
         return (Path(env.split(":")[0]) if env else self.state_dir) / "agent.sock"
+
+    def client_socket_path(self) -> Path:
+        """Where a command run outside the service finds the agent: as above, but without the service's
+        environment the systemd runtime directory is tried first."""
+        if self.model.status.socket or os.environ.get("RUNTIME_DIRECTORY"):
+            return self.socket_path
+        for cand in (Path("/run/edge-agent/agent.sock"), self.state_dir / "agent.sock"):
+            if cand.exists():
+                return cand
+        return self.state_dir / "agent.sock"
 
 
 def _resolve_secret(doc: LocatedDoc, loc: Loc, ref: str | SecretRef | None, kind: Literal["value", "path"],

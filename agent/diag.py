@@ -85,7 +85,7 @@ def cmd_diag(args: argparse.Namespace) -> int:
                   f"{', '.join(d.name for d in site.devices) or 'none'})"
                   + (f"; problems: {'; '.join(bad)}" if bad else ""), file=sys.stderr)
             return 2
-        if not args.force and _agent_running(site.socket_path):
+        if not args.force and _agent_running(site.client_socket_path()):
             print(f"the agent is running and talks to {dev.name}: a second client could garble an RS-485 line or "
                   "steal BACnet replies. Use `edge-agent status --device "
                   f"{dev.name}` (values, ages, last errors), or stop the agent, or pass --force.", file=sys.stderr)
