@@ -11,10 +11,13 @@ Telemetry payload::
     head    = version(bits 4-7, = 1) | flags(bits 0-3)      flags bit0: content is raw-deflated
     content = varint(base_ts_ms) sample*
     sample  = tag(u8) [varint(alias)] [varint(dt_ms)] value [error]
+            | tag(u8) [varint(alias)] [varint(dt_ms)] varint(n << 4 | vtype) value{n}     (tag vtype = 15)
     tag     = quality(bits 0-1) | vtype(bits 2-5) << 2 | has_dt(bit 6) | next_alias(bit 7)
 
 ``next_alias`` means alias = previous sample's alias + 1 (the first sample's "previous" is -1), so a poll
-cycle of consecutive points spends no byte on aliases: samples are sorted by (time, alias).
+cycle of consecutive points spends no byte on aliases: samples are sorted by (time, alias). A *run* (vtype 15)
+carries n values of one type for consecutive aliases at one instant with one quality: one tag for a whole
+block of registers that changed together.
 
 Values that are exactly a float32 (most Modbus and BACnet REALs) travel as the shortest decimal with the same
 float32 value when one with at most 4 decimals exists: 231.39999389648438 arrives as 231.4.
@@ -45,6 +48,7 @@ GEN_MASK = 0xFFFF
 V_NULL, V_FALSE, V_TRUE, V_INT = 0, 1, 2, 3
 V_DEC1, V_DEC2, V_DEC3, V_DEC4 = 4, 5, 6, 7  # zigzag mantissa, value = m / 10**k
 V_F32, V_F64, V_STR = 8, 9, 10
+V_RUN = 15  # varint(count << 4 | type), then count values of that type for consecutive aliases
 
 _DEC = {V_DEC1: 10, V_DEC2: 100, V_DEC3: 1000, V_DEC4: 10000}
 
@@ -152,34 +156,59 @@ def _decode_value(buf: bytes, pos: int, vt: int) -> tuple[Value, int]:
     raise ValueError(f"unknown value type {vt}")
 
 
+RUN_MIN = 2  # a run costs its tag and one count/type byte (up to 7 samples): worth it from 2 samples on
+
+
 def encode_samples(samples: Sequence[Sample], aliases: dict[str, int], gen: int,
                    deflate_min: int = 96) -> bytes:
     """Encode one device's samples into a telemetry body (without version and seq)."""
     ordered = sorted(samples, key=lambda s: (s.ts, aliases[s.point]))
+    items = []  # (sample, alias, ms, value type, value bytes)
+    for s in ordered:
+        vbuf = bytearray()
+        vt = _encode_value(vbuf, s.value)
+        items.append((s, aliases[s.point], round(s.ts * 1000), vt, bytes(vbuf)))
     content = bytearray()
-    base_ms = round(ordered[0].ts * 1000) if ordered else 0
+    base_ms = items[0][2] if items else 0
     put_varint(content, base_ms)
     prev_ms = base_ms
     prev_alias = -1
-    for s in ordered:
-        ms = max(round(s.ts * 1000), prev_ms)
-        alias = aliases[s.point]
-        tag_pos = len(content)
-        content.append(0)
+    i = 0
+    while i < len(items):
+        s, alias, ms, vt, vbytes = items[i]
+        ms = max(ms, prev_ms)
+        # a run: consecutive aliases, same instant, same value type and quality, no error text
+        n = 1
+        if s.quality != Quality.ERROR:
+            while i + n < len(items):
+                s2, a2, ms2, vt2, _ = items[i + n]
+                if a2 != alias + n or max(ms2, prev_ms) != ms or vt2 != vt or s2.quality != s.quality:
+                    break
+                n += 1
+        run = n >= RUN_MIN
         next_alias = alias == prev_alias + 1
+        dt = ms - prev_ms
+        content.append(int(s.quality) | ((V_RUN if run else vt) << 2) | (0x40 if dt else 0)
+                       | (0x80 if next_alias else 0))
         if not next_alias:
             put_varint(content, alias)
-        prev_alias = alias
-        dt = ms - prev_ms
         if dt:
             put_varint(content, dt)
         prev_ms = ms
-        vt = _encode_value(content, s.value)
+        if run:
+            put_varint(content, (n << 4) | vt)  # one byte up to 7 samples
+            for k in range(n):
+                content += items[i + k][4]
+            prev_alias = alias + n - 1
+            i += n
+            continue
+        content += vbytes
         if s.quality == Quality.ERROR:
             err = (s.error or "").encode("utf-8")[:120]
             put_varint(content, len(err))
             content += err
-        content[tag_pos] = int(s.quality) | (vt << 2) | (0x40 if dt else 0) | (0x80 if next_alias else 0)
+        prev_alias = alias
+        i += 1
     flags = 0
     payload = bytes(content)
     if len(payload) >= deflate_min:
@@ -232,8 +261,21 @@ def decode_telemetry(payload: bytes) -> Decoded:
         if tag & 0x40:
             dt, p = get_varint(content, p)
             ts_ms += dt
-        value, p = _decode_value(content, p, (tag >> 2) & 0x0F)
+        vt = (tag >> 2) & 0x0F
         q = Quality(tag & 0x03)
+        if vt == V_RUN:
+            head, p = get_varint(content, p)
+            n, rvt = head >> 4, head & 0x0F
+            if n < 1 or n > len(content):
+                raise ValueError("bad run")
+            if rvt == V_RUN:
+                raise ValueError("nested run")
+            for k in range(n):
+                value, p = _decode_value(content, p, rvt)
+                out.append((alias + k, ts_ms / 1000.0, value, q, None))
+            alias += n - 1
+            continue
+        value, p = _decode_value(content, p, vt)
         err = None
         if q == Quality.ERROR:
             n, p = get_varint(content, p)

@@ -84,3 +84,55 @@ def test_float32_register_values_travel_as_short_decimals() -> None:
     ((_, _, got, _, _),) = decode_telemetry(payload).samples
     assert got == 231.4 and struct.pack("<f", got) == struct.pack("<f", raw)
     assert len(payload) < 20
+
+
+def test_runs_of_consecutive_points_round_trip_and_save_bytes() -> None:
+    """A poll of consecutive float32 points travels as one run: one tag for all of them."""
+    import struct
+
+    vals = [struct.unpack("<f", struct.pack("<f", 229.42604 + i * 1.37))[0] for i in range(7)]
+    samples = [Sample("m", f"p{i}", v, Quality.GOOD, T0) for i, v in enumerate(vals)]
+    aliases = {f"p{i}": i for i in range(7)}
+    payload = frame(5, encode_samples(samples, aliases, 9))
+    got = decode_telemetry(payload).samples
+    assert [(a, v, q) for a, _, v, q, _ in got] == [(i, vals[i], Quality.GOOD) for i in range(7)]
+    # header 1+1+2+6, one run tag, one count/type byte, 7 x 4 bytes of float32
+    assert len(payload) == 10 + 2 + 7 * 4, len(payload)
+
+
+def test_random_batches_round_trip() -> None:
+    """Mixed runs, gaps, qualities, types and instants: decode(encode(x)) == x, deterministic seed."""
+    import random
+    import struct
+
+    rnd = random.Random(7)
+    for _ in range(300):
+        n_points = rnd.randint(1, 40)
+        aliases = {f"p{i}": i for i in range(n_points)}
+        samples = []
+        for _k in range(rnd.randint(1, 60)):
+            alias = rnd.randrange(n_points)
+            kind = rnd.random()
+            q = Quality.GOOD if kind < 0.8 else Quality.STALE if kind < 0.9 else Quality.ERROR
+            v: object = rnd.choice([
+                rnd.randint(-10**6, 10**6), round(rnd.uniform(-1000, 1000), rnd.randint(0, 4)),
+                struct.unpack("<f", struct.pack("<f", rnd.uniform(-1e4, 1e4)))[0], rnd.random(),
+                rnd.random() < 0.5, None, "txt"])
+            if q == Quality.ERROR:
+                v = None
+            samples.append(Sample("m", f"p{alias}", v, q, T0 + rnd.choice([0, 0, 0, 0.001, 1.5, 10]),  # type: ignore[arg-type]
+                                  "timeout" if q == Quality.ERROR else None))
+        got = decode_telemetry(frame(1, encode_samples(samples, aliases, 3))).samples
+        want = sorted(((aliases[s.point], round(s.ts * 1000), s.value, s.quality) for s in samples),
+                      key=lambda t: (t[1], t[0]))
+        have = [(a, round(ts * 1000), v, q) for a, ts, v, q, _ in got]
+        assert len(have) == len(want)
+        for (a1, t1, v1, q1), (a2, t2, v2, q2) in zip(have, want, strict=True):
+            assert (a1, t1, q1) == (a2, t2, q2)
+            is_f32 = isinstance(v2, float) and struct.unpack("<f", struct.pack("<f", v2))[0] == v2
+            if is_f32 and isinstance(v1, float):  # float32 values may travel as their shortest decimal
+                assert struct.pack("<f", v1) == struct.pack("<f", v2)
+            elif isinstance(v2, float):
+                assert v1 == v2  # float64 values travel exactly
+            else:
+                assert v1 == v2 and type(v1) is type(v2)
