@@ -249,7 +249,7 @@ def decode_telemetry(payload: bytes) -> Decoded:
         except zlib.error as exc:
             raise ValueError(f"bad deflate stream: {exc}") from exc
     ts_ms, p = get_varint(content, 0)
-    out = []
+    out: list[tuple[int, float, Value, Quality, str | None]] = []
     alias = -1
     while p < len(content):
         tag = content[p]
