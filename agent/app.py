@@ -195,15 +195,16 @@ class Agent:
         (oldest telemetry dropped first, counted), and retry at the next flush."""
         batch = self._unstored + records
         self._unstored = []
-        # A record that can never fit would make the outbox refuse the whole batch at every flush.
-        limit = self.outbox.max_bytes // 4
+        # A record that can never fit would make the outbox refuse the whole batch at every flush, and one
+        # the broker refuses would be retried forever: both are dropped here, alone, and counted.
+        limit = min(self.outbox.max_bytes // 4, self.site.model.uplink.max_message_bytes)
         fits = [r for r in batch if row_size(r.topic, r.body) <= limit]
         if len(fits) != len(batch):
             for r in batch:
                 if row_size(r.topic, r.body) > limit:
                     self.oversize_dropped += 1
-                    log.error("dropping a %d-byte %s message to %s: larger than a quarter of outbox.max_bytes",
-                              len(r.body), r.kind.name.lower(), r.topic)
+                    log.error("dropping a %d-byte %s message to %s: larger than uplink.max_message_bytes or a "
+                              "quarter of outbox.max_bytes", len(r.body), r.kind.name.lower(), r.topic)
             batch = fits
         if not batch:
             return

@@ -242,6 +242,10 @@ class UplinkConfig(BaseModel):
     publish_timeout: PositiveDuration = Field(10.0, description="budget for one PUBACK")
     batch_interval: Duration = Field(1.0, description="telemetry is gathered this long before publishing")
     max_inflight: int = Field(8, ge=1, le=10, description="QoS 1 publishes awaiting PUBACK at once")
+    max_message_bytes: ByteSize = Field(
+        128 * 1024, ge=4096,
+        description="largest payload sent; a larger message is dropped and counted, never retried forever",
+    )
     backoff: BackoffConfig = Field(default_factory=BackoffConfig, description="reconnect backoff")
 
     @field_validator("broker")

@@ -63,3 +63,16 @@ def test_tiny_outbox_is_a_located_error(tmp_path: Path) -> None:
     site = write_site(tmp_path, BROKER, extra="outbox: {max_bytes: 30}\n")
     with pytest.raises(ConfigError, match=r"site.yaml:\d+: outbox.max_bytes: Input should be greater than or equal"):
         load_site(site)
+
+
+async def test_message_over_the_broker_limit_is_dropped_alone(tmp_path: Path) -> None:
+    site = write_site(tmp_path, BROKER, extra_uplink="  max_message_bytes: 4KiB\n")
+    async with running_agent(site) as agent:
+        await asyncio.sleep(0.3)
+        agent.event(Event("agent", "config", {"problems": ["x" * 5000]}))
+        agent.event(Event("door-1", "door", {"state": "forced"}))
+        await asyncio.sleep(0.5)
+        assert agent.snapshot()["outbox"]["dropped_oversize"] == 1
+        rows = await agent.outbox.take(1000)
+        assert any(r.topic.endswith("/e/door-1") for r in rows)
+        assert not any(len(r.body) > 4096 for r in rows)
