@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ConfigError, EdgeAgentError
+from .status import agent_listening
 
 
 @dataclass
@@ -85,7 +86,7 @@ def cmd_diag(args: argparse.Namespace) -> int:
                   f"{', '.join(d.name for d in site.devices) or 'none'})"
                   + (f"; problems: {'; '.join(bad)}" if bad else ""), file=sys.stderr)
             return 2
-        if not args.force and _agent_running(site.client_socket_path()):
+        if not args.force and agent_listening(site.client_socket_path()):
             print(f"the agent is running and talks to {dev.name}: a second client could garble an RS-485 line or "
                   "steal BACnet replies. Use `edge-agent status --device "
                   f"{dev.name}` (values, ages, last errors), or stop the agent, or pass --force.", file=sys.stderr)
@@ -97,16 +98,6 @@ def cmd_diag(args: argparse.Namespace) -> int:
     else:
         print(render(report))
     return 0 if report.ok else 1
-
-
-def _agent_running(path: Any) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(str(path))
-            return True
-        except OSError:
-            return False
 
 
 def render(r: Report) -> str:
@@ -133,6 +124,20 @@ def _oserr(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
 
 
+async def _tcp_step(r: Report, host: str, port: int, budget: float, silent_hint: str) -> bool:
+    """One TCP connect as a report step; ``silent_hint`` explains a connect that gets no answer at all."""
+    t0 = time.monotonic()
+    try:
+        async with asyncio.timeout(budget):
+            _, w = await asyncio.open_connection(host, port)
+            w.close()
+        return r.add("TCP connect", t0, True, f"{host}:{port}")
+    except TimeoutError:
+        return r.add("TCP connect", t0, False, f"no answer from {host}:{port} {silent_hint}")
+    except OSError as exc:
+        return r.add("TCP connect", t0, False, f"{host}:{port}: {_oserr(exc)}")
+
+
 async def diag_broker(site: Any, budget: float) -> Report:
     import aiomqtt
 
@@ -150,17 +155,7 @@ async def diag_broker(site: Any, budget: float) -> Report:
     except (OSError, TimeoutError) as exc:
         r.add("resolve name", t0, False, f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}")
         return r
-    t0 = time.monotonic()
-    try:
-        async with asyncio.timeout(budget):
-            _, w = await asyncio.open_connection(host, port)
-            w.close()
-        r.add("TCP connect", t0, True, f"{host}:{port}")
-    except TimeoutError:
-        r.add("TCP connect", t0, False, f"no answer from {host}:{port} within {budget:g} s (firewall? route?)")
-        return r
-    except OSError as exc:
-        r.add("TCP connect", t0, False, f"{host}:{port}: {_oserr(exc)}")
+    if not await _tcp_step(r, host, port, budget, f"within {budget:g} s (firewall? route?)"):
         return r
     t0 = time.monotonic()
     try:
@@ -202,17 +197,8 @@ async def diag_device(site: Any, dev: Any, budget: float) -> Report:
     conn = dev.connection
     host, port = getattr(conn, "host", None), getattr(conn, "port", None)
     if isinstance(host, str) and isinstance(port, int) and getattr(conn, "transport", "tcp") != "rtu":
-        t0 = time.monotonic()
-        try:
-            async with asyncio.timeout(min(budget, dev.model.timeout * 2 + 1)):
-                _, w = await asyncio.open_connection(host, port)
-                w.close()
-            r.add("TCP connect", t0, True, f"{host}:{port}")
-        except TimeoutError:
-            r.add("TCP connect", t0, False, f"no answer from {host}:{port} (powered? cabled? right address?)")
-            return r
-        except OSError as exc:
-            r.add("TCP connect", t0, False, f"{host}:{port}: {_oserr(exc)}")
+        if not await _tcp_step(r, host, port, min(budget, dev.model.timeout * 2 + 1),
+                               "(powered? cabled? right address?)"):
             return r
     t0 = time.monotonic()
     try:

@@ -33,7 +33,7 @@ class StatusServer:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() or self.path.is_symlink():
-                if _alive(self.path):
+                if agent_listening(self.path):
                     log.error("status socket %s is in use by another agent; status disabled", self.path)
                     return
                 self.path.unlink()
@@ -92,9 +92,10 @@ class StatusServer:
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
-def _alive(path: Path) -> bool:
+def agent_listening(path: Path, timeout: float = 1.0) -> bool:
+    """True if an agent accepts connections on this status socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
+        s.settimeout(timeout)
         try:
             s.connect(str(path))
             return True
