@@ -63,3 +63,24 @@ async def test_write_without_agent_goes_direct(modbus_sim: Callable[..., int], t
     assert r.returncode == 0, r.stderr
     assert "through the running agent" not in r.stdout
     assert await _read_register(port, 4, 21022) == 17
+
+
+def test_plan_command_prints_the_requests(tmp_path: Path) -> None:
+    import json
+
+    dev = "  - {name: kitchen, type: socomec-countis-e34, connection: {host: 127.0.0.1, port: 9, unit: 3}}\n"
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", devices=dev)
+    r = cli("plan", "kitchen", "-c", str(site), "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    from agent.config import load_site
+
+    enabled = {p.name for p in load_site(site).devices[0].enabled_points}
+    assert {p for req in plan for p in req["points"]} == enabled  # every point read, by exactly one request
+    assert sum(len(req["points"]) for req in plan) == len(enabled)
+    assert all(req["unit"] == 3 and req["count"] <= 125 and req["table"] in ("holding", "input") for req in plan)
+    assert len(plan) < len(enabled) / 3  # grouped, not one request per point
+    text = cli("plan", "kitchen", "-c", str(site)).stdout
+    assert text.startswith(f"kitchen: {len(plan)} request(s) per cycle for {len(enabled)} point(s)")
+    r = cli("plan", "nope", "-c", str(site))
+    assert r.returncode == 2 and "no usable device named 'nope'" in r.stderr
