@@ -180,15 +180,23 @@ class Agent:
                     records.append(Record(Kind.EVENT, topic, body, ts))
             except TimeoutError:
                 pass
-            while not self._events.empty():
-                topic, body, ts = self._events.get_nowait()
-                records.append(Record(Kind.EVENT, topic, body, ts))
-            if time.monotonic() >= next_flush:
+            telemetry = time.monotonic() >= next_flush
+            if telemetry:
                 next_flush = time.monotonic() + interval
-                for device, body, ts in self.pipeline.drain():
-                    records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
+            records += self._pending(telemetry)
             if records or self._unstored:
                 await self._append(records)
+
+    def _pending(self, telemetry: bool) -> list[Record]:
+        """Every queued event, and (when ``telemetry``) the pipeline's batches, as outbox records."""
+        records = []
+        while not self._events.empty():
+            topic, body, ts = self._events.get_nowait()
+            records.append(Record(Kind.EVENT, topic, body, ts))
+        if telemetry:
+            for device, body, ts in self.pipeline.drain():
+                records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
+        return records
 
     async def _append(self, records: list[Record]) -> None:
         """Commit to the outbox. If the store fails (disk full, I/O error), keep the records in memory, bounded
@@ -198,14 +206,15 @@ class Agent:
         # A record that can never fit would make the outbox refuse the whole batch at every flush, and one
         # the broker refuses would be retried forever: both are dropped here, alone, and counted.
         limit = min(self.outbox.max_bytes // 4, self.site.model.uplink.max_message_bytes)
-        fits = [r for r in batch if row_size(r.topic, r.body) <= limit]
-        if len(fits) != len(batch):
-            for r in batch:
-                if row_size(r.topic, r.body) > limit:
-                    self.oversize_dropped += 1
-                    log.error("dropping a %d-byte %s message to %s: larger than uplink.max_message_bytes or a "
-                              "quarter of outbox.max_bytes", len(r.body), r.kind.name.lower(), r.topic)
-            batch = fits
+        fits = []
+        for r in batch:
+            if row_size(r.topic, r.body) <= limit:
+                fits.append(r)
+                continue
+            self.oversize_dropped += 1
+            log.error("dropping a %d-byte %s message to %s: larger than uplink.max_message_bytes or a "
+                      "quarter of outbox.max_bytes", len(r.body), r.kind.name.lower(), r.topic)
+        batch = fits
         if not batch:
             return
         try:
@@ -226,12 +235,7 @@ class Agent:
 
     async def flush_now(self) -> None:
         """Move everything pending into the outbox (shutdown, tests)."""
-        records = []
-        while not self._events.empty():
-            topic, body, ts = self._events.get_nowait()
-            records.append(Record(Kind.EVENT, topic, body, ts))
-        for device, body, ts in self.pipeline.drain():
-            records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
+        records = self._pending(telemetry=True)
         if records or self._unstored:
             await self._append(records)
 
