@@ -36,10 +36,10 @@ from agent.config import DeviceConfig, DeviceConfigModel, load_profile  # noqa: 
 from agent.driver import DriverContext  # noqa: E402
 from agent.errors import DriverError  # noqa: E402
 from agent.registry import get_spec  # noqa: E402
-from drivers.modbus import ModbusDeviceQuirks, ModbusPoint  # noqa: E402
 from drivers.modbus.codec import Decoder  # noqa: E402
 from drivers.modbus.driver import ModbusDriver  # noqa: E402
-from drivers.modbus.planner import limits, one_per_point  # noqa: E402
+from drivers.modbus.planner import one_per_point  # noqa: E402
+from tests.modbus.optimum import optimum  # noqa: E402
 
 
 def bench_profile() -> dict[str, Any]:
@@ -55,30 +55,6 @@ def bench_profile() -> dict[str, Any]:
     for i in range(4):  # status and settings
         pts.append({"name": f"s{i}", "address": 100 + i, "type": "uint16"})
     return {"driver": "modbus", "description": "bench meter", "defaults": {"table": "holding"}, "points": pts}
-
-
-def optimum(points: list[ModbusPoint], quirks: ModbusDeviceQuirks) -> int:
-    total = 0
-    groups: dict[str, list[ModbusPoint]] = {}
-    for p in points:
-        groups.setdefault(p.table, []).append(p)
-    for table, pts in groups.items():
-        size, gap = limits(table, quirks)
-        pts.sort(key=lambda p: (p.address, p.end))
-        n = len(pts)
-        best = [0] + [10**9] * n
-        for i in range(n):
-            start, end = pts[i].address, pts[i].end
-            for j in range(i, n):
-                if j > i:
-                    if pts[j].address - end > gap:
-                        break
-                    end = max(end, pts[j].end)
-                if end - start > size:
-                    break
-                best[j + 1] = min(best[j + 1], best[i] + 1)
-        total += best[n]
-    return total
 
 
 def free_ports(n: int) -> list[int]:

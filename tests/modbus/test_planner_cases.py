@@ -21,6 +21,7 @@ from drivers.modbus import BIT_TABLES, ModbusDeviceQuirks, ModbusPoint
 from drivers.modbus.planner import Lessons, Request, limits, plan, refine
 
 from .conftest import ROOT
+from .optimum import optimum
 
 CASES = Path(__file__).parent / "testcases"
 
@@ -30,34 +31,6 @@ def full_plan(points: list[ModbusPoint], quirks: ModbusDeviceQuirks) -> list[tup
     for poll in ("fast", "slow"):
         out += [(poll, r) for r in plan([p for p in points if p.enabled and p.poll == poll], 1, quirks)]
     return out
-
-
-def optimum(points: list[ModbusPoint], quirks: ModbusDeviceQuirks) -> int:
-    """Fewest reads for these points, by dynamic programming (independent of the greedy planner)."""
-    total = 0
-    groups: dict[tuple[str, str], list[ModbusPoint]] = {}
-    for p in points:
-        if p.enabled:
-            groups.setdefault((p.poll, p.table), []).append(p)
-    for (_, table), pts in groups.items():
-        size, gap = limits(table, quirks)
-        pts.sort(key=lambda p: (p.address, p.end))
-        n = len(pts)
-        best = [0] + [10**9] * n  # best[i]: reads for the first i points
-        for i in range(n):
-            if best[i] >= 10**9:
-                continue
-            start, end = pts[i].address, pts[i].end
-            for j in range(i, n):  # one read covering points i..j
-                if j > i:
-                    if pts[j].address - end > gap:
-                        break
-                    end = max(end, pts[j].end)
-                if end - start > size:
-                    break
-                best[j + 1] = min(best[j + 1], best[i] + 1)
-        total += best[n]
-    return total
 
 
 def as_rows(reqs: list[tuple[str, Request]]) -> list[dict[str, Any]]:
