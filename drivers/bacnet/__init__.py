@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.config import PointBase
-from agent.registry import DriverSpec
+from agent.contract.points import PointBase
+from agent.contract.registry import DriverSpec
 from agent.types import PositiveDuration
 
 from .enums import ENGINEERING_UNITS, OBJECT_TYPES, PROPERTY_IDENTIFIERS

@@ -25,8 +25,8 @@ from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import Null, ObjectIdentifier
 from bacpypes3.service.cov import SubscriptionContextManager
 
-from agent.config import PointBase
-from agent.driver import Driver, DriverContext, Sink
+from agent.contract.driver import Driver, DriverContext, Sink
+from agent.contract.points import PointBase
 from agent.errors import DeviceTimeout, DeviceUnreachable, ProtocolError, WriteRefused
 from agent.model import Quality, Sample, Value
 

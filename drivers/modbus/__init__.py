@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.config import PointBase
-from agent.registry import DriverSpec
+from agent.contract.points import PointBase
+from agent.contract.registry import DriverSpec
 from agent.types import Duration
 
 Table = Literal["coil", "discrete_input", "holding", "input"]

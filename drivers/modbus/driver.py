@@ -17,8 +17,8 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from agent.config import PointBase
-from agent.driver import Driver, DriverContext
+from agent.contract.driver import Driver, DriverContext
+from agent.contract.points import PointBase
 from agent.errors import (
     DeviceBusy,
     DeviceTimeout,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.driver import DriverContext
+from agent.contract.driver import DriverContext
 from agent.errors import DeviceBusy, DeviceTimeout, DeviceUnreachable, DriverError
 from agent.model import Quality
 from tests.peers.common import free_port

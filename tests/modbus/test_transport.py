@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pymodbus.client.mixin import ModbusClientMixin
 
-from agent.driver import DriverContext, check_write
+from agent.contract.driver import DriverContext, check_write
 from agent.errors import WriteRefused
 from agent.model import Quality
 from tests.peers.modbus import ModbusPeer

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import aiomqtt
 
-from .codec import decode_telemetry
+from agent.uplink.codec import decode_telemetry
 
 
 class Decoder:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, EdgeAgentError, Problem
+from agent.errors import ConfigError, EdgeAgentError, Problem
 
 DEFAULT_SITE = "/etc/edge-agent/site.yaml"
 WRITE_TIMEOUT = 30.0  # the agent's budget for one write (bus queue + retries); the CLI waits a bit longer
@@ -79,8 +79,8 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Agent, install_signal_handlers
-    from .config import load_site
+    from agent.config import load_site
+    from agent.core.app import Agent, install_signal_handlers
 
     setup_logging(args.log_level)
     log = logging.getLogger("edge_agent")
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if agent.restart:
             # Same PID for systemd; a fresh interpreter for the new configuration (drivers, profiles).
             logging.shutdown()
-            os.execv(sys.executable, [sys.executable, "-m", "agent.cli", "run", "--config", args.config,
+            os.execv(sys.executable, [sys.executable, "-m", "agent.tools.cli", "run", "--config", args.config,
                                       "--log-level", args.log_level])
         if agent.abandoned:
             # asyncio.run() would wait forever for tasks that ignore cancellation; the outbox is closed.
@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _kind(path: Path) -> str:
-    from .yamlloc import load_file
+    from agent.config.yamlloc import load_file
 
     doc = load_file(path)
     if isinstance(doc.data, dict) and "driver" in doc.data and "site" not in doc.data:
@@ -126,7 +126,7 @@ def _kind(path: Path) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import default_profile_dirs, load_profile, load_profiles, load_site
+    from agent.config import default_profile_dirs, load_profile, load_profiles, load_site
 
     problems: list[Problem] = []
     checked: list[str] = []
@@ -167,7 +167,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _socket_for(args: argparse.Namespace) -> Path:
     if getattr(args, "socket", None):
         return Path(args.socket)
-    from .config import load_site
+    from agent.config import load_site
 
     try:
         return load_site(args.config, strict=False).client_socket_path()
@@ -218,7 +218,7 @@ def render_status(st: dict[str, Any], only: str | None = None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import request
+    from agent.core.status import request
 
     try:
         path = _socket_for(args)
@@ -243,8 +243,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _build_driver(args: argparse.Namespace) -> Any:
-    from .config import load_site
-    from .driver import DriverContext
+    from agent.config import load_site
+    from agent.contract.driver import DriverContext, driver_class
 
     site = load_site(args.config, strict=False)
     dev = next((d for d in site.devices if d.name == args.device), None)
@@ -253,7 +253,7 @@ def _build_driver(args: argparse.Namespace) -> Any:
         bad = [str(p) for p in site.problems if "devices[" in p.key]
         hint = f"; problems: {'; '.join(bad)}" if bad else ""
         raise ConfigError(f"no usable device named {args.device!r} in {args.config} (devices: {names}){hint}")
-    cls = dev.spec.load_class()
+    cls = driver_class(dev)
     return dev, cls(dev, DriverContext(site.id, site.state_dir))
 
 
@@ -279,8 +279,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from .driver import check_write, coerce_cli_value
-    from .status import request
+    from agent.contract.driver import check_write, coerce_cli_value
+    from agent.core.status import request
 
     value = coerce_cli_value(args.value)
     if not args.direct:
@@ -331,7 +331,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from .uplink.monitor import monitor
+    from agent.tools.monitor import monitor
 
     try:
         return asyncio.run(monitor(args.broker, args.prefix, args.site, args.count, args.json))

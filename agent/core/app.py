@@ -19,19 +19,20 @@ import signal
 import time
 from typing import Any
 
-from . import __version__
-from .config import DeviceConfig, Site
-from .driver import DriverContext, check_write, coerce_cli_value
-from .errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
-from .model import DeviceHealth, Event, Sample, Severity, Value
-from .notify import Notifier
-from .outbox import Kind, Outbox, Record, row_size
-from .pipeline import Pipeline
-from .status import StatusServer
-from .supervisor import DeviceRunner
-from .uplink.codec import dumps
-from .uplink.mqtt import Uplink
-from .uplink.topics import Topics
+from agent import __version__
+from agent.config import Site
+from agent.contract.device import DeviceConfig
+from agent.contract.driver import DriverContext, check_write, coerce_cli_value
+from agent.core.notify import Notifier
+from agent.core.pipeline import Pipeline
+from agent.core.status import StatusServer
+from agent.core.supervisor import DeviceRunner
+from agent.errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
+from agent.model import DeviceHealth, Event, Sample, Severity, Value
+from agent.outbox import Kind, Outbox, Record, row_size
+from agent.uplink.codec import dumps
+from agent.uplink.mqtt import Uplink
+from agent.uplink.topics import Topics
 
 log = logging.getLogger("edge_agent")
 
@@ -357,8 +358,8 @@ class Agent:
 
     def _check_reload(self) -> tuple[list[str], list[str]]:
         """(problems that block the reload, problems that only keep a not-running device off)."""
-        from .config import load_site
-        from .yamlloc import load_file
+        from agent.config import load_site
+        from agent.config.yamlloc import load_file
 
         new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
         entries = load_file(self.site.file).data.get("devices") or []

@@ -17,11 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .errors import WriteRefused
-from .model import Event, Sample, Value
+from agent.errors import DriverUnavailable, WriteRefused
+from agent.model import Event, Sample, Value
 
 if TYPE_CHECKING:
-    from .config import DeviceConfig, PointBase
+    from agent.contract.device import DeviceConfig
+    from agent.contract.points import PointBase
 
 T = TypeVar("T")
 
@@ -101,6 +102,14 @@ class Driver(abc.ABC):
     def plan(self) -> list[dict[str, Any]] | None:
         """The requests a poll cycle makes, for ``edge-agent plan`` (None: the driver has no plan)."""
         return None
+
+
+def driver_class(device: DeviceConfig) -> type[Driver]:
+    """The runtime class of a device's driver, imported now; DriverUnavailable if it cannot be used."""
+    cls = device.spec.load_class()
+    if not issubclass(cls, Driver):
+        raise DriverUnavailable(f"driver {device.driver!r} is unavailable: {cls.__name__} is not a Driver")
+    return cls
 
 
 def coerce_cli_value(text: str) -> Value:
