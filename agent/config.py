@@ -53,6 +53,20 @@ class PointBase(BaseModel):
     def writable(self) -> bool:
         return self.access == "read-write"
 
+    def parse_write(self, text: str) -> Any:
+        """The value a person typed for a write of this point (``edge-agent write``); ValueError if none.
+        Drivers override it per point type (agent/writes.py)."""
+        from .writes import parse_generic
+
+        return parse_generic(text)
+
+    def check_write(self, value: Any) -> Any:
+        """The value a write of this point sends, checked before any I/O; ValueError with the reason.
+        Drivers override it per point type (agent/writes.py)."""
+        from .writes import check_generic
+
+        return check_generic(value, self.min, self.max)
+
 
 class ProfileMetadata(BaseModel):
     model_config = STRICT

@@ -30,7 +30,7 @@ from agent.driver import Driver, DriverContext, Sink
 from agent.errors import DeviceTimeout, DeviceUnreachable, ProtocolError, WriteRefused
 from agent.model import Quality, Sample, Value
 
-from . import COMMANDABLE, BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -519,25 +519,15 @@ class BACnetDriver(Driver):
 
     async def write(self, point: PointBase, value: Value) -> Value:
         p = cast(BACnetPoint, point)
+        value = self.checked(p, value)  # the point type's checks: nothing unchecked reaches the wire
         app, addr = self._app(), self.address
         assert addr is not None
-        commandable = p.property == "present-value" and p.object_type in COMMANDABLE
-        priority = p.priority if commandable else None
+        priority = p.priority if p.relinquishable else None
         wire: Any
         if value is None:
-            if not commandable:
-                raise WriteRefused(f"{self.name}.{p.name}: relinquish needs a commandable present-value")
             wire = Null(())
-        elif isinstance(p.object_type, str) and p.object_type.startswith("binary") and p.property == "present-value":
-            wire = "active" if (value if isinstance(value, bool | int | float) else str(value) == "active") \
-                else "inactive"
-        elif isinstance(p.object_type, str) and p.object_type.startswith("multi-state") \
-                and p.property == "present-value":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer() \
-                    or value < 1:
-                raise WriteRefused(f"{self.name}.{p.name}: a multi-state value is a state number 1, 2, 3...; "
-                                   f"got {value!r}")
-            wire = int(value)
+        elif p.write_kind() == "binary":
+            wire = "active" if value else "inactive"
         else:
             wire = value
         oid, pid = ObjectIdentifier(p.object_id), PropertyIdentifier(p.property)

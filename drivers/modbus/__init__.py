@@ -19,6 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from agent.config import PointBase
 from agent.registry import DriverSpec
 from agent.types import Duration
+from agent.writes import bounds, parse_number, to_bool, to_number, to_text
 
 Table = Literal["coil", "discrete_input", "holding", "input"]
 DataType = Literal[
@@ -118,6 +119,35 @@ class ModbusPoint(PointBase):
         if (self.scale != 1.0 or self.offset != 0.0) and self.type in ("bool", "string"):
             raise ValueError("scale/offset apply to numeric types only")
         return self
+
+    def parse_write(self, text: str) -> Any:
+        if self.table in BIT_TABLES or self.type == "bool":
+            return to_bool(text)
+        if self.type == "string":
+            return text
+        return parse_number(text)
+
+    def check_write(self, value: Any) -> Any:
+        """Bits: true/false, 1/0, on/off, active/inactive. Numbers: finite, never a boolean, whole for an
+        unscaled integer type, within min/max and (after scale/offset) within the type. Strings: text."""
+        if value is None:
+            raise ValueError("null (relinquish) is BACnet only: a Modbus point takes a value")
+        if self.table in BIT_TABLES or self.type == "bool":
+            return to_bool(value)
+        if self.type == "string":
+            value = to_text(value)
+        else:
+            whole = self.type.startswith(("int", "uint")) and self.scale == 1.0 and self.offset == 0.0
+            value = bounds(to_number(value, integer=whole), self.min, self.max)
+        from agent.errors import WriteRefused
+
+        from .codec import encode
+
+        try:
+            encode(self, value)  # what the registers can hold
+        except WriteRefused as exc:
+            raise ValueError(str(exc).removeprefix(f"{self.name}: ")) from None
+        return value
 
     @property
     def register_count(self) -> int:

@@ -455,6 +455,7 @@ class ModbusDriver(Driver):
         p = cast(ModbusPoint, point)
         if p.table in ("discrete_input", "input"):
             raise WriteRefused(f"{self.name}.{p.name}: a {p.table} cannot be written")
+        value = self.checked(p, value)  # the point type's checks: nothing unchecked reaches the wire
         payload = encode(p, value)
         if not self.breaker.allow(time.monotonic()):
             raise DeviceTimeout(f"{self.name}: unit {self.unit} is not answering; write not sent", device=self.name)
