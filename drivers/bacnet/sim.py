@@ -59,6 +59,32 @@ class SimApplication(Application):
         await super().response(apdu)
 
 
+def _kind_objects() -> list[Any]:
+    """One commandable object of each present-value type a write can carry (``kinds=True``): outputs, INTEGER,
+    Unsigned, Double and CharacterString values, each at instance 1, relinquish default as present value."""
+    from bacpypes3 import object as std
+    from bacpypes3.local.analog import AnalogOutputObject
+    from bacpypes3.local.binary import BinaryOutputObject
+    from bacpypes3.local.cmd import Commandable
+    from bacpypes3.local.multistate import MultiStateOutputObject
+    from bacpypes3.local.object import Object as LocalObject
+
+    def cmd(base: type) -> type:
+        return type(f"Local{base.__name__}", (Commandable, LocalObject, base), {})
+
+    specs: list[tuple[type, str, Any, dict[str, Any]]] = [
+        (AnalogOutputObject, "analog-output", 50.0, {"units": EngineeringUnits.percent}),
+        (BinaryOutputObject, "binary-output", "inactive", {}),
+        (MultiStateOutputObject, "multi-state-output", 1, {"numberOfStates": 3}),
+        (cmd(std.IntegerValueObject), "integer-value", 0, {}),
+        (cmd(std.PositiveIntegerValueObject), "positive-integer-value", 0, {}),
+        (cmd(std.LargeAnalogValueObject), "large-analog-value", 0.0, {}),
+        (cmd(std.CharacterStringValueObject), "characterstring-value", "", {}),
+    ]
+    return [cls(objectIdentifier=(otype, 1), objectName=f"{otype}-1", presentValue=pv, relinquishDefault=pv, **kw)
+            for cls, otype, pv, kw in specs]
+
+
 def _encoded_size(apdu: Any) -> int:
     encoded = apdu.encode()
     return 3 + len(encoded.pduData)  # + unsegmented ComplexACK header: type, invoke id, service choice
@@ -69,7 +95,7 @@ class SimController:
 
     def __init__(self, address: str, instance: int = 1001, *, name: str = "sim-ahu", port: int = 47808,
                  max_apdu: int = 1024, segmentation: bool = True, rpm: bool = True, extra: int = 0,
-                 tick: float = 1.0, move: bool = True, seed: int = 1) -> None:
+                 tick: float = 1.0, move: bool = True, seed: int = 1, kinds: bool = False) -> None:
         self.address = address if ":" in address.split("/")[-1] else f"{address}:{port}"
         self.instance = instance
         self.name = name
@@ -77,6 +103,7 @@ class SimController:
         self.segmentation = segmentation
         self.rpm = rpm
         self.extra = extra
+        self.kinds = kinds
         self.tick = tick
         self.move = move
         self.rng = random.Random(seed)
@@ -139,6 +166,8 @@ class SimController:
                                   presentValue=4, numberOfStates=4, stateText=MODES,
                                   description="Operating mode: 1 off, 2 heat, 3 cool, 4 auto"),
         ]
+        if self.kinds:
+            objs += _kind_objects()
         for i in range(self.extra):
             objs.append(AnalogValueObject(objectIdentifier=("analog-value", 100 + i), objectName=f"extra-{i}",
                                           presentValue=float(i), units=EngineeringUnits.noUnits, covIncrement=1.0))

@@ -19,7 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from agent.config import PointBase
 from agent.registry import DriverSpec
 from agent.types import Duration
-from agent.writes import bounds, parse_number, to_bool, to_number, to_text
+from agent.writes import bounds, is_null, parse_number, to_bool, to_number, to_text
 
 Table = Literal["coil", "discrete_input", "holding", "input"]
 DataType = Literal[
@@ -121,10 +121,12 @@ class ModbusPoint(PointBase):
         return self
 
     def parse_write(self, text: str) -> Any:
-        if self.table in BIT_TABLES or self.type == "bool":
-            return to_bool(text)
         if self.type == "string":
             return text
+        if is_null(text):
+            return None  # refused by check_write with the reason
+        if self.table in BIT_TABLES or self.type == "bool":
+            return to_bool(text)
         return parse_number(text)
 
     def check_write(self, value: Any) -> Any:
