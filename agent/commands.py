@@ -274,8 +274,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"{dev.name}: {len(plan)} request(s) per cycle for {len(dev.enabled_points)} point(s)")
     for i, req in enumerate(plan, 1):
         pts = req.get("points", [])
-        head = "  ".join(f"{k}={v}" for k, v in req.items() if k != "points")
+        head = "  ".join(f"{k}={v}" for k, v in req.items() if k not in ("points", "hints"))
         print(f"{i:>3}. {head}  [{len(pts)} points] {', '.join(map(str, pts))}")
+        for hint in req.get("hints", []):
+            print(f"     hint: {hint}")
     return 0
 
 
