@@ -30,8 +30,6 @@ from agent.types import ByteSize, Duration, Name, PositiveDuration
 
 
 
-
-
 class ProfileHeader(BaseModel):
     """The protocol-independent part of a profile; ``points`` are validated by the driver's point model."""
 

@@ -22,7 +22,7 @@ from typing import Any
 from agent import __version__
 from agent.config import Site
 from agent.contract.device import DeviceConfig
-from agent.contract.driver import DriverContext, check_write, coerce_cli_value
+from agent.contract.driver import DriverContext, prepare_write
 from agent.core.notify import Notifier
 from agent.core.pipeline import Pipeline
 from agent.core.status import StatusServer
@@ -139,27 +139,51 @@ class Agent:
     # ------------------------------------------------------------------------------ local writes
 
     async def write(self, device: str, point: str, value: Value) -> Value:
-        dev = self.device(device)
-        if isinstance(value, str):
-            value = coerce_cli_value(value)
-        pt = check_write(dev, point, value)
-        runner = self.runners.get(device)
-        if runner is None:
-            raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
+        """One write through the running agent. Text is read by the point's type; the value is checked before
+        any I/O. Every outcome is a ``write`` event: ``result`` ok, refused (nothing sent) or failed."""
+        given = value
+        try:
+            dev = self.device(device)
+            pt, value = prepare_write(dev, point, value, text=isinstance(value, str))
+            runner = self.runners.get(device)
+            if runner is None:
+                raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
+        except (WriteRefused, DriverError) as exc:
+            self._write_event(device, point, given, "refused", str(exc))
+            raise
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 # the runner's lock: never write through a driver that is being stopped or restarted
                 async with runner.lock:
                     driver = runner.driver
                     if driver is None:
-                        raise DriverError(f"{device} is not running (state {self.health[device].state})",
-                                          device=device)
+                        raise WriteRefused(f"{device} is not running (state {self.health[device].state})")
                     written = await driver.write(pt, value)
+        except WriteRefused as exc:
+            self._write_event(device, point, given, "refused", str(exc))
+            raise
         except TimeoutError:
-            raise DeviceTimeout(f"{device}.{point}: write not confirmed within {WRITE_TIMEOUT:g} s; outcome unknown",
-                                device=device) from None
-        self.event(Event(device, "write", {"point": point, "value": written}, Severity.INFO))
+            exc2 = DeviceTimeout(f"{device}.{point}: write not confirmed within {WRITE_TIMEOUT:g} s; outcome unknown",
+                                 device=device)
+            self._write_event(device, point, given, "failed", str(exc2))
+            raise exc2 from None
+        except EdgeAgentError as exc:
+            self._write_event(device, point, given, "failed", str(exc))
+            raise
+        self._write_event(device, point, written, "ok")
         return written
+
+    def _write_event(self, device: str, point: str, value: Any, result: str, reason: str | None = None) -> None:
+        data: dict[str, Any] = {"point": point, "value": value, "result": result}
+        if reason is not None:
+            data["reason"] = reason
+            log.warning("write %s.%s = %r %s: %s", device, point, value, result, reason)
+        else:
+            log.info("write %s.%s = %r", device, point, value)
+        source = device if device in self.health else "agent"
+        if source == "agent":
+            data["device"] = device
+        self.event(Event(source, "write", data, Severity.INFO if result == "ok" else Severity.WARNING))
 
     def device(self, name: str) -> DeviceConfig:
         for d in self.site.devices:

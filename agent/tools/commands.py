@@ -52,7 +52,8 @@ def register(sub: Any) -> None:
     _site_arg(p)
     p.add_argument("device")
     p.add_argument("point")
-    p.add_argument("value", help="number, true/false, or 'null' to relinquish (BACnet)")
+    p.add_argument("value", help="number, true/false (1/0, on/off, active/inactive), text, or 'null' to "
+                   "relinquish (BACnet)")
     p.add_argument("--direct", action="store_true", help="talk to the device directly even if the agent runs")
     p.add_argument("--socket", help="status socket path (default: from the site file)")
     p.set_defaults(func=cmd_write)
@@ -273,21 +274,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"{dev.name}: {len(plan)} request(s) per cycle for {len(dev.enabled_points)} point(s)")
     for i, req in enumerate(plan, 1):
         pts = req.get("points", [])
-        head = "  ".join(f"{k}={v}" for k, v in req.items() if k != "points")
+        head = "  ".join(f"{k}={v}" for k, v in req.items() if k not in ("points", "hints"))
         print(f"{i:>3}. {head}  [{len(pts)} points] {', '.join(map(str, pts))}")
+        for hint in req.get("hints", []):
+            print(f"     hint: {hint}")
     return 0
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from agent.contract.driver import check_write, coerce_cli_value
+    from agent.contract.driver import prepare_write
     from agent.core.status import request
 
-    value = coerce_cli_value(args.value)
     if not args.direct:
         ans = None
         try:
             path = _socket_for(args)
-            ans = request(path, {"op": "write", "device": args.device, "point": args.point, "value": value},
+            # the text as typed: the agent reads it by the point's type (actve for a binary point is refused)
+            ans = request(path, {"op": "write", "device": args.device, "point": args.point, "value": args.value},
                           timeout=WRITE_TIMEOUT + 5)
         except (FileNotFoundError, ConnectionRefusedError, ConfigError):
             pass  # no agent running: write directly
@@ -311,7 +314,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 
     async def direct() -> Any:
         dev, driver = _build_driver(args)
-        pt = check_write(dev, args.point, value)
+        pt, value = prepare_write(dev, args.point, args.value, text=True)  # refused here: nothing sent
         await driver.start()
         try:
             return await driver.write(pt, value)
