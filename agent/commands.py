@@ -69,10 +69,42 @@ def register(sub: Any) -> None:
 # --------------------------------------------------------------------------------------------- run
 
 
+# syslog priorities (sd-daemon(3)): a "<N>" line prefix tells journald the priority of that stderr line
+_PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    return next((prio for level, prio in _PRIORITY if levelno >= level), 7)
+
+
+def journal_stream() -> bool:
+    """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=DEV:INODE of that stream)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """Every line (tracebacks too: journald splits the stream at newlines) starts with its ``<N>`` priority,
+    so that ``journalctl -p warning`` shows warnings and errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
 def setup_logging(level: str) -> None:
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if journal_stream():
+        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     logging.getLogger("edge_agent.uplink.paho").setLevel(logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("bacpypes3").setLevel(logging.WARNING)

@@ -152,3 +152,43 @@ async def test_wedged_device_loop_withholds_watchdog(tmp_path: Path, fake_profil
     assert agent.abandoned == ["device:stuck"]
     fakedrivers.FakeDriver.unwedge = True
     await asyncio.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------ journald priorities
+
+
+def test_journal_lines_carry_their_syslog_priority(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM names stderr) every line starts with <N>: a dead device is a warning."""
+    from tests.peers.common import free_port
+
+    from .agentkit import kill9, start_agent_process
+
+    dev = (f"  - {{name: kitchen, type: socomec-countis-e34, interval: 1s, timeout: 0.3s, "
+           f"connection: {{host: 127.0.0.1, port: {free_port()}, unit: 3}}}}\n")
+    site = write_site(tmp_path, BROKER, devices=dev)
+    log = tmp_path / "journal-stream.log"
+    log.touch()
+    st = log.stat()
+    proc = start_agent_process(site, log, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    try:
+        deadline = time.monotonic() + 20
+        while "kitchen: unavailable" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        kill9(proc)
+    lines = log.read_text().splitlines()
+    warn = [line for line in lines if "kitchen: unavailable" in line]
+    assert warn and warn[0].startswith("<4>WARNING edge_agent.supervisor: kitchen: unavailable: unreachable"), lines
+    assert all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") for line in lines), lines
+
+    # Not the journal (JOURNAL_STREAM inherited but stderr is elsewhere): plain lines with a timestamp.
+    other = tmp_path / "plain.log"
+    proc = start_agent_process(site, other, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    try:
+        deadline = time.monotonic() + 20
+        while "kitchen: unavailable" not in other.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        kill9(proc)
+    assert not any(line.startswith("<") for line in other.read_text().splitlines())
+    assert "WARNING edge_agent.supervisor: kitchen: unavailable" in other.read_text()
