@@ -23,7 +23,7 @@ from . import __version__
 from .config import DeviceConfig, Site
 from .driver import DriverContext, check_write, coerce_cli_value
 from .errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
-from .model import DeviceHealth, Event, Sample, Severity, Value
+from .model import DeviceHealth, Event, Quality, Sample, Severity, Value
 from .notify import Notifier
 from .outbox import Kind, Outbox, Record, row_size
 from .pipeline import Pipeline
@@ -416,11 +416,16 @@ class Agent:
                     "last_error": ps.last_error,
                     "last_error_age": round(now - ps.last_error_ts, 1) if ps.last_error_ts else None,
                 }
+            enabled = [p.name for p in d.enabled_points]
+            good = sum(1 for n in enabled if n in h.points and h.points[n].quality == Quality.GOOD)
             devices[d.name] = {
                 "type": d.type, "driver": d.driver, "state": h.state, "available": h.available,
+                "enabled": d.model.enabled,
                 "last_ok_age": round(now - h.last_ok, 1) if h.last_ok else None,
                 "last_error": h.last_error, "consecutive_failures": h.consecutive_failures,
-                "restarts": h.restarts, "cycle_ms": h.cycle_ms, "points": pts,
+                "restarts": h.restarts, "cycle_ms": h.cycle_ms, "points_good": good, "points_total": len(enabled),
+                "next_probe_in": round(max(0.0, h.next_probe - time.monotonic()), 1) if h.next_probe else None,
+                "points": pts,
             }
         return {
             "agent": {"version": __version__, "pid": os.getpid(), "uptime": round(now - self.started, 1),

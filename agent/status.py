@@ -1,6 +1,7 @@
 """Local status socket: one JSON request per line, one JSON answer per line, on a Unix socket only
 reachable by root and the agent's group (the field tech's laptop uses ``edge-agent status`` over SSH or the
-console). Requests: ``{"op": "status"}``, ``{"op": "write", "device": D, "point": P, "value": V}``.
+console). Requests: ``{"op": "status"}``, ``{"op": "write", "device": D, "point": P, "value": V}``,
+``{"op": "retry", "device": D}`` (probe that device at once; answers with its status after the probe).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import EdgeAgentError
+from .errors import DriverError, EdgeAgentError
 
 if TYPE_CHECKING:
     from .app import Agent
@@ -81,6 +82,8 @@ class StatusServer:
         try:
             if op == "status":
                 return {"ok": True, "status": self.agent.snapshot()}
+            if op == "retry":
+                return await self._retry(str(req.get("device")))
             if op == "write":
                 value = await self.agent.write(str(req.get("device")), str(req.get("point")), req.get("value"))
                 return {"ok": True, "written": value}
@@ -90,6 +93,21 @@ class StatusServer:
         except Exception as exc:  # a driver bug must not leave the field tech without an answer
             log.exception("status request %r failed", op)
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+
+
+    async def _retry(self, device: str) -> dict[str, Any]:
+        agent = self.agent
+        if device not in agent.health:
+            raise DriverError(f"no device named {device!r} (devices: {', '.join(agent.health) or 'none'})")
+        runner = agent.runners.get(device)
+        if runner is None:
+            raise DriverError(f"{device} is not polled (enabled: false in the site file)", device=device)
+        finished = True
+        try:
+            await runner.retry()
+        except TimeoutError:
+            finished = False  # the probe is still running: answer with what is known now
+        return {"ok": True, "finished": finished, "device": agent.snapshot()["devices"][device]}
 
 
 def agent_listening(path: Path, timeout: float = 1.0) -> bool:

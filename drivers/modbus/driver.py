@@ -248,6 +248,9 @@ class ModbusDriver(Driver):
             )
         await self.bus.connect(self.timeout)
 
+    def probe_now(self) -> None:
+        self.breaker.open_until = 0.0  # still open (no retries) until the probe is answered
+
     async def stop(self) -> None:
         if self._bus is not None:
             self._bus.users -= 1
