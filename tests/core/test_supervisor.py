@@ -264,6 +264,10 @@ async def _wrong_unit(peer: ModbusPeer, broker: Broker, tmp_path: Path, caplog: 
         assert "UNHEALTHY: kitchen failing" in out[1]
         out = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--device", "hall"])
         assert out[0] == 0 and "21/21 good" in out[1], out
+        # all 21 point lines, the shared error once (under the device), not 21 times
+        rc, text, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--device", "kitchen"])
+        assert rc == 1 and "    21 point(s): exception 4 server device failure" in text, text
+        assert text.count("exception 4") == 2 and "voltage_u12" in text, text
 
 
 def _cli(main: Any, argv: list[str]) -> tuple[int, str, str]:
@@ -345,3 +349,37 @@ async def test_a_restart_after_backoff_really_probes_past_the_breaker(tmp_path: 
             assert time.monotonic() - t0 < 5, "probed at the next backoff, not after breaker_probe"
     finally:
         await peer.stop()
+
+
+async def test_status_is_a_health_check_with_aligned_readable_lines(tmp_path: Path, fake_profiles: str) -> None:
+    from agent.cli import main
+
+    long = "boiler-room-north-wing-meter-7"
+    site = write_site(tmp_path, BROKER, extra=fake_profiles,
+                      devices=_devices(("good", "ok"), (long, "ok"), ("dead", "dead")))
+    async with running_agent(site) as agent:
+        await _until(lambda: agent.health["good"].state == agent.health[long].state == "online"
+                     and agent.health["dead"].state in ("offline", "backoff"), 10, "states")
+        rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site)])
+        assert rc == 1, out  # dead device, uplink down
+        assert "of 64 MiB)" in out and re.search(r"  up \d+ s\n", out), out
+        rows = {n: next(x for x in out.splitlines() if x.startswith(n + " ")) for n in ("good", long, "dead")}
+        for col in ("online", "1/1 good", "last ok", "fake-device (fake)"):
+            starts = {rows[n].find(col) for n in ("good", long)}
+            assert len(starts) == 1 and starts != {-1}, (col, rows)
+        assert rows["dead"].find("offline" if "offline" in rows["dead"] else "backoff") == rows["good"].find("online")
+        assert "counter" not in out, "points only with --points or --device"
+        assert out.rstrip().splitlines()[-1].startswith("health   UNHEALTHY: uplink offline"), out
+        assert "dead offline" in out or "dead backoff" in out
+
+        rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--points"])
+        assert out.count("    counter") == 3, out
+        rc, out, err = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--device", "nosuch"])
+        assert rc == 2 and out == "" and f"no device named 'nosuch' (devices: good, {long}, dead)" in err
+        rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--device", "good"])
+        assert rc == 0 and "    counter" in out and out.rstrip().endswith("health   ok"), out
+        rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--json"])
+        doc = json.loads(out)
+        assert rc == 1 and doc["health"]["ok"] is False and "dead" in " ".join(doc["health"]["problems"])
+    rc, _, err = await asyncio.to_thread(_cli, main, ["status", "--config", str(site)])
+    assert rc == 3 and "no agent answering" in err
