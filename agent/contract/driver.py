@@ -83,6 +83,10 @@ class Driver(abc.ABC):
     async def stop(self) -> None:  # noqa: B027  (optional hook)
         """Release connections. Must be quick and must not raise."""
 
+    def probe_now(self) -> None:  # noqa: B027  (optional hook)
+        """The supervisor probes the device now (its backoff ended, or ``edge-agent retry``): forget any
+        fail-fast state (a circuit breaker) so that the next read really asks the device."""
+
     @abc.abstractmethod
     async def read(self, points: Sequence[PointBase]) -> list[Sample]:
         """Read these points once. Raise DriverError only when the whole device failed."""

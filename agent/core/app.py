@@ -28,7 +28,7 @@ from agent.core.pipeline import Pipeline
 from agent.core.status import StatusServer
 from agent.core.supervisor import DeviceRunner
 from agent.errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
-from agent.model import DeviceHealth, Event, Sample, Severity, Value
+from agent.model import DeviceHealth, Event, Quality, Sample, Severity, Value
 from agent.outbox import Kind, Outbox, Record, row_size
 from agent.uplink.codec import dumps
 from agent.uplink.mqtt import Uplink
@@ -184,6 +184,21 @@ class Agent:
         if source == "agent":
             data["device"] = device
         self.event(Event(source, "write", data, Severity.INFO if result == "ok" else Severity.WARNING))
+
+    async def retry(self, device: str) -> dict[str, Any]:
+        """``edge-agent retry``: probe one device at once, others untouched."""
+        agent = self
+        if device not in agent.health:
+            raise DriverError(f"no device named {device!r} (devices: {', '.join(agent.health) or 'none'})")
+        runner = agent.runners.get(device)
+        if runner is None:
+            raise DriverError(f"{device} is not polled (enabled: false in the site file)", device=device)
+        finished = True
+        try:
+            await runner.retry()
+        except TimeoutError:
+            finished = False  # the probe is still running: answer with what is known now
+        return {"ok": True, "finished": finished, "device": agent.snapshot()["devices"][device]}
 
     def device(self, name: str) -> DeviceConfig:
         for d in self.site.devices:
@@ -441,11 +456,16 @@ class Agent:
                     "last_error": ps.last_error,
                     "last_error_age": round(now - ps.last_error_ts, 1) if ps.last_error_ts else None,
                 }
+            enabled = [p.name for p in d.enabled_points]
+            good = sum(1 for n in enabled if n in h.points and h.points[n].quality == Quality.GOOD)
             devices[d.name] = {
                 "type": d.type, "driver": d.driver, "state": h.state, "available": h.available,
+                "enabled": d.model.enabled,
                 "last_ok_age": round(now - h.last_ok, 1) if h.last_ok else None,
                 "last_error": h.last_error, "consecutive_failures": h.consecutive_failures,
-                "restarts": h.restarts, "cycle_ms": h.cycle_ms, "points": pts,
+                "restarts": h.restarts, "cycle_ms": h.cycle_ms, "points_good": good, "points_total": len(enabled),
+                "next_probe_in": round(max(0.0, h.next_probe - time.monotonic()), 1) if h.next_probe else None,
+                "points": pts,
             }
         return {
             "agent": {"version": __version__, "pid": os.getpid(), "uptime": round(now - self.started, 1),

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,15 @@ def register(sub: Any) -> None:
     p.add_argument("--socket", help="status socket path (default: from the site file)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", help="only this device, with all its points")
+    p.add_argument("--points", action="store_true", help="list every point of every device")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("retry", help="probe one device of the running agent now (ends its backoff)")
+    _site_arg(p)
+    p.add_argument("device", help="device name in the site file")
+    p.add_argument("--socket", help="status socket path (default: from the site file)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser("plan", help="print the requests one poll cycle of a device makes")
     _site_arg(p)
@@ -70,10 +79,42 @@ def register(sub: Any) -> None:
 # --------------------------------------------------------------------------------------------- run
 
 
+# syslog priorities (sd-daemon(3)): a "<N>" line prefix tells journald the priority of that stderr line
+_PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    return next((prio for level, prio in _PRIORITY if levelno >= level), 7)
+
+
+def journal_stream() -> bool:
+    """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=DEV:INODE of that stream)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """Every line (tracebacks too: journald splits the stream at newlines) starts with its ``<N>`` priority,
+    so that ``journalctl -p warning`` shows warnings and errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
 def setup_logging(level: str) -> None:
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if journal_stream():
+        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     logging.getLogger("edge_agent.uplink.paho").setLevel(logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("bacpypes3").setLevel(logging.WARNING)
@@ -180,45 +221,140 @@ def _socket_for(args: argparse.Namespace) -> Path:
 
 
 def _age(v: float | None) -> str:
+    """A duration for people: 42 s, 13 min, 5.2 h, 3.1 d."""
     if v is None:
         return "never"
     if v < 120:
-        return f"{v:.0f}s"
+        return f"{v:.0f} s"
     if v < 7200:
-        return f"{v / 60:.0f}m"
-    return f"{v / 3600:.1f}h"
+        return f"{v / 60:.0f} min"
+    if v < 172800:
+        return f"{v / 3600:.1f} h"
+    return f"{v / 86400:.1f} d"
 
 
-def render_status(st: dict[str, Any], only: str | None = None) -> str:
+def _bytes(n: float | None) -> str:
+    """A size for people: 512 B, 1.5 KiB, 64 MiB."""
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            if unit == "B" or n == int(n):
+                return f"{n:.0f} {unit}"
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _value(p: dict[str, Any]) -> str:
+    v, unit = p["value"], p.get("unit")
+    if v is None:
+        return "-"
+    if unit == "B" and isinstance(v, int | float) and not isinstance(v, bool):
+        return _bytes(v)
+    if isinstance(v, float):
+        text = f"{v:.0f}" if abs(v) >= 1e7 else f"{v:.7g}"
+    else:
+        text = str(v)
+    return f"{text} {unit}" if unit else text
+
+
+def _table(rows: list[list[str]], indent: str = "") -> list[str]:
+    """Rows of cells, every column but the last padded to its widest cell."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    out = []
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)] + [r[-1]]
+        out.append((indent + "  ".join(cells)).rstrip())
+    return out
+
+
+def device_summary(d: dict[str, Any]) -> str:
+    """One device in one line: state, good/total points, last success, next probe, error."""
+    parts = [d["state"], f"{d.get('points_good', 0)}/{d.get('points_total', 0)} points good",
+             f"last ok {_age(d.get('last_ok_age'))}"]
+    if d.get("next_probe_in") is not None:
+        parts.append(f"next probe in {_age(d['next_probe_in'])}")
+    if d.get("last_error") and d["state"] != "online":
+        parts.append(f"error: {d['last_error']}")
+    return ", ".join(parts)
+
+
+def health_problems(st: dict[str, Any], only: str | None = None) -> list[str]:
+    """What makes ``status`` exit 1: the uplink down, the outbox failing, config problems, any device (or the
+    one asked for) not online, except devices switched off with ``enabled: false``."""
+    problems = []
+    if only is None:
+        u, o = st["uplink"], st["outbox"]
+        if not u.get("connected"):
+            problems.append(f"uplink {u['state']}" + (f" ({u['last_error']})" if u.get("last_error") else ""))
+        if o.get("store_error"):
+            problems.append(f"outbox: {o['store_error']}")
+        if st["agent"].get("config_problems"):
+            problems.append(f"{len(st['agent']['config_problems'])} configuration problem(s)")
+    for name, d in st["devices"].items():
+        if only is not None and name != only:
+            continue
+        if d["state"] == "online" or (d["state"] == "disabled" and d.get("enabled") is False):
+            continue
+        problems.append(f"{name} {d['state']}")
+    return problems
+
+
+def _point_lines(d: dict[str, Any]) -> list[str]:
+    points = d["points"]
+    errors = Counter(p["last_error"] for p in points.values() if p.get("last_error") and p["quality"] != "good")
+    shared = {e for e, n in errors.items() if n >= 2 or (d.get("last_error") and e in d["last_error"])}
+    lines = [f"    {errors[e]} point(s): {e}" for e in sorted(shared, key=lambda e: -errors[e])]
+    rows = []
+    for pname, p in points.items():
+        err = p.get("last_error") if p["quality"] != "good" else None
+        extra = f"({err}, {_age(p['last_error_age'])} ago)" if err and err not in shared else ""
+        rows.append([pname, _value(p), p["quality"], f"age {_age(p['age'])}", extra])
+    return lines + _table(rows, "    ")
+
+
+def render_status(st: dict[str, Any], only: str | None = None, points: bool = False) -> str:
     a, u, o = st["agent"], st["uplink"], st["outbox"]
     lines = [
         f"edge-agent {a['version']}  site {a['site']}  pid {a['pid']}  up {_age(a['uptime'])}",
         f"uplink   {u['state']} {u['broker']}  since {_age(u['since_age'])}  published {u['published']}"
         + (f"  last error: {u['last_error']}" if u.get("last_error") else ""),
-        f"outbox   {o.get('depth', 0)} queued ({o.get('bytes', 0)} B of {o.get('max_bytes', 0)} B), oldest "
-        f"{_age(o.get('oldest_age'))}, dropped {o.get('dropped_total', 0)} "
+        f"outbox   {o.get('depth', 0)} queued ({_bytes(o.get('bytes', 0))} of {_bytes(o.get('max_bytes', 0))}), "
+        f"oldest {_age(o.get('oldest_age'))}, dropped {o.get('dropped_total', 0)} "
         f"(telemetry {o.get('dropped_telemetry', 0)}, events {o.get('dropped_events', 0)})"
         + (f"  STORE ERROR: {o['store_error']}" if o.get("store_error") else ""),
     ]
     for p in a.get("config_problems") or []:
         lines.append(f"config   {p}")
     lines.append("")
-    for name, d in st["devices"].items():
-        if only and name != only:
-            continue
-        err = f"  error: {d['last_error']}" if d.get("last_error") and not d["available"] else ""
-        cyc = f"  cycle {d['cycle_ms']} ms" if d.get("cycle_ms") is not None else ""
-        lines.append(f"{name:<20} {d['state']:<9} {d['type']} ({d['driver']})  last ok {_age(d['last_ok_age'])}"
-                     f"{cyc}{err}")
-        if only or len(st["devices"]) <= 5:
-            for pname, p in d["points"].items():
-                val = "-" if p["value"] is None else f"{p['value']}{(' ' + p['unit']) if p.get('unit') else ''}"
-                extra = f"  ({p['last_error']}, {_age(p['last_error_age'])} ago)" if p.get("last_error") else ""
-                lines.append(f"    {pname:<24} {val:<20} {p['quality']:<6} age {_age(p['age'])}{extra}")
+    shown = {n: d for n, d in st["devices"].items() if only is None or n == only}
+    rows = []
+    for name, d in shown.items():
+        extra = []
+        if d.get("next_probe_in") is not None:
+            extra.append(f"next probe in {_age(d['next_probe_in'])}")
+        if d.get("last_error") and d["state"] != "online":
+            extra.append(f"error: {d['last_error']}")
+        rows.append([name, d["state"], f"{d.get('points_good', 0)}/{d.get('points_total', 0)} good",
+                     f"last ok {_age(d['last_ok_age'])}",
+                     f"cycle {d['cycle_ms']} ms" if d.get("cycle_ms") is not None else "",
+                     f"{d['type']} ({d['driver']})", "  ".join(extra)])
+    table = _table(rows)
+    for line, d in zip(table, shown.values(), strict=True):
+        lines.append(line)
+        if only or points:
+            lines.extend(_point_lines(d))
+    problems = health_problems(st, only)
+    lines.append("")
+    lines.append("health   " + ("ok" if not problems else "UNHEALTHY: " + "; ".join(problems)))
     return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0: healthy; 1: something unhealthy (see health_problems) or the agent refused; 2: usage (unknown
+    device, no site file); 3: no agent answering."""
     from agent.core.status import request
 
     try:
@@ -233,11 +369,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not ans.get("ok"):
         print(f"agent error: {ans.get('error')}", file=sys.stderr)
         return 1
+    st = ans["status"]
+    if args.device is not None and args.device not in st["devices"]:
+        print(f"no device named {args.device!r} (devices: {', '.join(st['devices']) or 'none'})", file=sys.stderr)
+        return 2
+    problems = health_problems(st, args.device)
     if args.json:
-        print(json.dumps(ans["status"], indent=2, default=str))
+        print(json.dumps({**st, "health": {"ok": not problems, "problems": problems}}, indent=2, default=str))
     else:
-        print(render_status(ans["status"], args.device))
-    return 0
+        print(render_status(st, args.device, args.points))
+    return 1 if problems else 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Exit 0: the device is online after the probe; 1: it is not (or the probe is still running); 2: no such
+    device or not polled; 3: no agent answering."""
+    from agent.core.status import request
+
+    try:
+        path = _socket_for(args)
+        ans = request(path, {"op": "retry", "device": args.device}, timeout=60.0)
+    except ConfigError as exc:
+        print(f"cannot find the status socket: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"no agent answering on {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 3
+    if not ans.get("ok"):
+        print(f"refused: {ans.get('error')}", file=sys.stderr)
+        return 2
+    d = ans["device"]
+    if args.json:
+        print(json.dumps(ans, indent=2, default=str))
+    else:
+        print(f"{args.device}: {device_summary(d)}" + ("" if ans.get("finished") else " (probe still running)"))
+    return 0 if d["state"] == "online" else 1
 
 
 # -------------------------------------------------------------------------------------- plan/write

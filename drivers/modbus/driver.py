@@ -114,7 +114,7 @@ class Bus:
         except (TimeoutError, OSError, ModbusException) as exc:
             self.client.close()
             self.client = None
-            raise DeviceUnreachable(f"cannot connect to {self.key}: {exc or type(exc).__name__}") from exc
+            raise DeviceUnreachable(f"cannot connect to {self.key}: {_why(exc, budget + 1.0)}") from exc
         if not ok:
             self.client.close()
             self.client = None
@@ -141,16 +141,18 @@ class Bus:
                 async with asyncio.timeout(timeout * 2 + 0.5):  # guard only; pymodbus times out first
                     return await op(client)
             except TimeoutError as exc:
-                raise RequestTimeout(f"no reply within {timeout:g}s") from exc
+                raise RequestTimeout(f"no reply within {timeout:g} s") from exc
             except ConnectionException as exc:
                 client.close()
                 self.client = None
-                raise DeviceUnreachable(f"connection to {self.key} lost: {exc}") from exc
-            except ModbusException as exc:  # ModbusIOException: no (valid) reply after retries
+                raise DeviceUnreachable(f"connection to {self.key} lost") from exc
+            except ModbusException as exc:  # ModbusIOException: no (valid) reply in time
+                # pymodbus' own text ("No response received after 0 retries") talks about its retries, which
+                # are off: the driver counts attempts itself and says so in its own words.
                 if not client.connected:
                     client.close()
                     self.client = None
-                raise RequestTimeout(str(exc).strip() or "no reply") from exc
+                raise RequestTimeout(f"no valid reply within {timeout:g} s") from exc
             finally:
                 self.last_io = time.monotonic()
 
@@ -248,6 +250,9 @@ class ModbusDriver(Driver):
             )
         await self.bus.connect(self.timeout)
 
+    def probe_now(self) -> None:
+        self.breaker.open_until = 0.0  # still open (no retries) until the probe is answered
+
     async def stop(self) -> None:
         if self._bus is not None:
             self._bus.users -= 1
@@ -295,9 +300,10 @@ class ModbusDriver(Driver):
             self.stats["requests"] += 1
             try:
                 rr = await self.bus.transact(self.timeout, op)
-            except RequestTimeout:
+            except RequestTimeout as exc:
                 if attempt >= retries:
-                    raise
+                    tries = f"{attempt + 1} attempts" if attempt else "1 attempt"
+                    raise RequestTimeout(f"{exc} ({tries})") from exc.__cause__
                 attempt += 1
                 continue
             finally:
@@ -359,7 +365,9 @@ class ModbusDriver(Driver):
                 consecutive_timeouts += 1
                 if ok == 0 and i == 0:
                     self.breaker.failure(time.monotonic())
-                    raise DeviceTimeout(f"unit {self.unit} on {self.conn.bus_key}: {exc}", device=self.name) from exc
+                    note = "; no retries until it answers again" if probing and self.retries else ""
+                    raise DeviceTimeout(f"unit {self.unit} on {self.conn.bus_key}: {str(exc)[:-1]}{note})",
+                                        device=self.name) from exc
                 self._fail(req, f"timeout: {exc}", samples)
                 new_plan.append(req)
                 continue
@@ -514,6 +522,13 @@ def _with_hint(error: str, p: ModbusPoint, *, always: bool = False) -> str:
     if hint is None or not (always or error.startswith("exception 2")):
         return error
     return f"{error} ({hint})"
+def _why(exc: BaseException, budget: float) -> str:
+    """A connect failure in a few words of our own (not the library's exception text)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {budget:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return "connection failed"
 
 
 def _compile(req: Request) -> None:

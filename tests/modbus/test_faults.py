@@ -4,6 +4,7 @@ the device answered, a DriverError subclass where nothing did, never a crash."""
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 import time
 from pathlib import Path
@@ -248,6 +249,29 @@ async def test_reconnects_after_the_device_restarts(tmp_path: Path) -> None:
             await drv.read(drv.points)
         peer = await ModbusPeer(TABLES, port=peer.port).start()
         assert by_name(await drv.read(drv.points))["a"].value == 11
+    finally:
+        await drv.stop()
+        await peer.stop()
+
+
+async def test_errors_read_in_the_agents_words(tmp_path: Path) -> None:
+    """Not pymodbus' text ("No response received after 0 retries" while retries: 1 is configured): what the
+    agent did, in its own words."""
+    peer = await ModbusPeer(TABLES, silent={1}).start()
+    drv = await driver_for(tmp_path, peer.port, retries=1)
+    where = f"unit 1 on tcp:127.0.0.1:{peer.port}"
+    try:
+        with pytest.raises(DeviceTimeout) as ei:
+            await drv.read(drv.points)
+        assert str(ei.value) == f"{where}: no valid reply within 0.3 s (2 attempts)"
+        with pytest.raises(DeviceTimeout) as ei:  # the unit failed its last cycle: probed without retries
+            await drv.read(drv.points)
+        assert str(ei.value) == f"{where}: no valid reply within 0.3 s (1 attempt; no retries until it answers again)"
+        await peer.stop()
+        with pytest.raises(DriverError) as ei2:
+            await drv.read(drv.points)
+        assert "Modbus Error" not in str(ei2.value) and "pymodbus" not in str(ei2.value)
+        assert re.search(r"lost$|cannot connect to .*: connection refused$|no (valid )?reply within", str(ei2.value))
     finally:
         await drv.stop()
         await peer.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.common import free_port
 from tests.peers.mosquitto import Broker
 
 from .conftest import ThrowawayRoot
@@ -50,7 +51,8 @@ ExecStart=/bin/sh -c '\
   echo state_writable=$($as_agent sh -c "touch /var/lib/edge-agent/x 2>/dev/null && echo yes || echo no"); \
   /opt/edge-agent/bin/python /opt/netcheck.py | sed "s/^/plain_/"; \
   systemctl start sandbox-check; sed "s/^/sandboxed_/" /run/netcheck.txt; \
-  edge-agent status > /var/tmp/status.txt 2>&1 && echo status_cli=ok || echo status_cli=failed; \
+  edge-agent status > /var/tmp/status.txt 2>&1; echo status_rc=$?; \
+  journalctl -b -u edge-agent -p warning --no-pager -o cat | sed "s/^/warning_journal: /"; \
   systemctl reload edge-agent; sleep 8; \
   systemctl show edge-agent -p ActiveState,MainPID,NRestarts | sed "s/^/after_reload_/"; \
   echo outbox_before_upgrade=$(stat -c %%i /var/lib/edge-agent/outbox.sqlite); \
@@ -141,6 +143,10 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     root.put(deb_v2, "/var/tmp/v2.deb")
     root.run(f"edge-agent provision -y --site-id {SITE} --broker {broker.url} --username agent "
              "--password-file /var/tmp/pw && rm /var/tmp/pw")
+    # A meter nobody answers for (a closed port on the loopback): its outage must reach `journalctl -p warning`.
+    root.run("printf '%s\\n' '- {name: dead-meter, type: socomec-countis-e34, interval: 5s, timeout: 1s, "
+             f"connection: {{host: 127.0.0.1, port: {free_port()}, unit: 3}}}}' >> /etc/edge-agent/site.yaml "
+             "&& edge-agent validate --config /etc/edge-agent/site.yaml")
     probe = tmp_path / "probe.service"
     probe.write_text(PROBE)
     root.put(probe, "/etc/systemd/system/probe.service")
@@ -174,7 +180,7 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     if "ActiveState=" not in probe_out:
         pytest.fail(f"the probe did not run: nspawn rc={boot.returncode}\n{boot.stdout[-3000:]}\n{boot.stderr}")
     got = dict(line.split("=", 1) for line in probe_out.splitlines() if "=" in line and
-               not line.startswith("journal: "))
+               not line.startswith(("journal: ", "warning_journal: ")))
 
     # Type=notify: "active" only after the agent sent READY=1; no restart since.
     assert got["ActiveState"] == "active" and got["SubState"] == "running", probe_out
@@ -198,8 +204,14 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     assert got["plain_udp_broadcast"] == "ok"
     for name in ("udp_broadcast", "netlink_interfaces", "no_packet_socket"):
         assert got[f"sandboxed_{name}"] == "ok", (name, got[f"sandboxed_{name}"], got.get(f"plain_{name}"))
-    # `edge-agent status` (as root, outside the service) finds the service's socket in /run/edge-agent.
-    assert got["status_cli"] == "ok", root.host(f"cat {root.merged}/var/tmp/status.txt").stdout
+    # `edge-agent status` (as root, outside the service) finds the service's socket in /run/edge-agent, and
+    # as a health check exits 1: the dead meter is unhealthy.
+    status_text = root.host(f"cat {root.merged}/var/tmp/status.txt").stdout
+    assert got["status_rc"] == "1" and "dead-meter" in status_text, status_text
+    # The journal knows the priority of each line: the dead meter is a warning, routine lines are not.
+    warnings = [line for line in probe_out.splitlines() if line.startswith("warning_journal: ")]
+    assert any("dead-meter: unavailable: unreachable" in line for line in warnings), probe_out
+    assert not any(" ready: " in line for line in warnings), warnings
     # reload (SIGHUP): same process re-reads its site file, no restart counted.
     assert got["after_reload_ActiveState"] == "active"
     assert got["after_reload_MainPID"] == got["MainPID"] and got["after_reload_NRestarts"] == "0", probe_out
