@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from .config import SiteInfo, UplinkConfig, load_site
 from .errors import ConfigError
+from .helptext import epilog
 
 DEFAULT_CONFIG = "/etc/edge-agent/site.yaml"
 DEFAULT_CREDSTORE = "/etc/credstore"
@@ -120,21 +121,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "provision",
         help="write this box's site file, check the broker answers, print the next step",
-        description="Write the site file from flags (or prompts), check it and the broker, then install it.",
+        description="Turn a freshly installed box into this building's agent: write the site file from flags "
+                    "(or, on a terminal, by asking one value at a time, each checked as it is typed), load the "
+                    "TLS files, open an MQTT session with exactly those settings, validate the site file, and "
+                    "only then put the files in place (all or nothing). The client key and password become "
+                    "systemd credentials in /etc/credstore, never part of the site file.",
+        epilog=epilog(["edge-agent provision",
+                       "edge-agent provision -y --site-id townhall-7 --broker mqtts://mqtt.example.org:8883 "
+                       "--ca ca.crt --cert box.crt --key box.key",
+                       "edge-agent provision -y --site-id lab-1 --broker mqtt://192.0.2.5:1883 --skip-broker-check"],
+                      {0: "provisioned", 1: "could not write the files (nothing was changed)",
+                       2: "a bad or missing value or file (nothing was written)",
+                       3: "the broker did not answer or refused the session (nothing was written)"}),
     )
-    p.add_argument("--site-id", help="site id: lower case letters, digits, - and _ (e.g. townhall-7)")
-    p.add_argument("--site-name", help="human name of the building")
-    p.add_argument("--broker", help="mqtts://host:8883 (TLS) or mqtt://host:1883")
+    p.add_argument("--site-id", metavar="ID", help="site id: lower case letters, digits, - and _ (e.g. townhall-7)")
+    p.add_argument("--site-name", metavar="NAME", help="human name of the building")
+    p.add_argument("--broker", metavar="URL", help="mqtts://host:8883 (TLS) or mqtt://host:1883")
     p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) of the broker (default: system CAs)")
     p.add_argument("--cert", metavar="FILE", help="client certificate (PEM) for mutual TLS")
     p.add_argument("--key", metavar="FILE", help="client private key (PEM); installed as credential mqtt-key")
-    p.add_argument("--server-hostname", help="name to check in the broker's certificate, if not the URL's")
-    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--server-hostname", metavar="NAME",
+                   help="name to check in the broker's certificate, if not the URL's")
+    p.add_argument("--username", metavar="USER", help="MQTT user name")
     p.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"site file to write (default {DEFAULT_CONFIG})")
-    p.add_argument("--credstore", default=DEFAULT_CREDSTORE,
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                   help=f"site file to write (default {DEFAULT_CONFIG})")
+    p.add_argument("--credstore", default=DEFAULT_CREDSTORE, metavar="DIR",
                    help=f"where systemd credentials live (default {DEFAULT_CREDSTORE})")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds allowed for the broker check")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds allowed for the broker check")
     p.add_argument("--skip-broker-check", action="store_true",
                    help="do not contact the broker (flashing boxes off site); everything else is checked")
     p.add_argument("--force", action="store_true", help="replace a site file that was already provisioned")
