@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
-            parser.print_help(sys.stderr)
+            parser.print_usage(sys.stderr)
+            _say("edge-agent: error: a COMMAND is needed; `edge-agent --help` lists them, `man edge-agent` "
+                 "describes them")
             return EXIT_USAGE
         rc = int(args.func(args) or 0)
         _flush_stdout()  # inside the guard: a reader gone away shows up here at the latest
