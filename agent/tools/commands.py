@@ -13,65 +13,120 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError, EdgeAgentError, Problem
+from agent.tools.helptext import EXIT_CODES, epilog
 
 DEFAULT_SITE = "/etc/edge-agent/site.yaml"
 WRITE_TIMEOUT = 30.0  # the agent's budget for one write (bus queue + retries); the CLI waits a bit longer
 
 
 def _site_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", default=os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_SITE),
+    p.add_argument("--config", "-c", metavar="FILE", default=os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_SITE),
                    help=f"site file (default: $EDGE_AGENT_CONFIG or {DEFAULT_SITE})")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run the agent (what systemd starts)")
+    p = sub.add_parser(
+        "run", help="run the agent (what systemd starts)",
+        description="Run the agent in the foreground: poll the site's devices, queue every value in the outbox, "
+                    "publish to the broker. systemd starts it (edge-agent.service); run it by hand only with the "
+                    "service stopped. SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the site file.",
+        epilog=epilog(["edge-agent run --config /etc/edge-agent/site.yaml",
+                       "edge-agent run --config site.yaml --log-level debug"],
+                      {0: "stopped cleanly", 1: "fatal error at run time (see the log)",
+                       78: EXIT_CODES[78]}))
     _site_arg(p)
     p.add_argument("--log-level", default=os.environ.get("EDGE_AGENT_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
+                   choices=["debug", "info", "warning", "error"],
+                   help="log detail (default: $EDGE_AGENT_LOG_LEVEL or info)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check site files and profiles; one line per problem")
-    p.add_argument("paths", nargs="*", help="site files or profiles (default: the site file and shipped profiles)")
+    p = sub.add_parser(
+        "validate", help="check site files and profiles; one line per problem",
+        description="Check site files, profiles or profile folders with the agent's own loader, without "
+                    "starting anything. Every problem is one line FILE:LINE: key.path: message. Without "
+                    "paths: the shipped and site-local profiles, and the site file if it exists.",
+        epilog=epilog(["edge-agent validate", "edge-agent validate /etc/edge-agent/site.yaml",
+                       "edge-agent validate /etc/edge-agent/profiles/acme-em100.yaml --json"],
+                      {0: "no problem", 1: "problems found (listed on stdout)"}))
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="site file, profile or profile folder (default: the site file and all profiles)")
     _site_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("status", help="ask the running agent: uplink, outbox, devices, points")
+    p = sub.add_parser(
+        "status", help="ask the running agent: uplink, outbox, devices, points",
+        description="Ask the running agent, through its status socket, how it is doing: uplink state and last "
+                    "error, outbox depth and drops, each device's state, last success and last error, and each "
+                    "point's value, unit, quality and age. Reads nothing from the devices itself.",
+        epilog=epilog(["edge-agent status", "edge-agent status --device meter-main",
+                       "edge-agent status --json | jq .outbox"],
+                      {0: "healthy: uplink connected, every enabled device online, no store error",
+                       1: "unhealthy (the reasons are printed), or the agent answered with an error",
+                       2: "unknown --device, or no site file to find the socket in",
+                       3: "no agent answering on the socket"}))
     _site_arg(p)
-    p.add_argument("--socket", help="status socket path (default: from the site file)")
+    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--device", help="only this device, with all its points")
+    p.add_argument("--device", metavar="NAME", help="only this device, with all its points")
     p.add_argument("--points", action="store_true", help="list every point of every device")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("retry", help="probe one device of the running agent now (ends its backoff)")
+    p = sub.add_parser(
+        "retry", help="probe one device of the running agent now (ends its backoff)",
+        description="Ask the running agent to probe one device at once: a device in backoff is tried now "
+                    "instead of at its next probe, a polled one is polled now. Waits for the outcome and prints "
+                    "the device's state. No other device is touched.",
+        epilog=epilog(["edge-agent retry meter-main", "edge-agent retry meter-main --json"],
+                      {0: "the device is online after the probe", 1: "it is not (its error is printed)",
+                       2: "no such device, or it is not polled (enabled: false)", 3: "no agent answering"}))
     _site_arg(p)
-    p.add_argument("device", help="device name in the site file")
-    p.add_argument("--socket", help="status socket path (default: from the site file)")
+    p.add_argument("device", metavar="DEVICE", help="device name in the site file")
+    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_retry)
 
-    p = sub.add_parser("plan", help="print the requests one poll cycle of a device makes")
+    p = sub.add_parser(
+        "plan", help="print the requests one poll cycle of a device makes",
+        description="Print the requests one poll cycle of DEVICE makes (Modbus: unit, table, start, count and "
+                    "the points each request carries). Talks to no device.",
+        epilog=epilog(["edge-agent plan meter-main", "edge-agent plan meter-main --json"],
+                      {0: "plan printed", 1: "this driver has no request plan",
+                       2: "no such device, or the site file is invalid"}))
     _site_arg(p)
-    p.add_argument("device", help="device name in the site file")
+    p.add_argument("device", metavar="DEVICE", help="device name in the site file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("write", help="write a value to a writable point (through the running agent if any)")
+    p = sub.add_parser(
+        "write", help="write a value to a writable point (through the running agent if any)",
+        description="Write VALUE to a read-write point of DEVICE. Goes through the running agent (queued on the "
+                    "bus between polls) or, when no agent runs or with --direct, straight to the device. "
+                    "Refused before any I/O for unknown or read-only points and values outside min/max.",
+        epilog=epilog(["edge-agent write ahu-1 room_setpoint 21.5", "edge-agent write ahu-1 room_setpoint null",
+                       "edge-agent write boiler fallback_period 30 --direct"],
+                      {0: "written", 1: "refused or failed (the message says why)",
+                       2: "no such device, or no permission to talk to the agent"}))
     _site_arg(p)
-    p.add_argument("device")
-    p.add_argument("point")
-    p.add_argument("value", help="number, true/false (1/0, on/off, active/inactive), text, or 'null' to "
-                   "relinquish (BACnet)")
+    p.add_argument("device", metavar="DEVICE", help="device name in the site file")
+    p.add_argument("point", metavar="POINT", help="point name in the device's profile")
+    p.add_argument("value", metavar="VALUE", help="number, true/false (1/0, on/off, active/inactive), text, or "
+                   "'null' to relinquish (BACnet)")
     p.add_argument("--direct", action="store_true", help="talk to the device directly even if the agent runs")
-    p.add_argument("--socket", help="status socket path (default: from the site file)")
+    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
     p.set_defaults(func=cmd_write)
 
-    p = sub.add_parser("monitor", help="subscribe to a broker and print decoded messages of a site")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port")
-    p.add_argument("--prefix", default="ea/v1", help="topic prefix")
+    p = sub.add_parser(
+        "monitor", help="subscribe to a broker and print decoded messages of a site",
+        description="Subscribe to a broker and print every message of a site decoded: births, telemetry with "
+                    "point names and units, events, command acknowledgements. Ctrl-C stops it.",
+        epilog=epilog(["edge-agent monitor --broker mqtt://127.0.0.1:1883",
+                       "edge-agent monitor --site townhall-7 --count 10 --json"],
+                      {0: "stopped (Ctrl-C or --count reached)", 1: "cannot reach or talk to the broker"}))
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port (default: %(default)s)")
+    p.add_argument("--prefix", default="ea/v1", help="topic prefix (default: %(default)s)")
     p.add_argument("--site", default="+", help="site id (default: all)")
-    p.add_argument("--count", type=int, default=0, help="stop after this many messages (0: never)")
+    p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages (0: never)")
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.set_defaults(func=cmd_monitor)
 

@@ -10,6 +10,8 @@ import re
 import sys
 from typing import Any
 
+from agent.tools.helptext import epilog
+
 from . import BACnetConnection, unit_symbol
 
 # Object types a profile skeleton lists: those with a present-value worth telemetry.
@@ -27,35 +29,65 @@ def _progress(msg: str) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--local", default="host", help="this box's interface as IP/prefix (default: host)")
-    p.add_argument("--port", type=int, default=47808, help="local UDP port (default 47808)")
-    p.add_argument("--local-instance", type=int, default=4194000, help="this box's device instance")
-    p.add_argument("--bbmd", help="register as foreign device with this BBMD (IP[:port])")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for answers (default 3)")
+    p.add_argument("--local", default="host", metavar="IP/PREFIX",
+                   help="this box's interface as IP/prefix (default: host)")
+    p.add_argument("--port", type=int, default=47808, metavar="PORT", help="local UDP port (default 47808)")
+    p.add_argument("--local-instance", type=int, default=4194000, metavar="N",
+                   help="this box's own device instance (default: %(default)s)")
+    p.add_argument("--bbmd", metavar="IP[:PORT]", help="register as foreign device with this BBMD (IP[:port])")
+    p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                   help="seconds to wait for answers (default 3)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("bacnet", help="BACnet/IP commissioning: discover devices, scan one into a profile")
+    p = subparsers.add_parser(
+        "bacnet", help="BACnet/IP commissioning: discover devices, scan one into a profile",
+        description="Commissioning of BACnet/IP devices from this box: find the devices on the site LAN, then "
+                    "read one device's objects into a profile skeleton. Works without the agent (stop it "
+                    "first if it uses UDP port 47808, or use --port 47809).",
+        epilog=epilog(["edge-agent bacnet discover",
+                       "edge-agent bacnet scan 1001 -o /etc/edge-agent/profiles/ahu.yaml"],
+                      {0: "done", 1: "failed (the message says why)", 3: "no device answered"}))
     sub = p.add_subparsers(dest="bacnet_command", metavar="ACTION")
     p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
 
-    d = sub.add_parser("discover", help="Who-Is over an instance range; list the devices that answer")
+    d = sub.add_parser(
+        "discover", help="Who-Is over an instance range; list the devices that answer",
+        description="Send a Who-Is over an instance range (broadcast on the local network, to one broadcast "
+                    "address, or unicast to one address) and list the devices that answer: instance, address, "
+                    "vendor, model, max APDU and segmentation.",
+        epilog=epilog(["edge-agent bacnet discover",
+                       "edge-agent bacnet discover --low 1000 --high 1999 --timeout 5",
+                       "edge-agent bacnet discover --address 192.0.2.20 --port 47809 --json"],
+                      {0: "devices listed", 1: "failed (e.g. the local port is taken)",
+                       3: "no device answered"}))
     _common(d)
-    d.add_argument("--low", type=int, default=0, help="lowest device instance (default 0)")
-    d.add_argument("--high", type=int, default=4194302, help="highest device instance")
-    d.add_argument("--address", help="send the Who-Is to this IP[:port] only (unicast)")
-    d.add_argument("--broadcast", help="send the Who-Is to this broadcast IP[:port] (default: the local "
+    d.add_argument("--low", type=int, default=0, metavar="N", help="lowest device instance (default 0)")
+    d.add_argument("--high", type=int, default=4194302, metavar="N",
+                   help="highest device instance (default %(default)s)")
+    d.add_argument("--address", metavar="IP[:PORT]", help="send the Who-Is to this IP[:port] only (unicast)")
+    d.add_argument("--broadcast", metavar="IP[:PORT]",
+                   help="send the Who-Is to this broadcast IP[:port] (default: the local "
                    "interface's broadcast on the local port)")
     d.set_defaults(func=cmd_discover)
 
-    s = sub.add_parser("scan", help="read a device's objects and write a device-type profile skeleton")
+    s = sub.add_parser(
+        "scan", help="read a device's objects and write a device-type profile skeleton",
+        description="Read device DEVICE's object list, and the name, description and units of its inputs, "
+                    "outputs and values, and write a device-type profile skeleton to review (points, units, "
+                    "writable objects marked).",
+        epilog=epilog(["edge-agent bacnet scan 1001",
+                       "edge-agent bacnet scan 1001 --address 192.0.2.20 -o /etc/edge-agent/profiles/ahu.yaml",
+                       "edge-agent bacnet scan 1001 --json"],
+                      {0: "profile skeleton written",
+                       1: "the device did not answer, or has no device object DEVICE (wrong instance)"}))
     _common(s)
     s.add_argument("device", metavar="DEVICE", type=int, help="device instance")
-    s.add_argument("--address", help="IP[:port] of the device (default: found by Who-Is)")
-    s.add_argument("-o", "--output", help="write the profile skeleton to this file (default: stdout "
+    s.add_argument("--address", metavar="IP[:PORT]", help="IP[:port] of the device (default: found by Who-Is)")
+    s.add_argument("-o", "--output", metavar="FILE", help="write the profile skeleton to this file (default: stdout "
                    "unless --json)")
-    s.add_argument("--id", help="profile id (default: from the model name)")
+    s.add_argument("--id", metavar="ID", help="profile id (default: from the model name)")
     s.add_argument("--all-types", action="store_true", help="list every object type, not only I/O and values")
     s.set_defaults(func=cmd_scan)
 
@@ -70,9 +102,11 @@ def _conn(args: argparse.Namespace, **kw: Any) -> BACnetConnection:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
+    from bacpypes3.apdu import ErrorRejectAbortNack
+
     try:
         devices = asyncio.run(discover(args))
-    except Exception as exc:  # the CLI boundary: say what failed, no traceback
+    except (Exception, ErrorRejectAbortNack) as exc:  # the CLI boundary (bacpypes3's errors are BaseException)
         print(f"edge-agent bacnet discover: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -135,9 +169,11 @@ async def discover(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from bacpypes3.apdu import ErrorRejectAbortNack
+
     try:
         result = asyncio.run(scan(args))
-    except Exception as exc:  # the CLI boundary
+    except (Exception, ErrorRejectAbortNack) as exc:  # the CLI boundary (bacpypes3's errors are BaseException)
         print(f"edge-agent bacnet scan: {exc}", file=sys.stderr)
         return 1
     profile = result.pop("profile")
@@ -185,6 +221,10 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
                 await app.read_property(addr, dev, "object-name")
         except TimeoutError:
             raise RuntimeError(f"device {inst} at {addr} does not answer") from None
+        except ErrorRejectAbortNack as exc:
+            # unknown-object: something answers at that address, but it is not device {inst}
+            raise RuntimeError(f"{addr} answers but has no device object {inst} ({exc}); wrong instance? "
+                               f"`edge-agent bacnet discover --address {addr}` shows the instance there") from None
         info = {k: await _read(app, addr, dev, p, args.timeout) for k, p in (
             ("name", "object-name"), ("vendor_name", "vendor-name"), ("model", "model-name"),
             ("max_apdu", "max-apdu-length-accepted"), ("segmentation", "segmentation-supported"))}

@@ -55,6 +55,11 @@ ExecStart=/bin/sh -c '\
   journalctl -b -u edge-agent -p warning --no-pager -o cat | sed "s/^/warning_journal: /"; \
   systemctl reload edge-agent; sleep 8; \
   systemctl show edge-agent -p ActiveState,MainPID,NRestarts | sed "s/^/after_reload_/"; \
+  cp /etc/edge-agent/site.yaml /var/tmp/site.good; printf "uplink_typo: 1\\n" >> /etc/edge-agent/site.yaml; \
+  systemctl reload edge-agent > /var/tmp/broken_reload.txt 2>&1; echo broken_reload_rc=$?; \
+  systemctl show edge-agent -p ActiveState,MainPID,NRestarts | sed "s/^/after_broken_reload_/"; \
+  echo broken_reload_logged=$(journalctl -u edge-agent --no-pager | grep -c "site.yaml:[0-9]*: uplink_typo"); \
+  cp /var/tmp/site.good /etc/edge-agent/site.yaml; \
   echo outbox_before_upgrade=$(stat -c %%i /var/lib/edge-agent/outbox.sqlite); \
   dpkg -i /var/tmp/v2.deb > /var/tmp/upgrade.txt 2>&1 && echo upgrade=ok || echo upgrade=failed; \
   sleep 3; \
@@ -215,6 +220,13 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     # reload (SIGHUP): same process re-reads its site file, no restart counted.
     assert got["after_reload_ActiveState"] == "active"
     assert got["after_reload_MainPID"] == got["MainPID"] and got["after_reload_NRestarts"] == "0", probe_out
+    # reload of a broken site file: ExecReload= validates first, so `systemctl reload` itself fails where it
+    # was typed, the located problem is in the journal, and the agent runs on untouched (same PID).
+    assert got["broken_reload_rc"] != "0", root.host(f"cat {root.merged}/var/tmp/broken_reload.txt").stdout
+    assert "failed" in root.host(f"cat {root.merged}/var/tmp/broken_reload.txt").stdout
+    assert got["after_broken_reload_ActiveState"] == "active", probe_out
+    assert got["after_broken_reload_MainPID"] == got["MainPID"] and got["after_broken_reload_NRestarts"] == "0"
+    assert int(got["broken_reload_logged"]) >= 1, probe_out
     # Upgrade while running: prerm stops it (outbox flushed), postinst starts the new version; same outbox.
     assert got["upgrade"] == "ok", root.host(f"cat {root.merged}/var/tmp/upgrade.txt").stdout
     assert got["after_upgrade_ActiveState"] == "active" and got["after_upgrade_SubState"] == "running"
