@@ -345,8 +345,8 @@ async def test_a_restart_after_backoff_really_probes_past_the_breaker(tmp_path: 
             await asyncio.sleep(1.0)  # a few probes while it is silent
             peer.silent.clear()
             t0 = time.monotonic()
-            await _until(lambda: h.state == "online", 10, "back online")
-            assert time.monotonic() - t0 < 5, "probed at the next backoff, not after breaker_probe"
+            await _until(lambda: h.state == "online", 20, "back online")
+            assert time.monotonic() - t0 < 8, "probed at the next backoff, not after breaker_probe (60 s)"
     finally:
         await peer.stop()
 
