@@ -299,7 +299,7 @@ class UplinkConfig(BaseModel):
     tls: TLSConfig | None = Field(None, description="TLS settings, only with mqtts:// (which alone decides TLS)")
     allow_insecure: bool = Field(
         False, description="true allows a user name or password over cleartext mqtt:// to a non-loopback host")
-    keepalive: PositiveDuration = Field(30.0, ge=1, le=65535, description="MQTT keepalive (1s to 65535s)")
+    keepalive: PositiveDuration = Field(30.0, description="MQTT keepalive (1s to 65535s)")
     connect_timeout: PositiveDuration = Field(10.0, description="budget of one connection attempt")
     publish_timeout: PositiveDuration = Field(10.0, description="budget for one PUBACK")
     batch_interval: Duration = Field(1.0, description="telemetry is gathered this long before publishing")
@@ -330,6 +330,13 @@ class UplinkConfig(BaseModel):
             raise ValueError("the broker URL is scheme://host:port, without path, query or fragment")
         if not _HOST.match(u.hostname) or len(u.hostname) > 253:
             raise ValueError(f"bad host name in broker URL: {u.hostname!r}")
+        return v
+
+    @field_validator("keepalive")
+    @classmethod
+    def _keepalive(cls, v: float) -> float:
+        if not 1 <= v <= 65535:
+            raise ValueError(f"keepalive of {v:g} s is outside what MQTT allows (1s to 65535s, about 18h)")
         return v
 
     @field_validator("client_id")

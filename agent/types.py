@@ -33,6 +33,8 @@ def parse_duration(v: Any) -> float:
             secs = float(m.group(1)) * _DUR_UNITS[m.group(2)]
     if secs is None:
         raise ValueError(f"expected a duration such as 10s, 500ms, 5m, got {_short(v)}")
+    if math.isnan(secs):
+        raise ValueError("expected a duration such as 10s, got nan (not a number)")
     if not math.isfinite(secs) or secs > MAX_DURATION:
         raise ValueError(f"duration {_short(v)} is longer than the limit of 366d")
     return secs

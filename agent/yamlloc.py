@@ -57,7 +57,8 @@ class LocatedDoc:
         """The problem of a document that is not a mapping: empty, only comments, or another type."""
         if self.blank:
             return Problem(self.file, 1, "", f"the file is {self.blank}: {what}")
-        kind = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        kind = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+                type(None): "null"}.get(
             type(self.data), type(self.data).__name__)
         return self.problem((), f"the file holds {kind}, not a mapping: {what}")
 
@@ -148,7 +149,8 @@ def _syntax_error(exc: yaml.YAMLError, text: str, file: str) -> ConfigError:
         if exc.context:
             ctx_line = exc.context_mark.line + 1 if exc.context_mark else None
             msg += f" ({exc.context}{f' at line {ctx_line}' if ctx_line and ctx_line != line else ''})"
-        return ConfigError(Problem(file, line, "", f"YAML syntax error: {msg}"))
+        what = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
+        return ConfigError(Problem(file, line, "", f"{what}: {msg}"))
     if isinstance(exc, yaml.reader.ReaderError):
         line, col = _where(text, min(max(exc.position, 0), len(text)))
         char = exc.character if isinstance(exc.character, str) else chr(exc.character)
@@ -159,6 +161,8 @@ def _syntax_error(exc: yaml.YAMLError, text: str, file: str) -> ConfigError:
 
 def load_text(text: str, file: str) -> LocatedDoc:
     """Parse YAML text; raise ConfigError with the line of a syntax error or duplicate key."""
+    if not text.strip():
+        return LocatedDoc(file, None, {(): 1}, "empty")
     _precheck(text, file)
     loader = _Loader(text)
     try:
@@ -189,7 +193,7 @@ def _only_comments(text: str) -> bool:
 def decode(raw: bytes, file: str) -> str:
     """UTF-8 text of a file, or a located ConfigError saying what is wrong with its bytes."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ConfigError(Problem(file, 1, "", "the file is UTF-16 (byte order mark): save it as UTF-8"))
+        raise ConfigError(Problem(file, 1, "", "the file is UTF-16 or UTF-32 (byte order mark): save it as UTF-8"))
     nul = raw.find(b"\x00")
     if nul >= 0:
         line, col = _where(raw, nul)
