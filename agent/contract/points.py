@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.contract.writes import check_generic, parse_generic
 from agent.types import Deadband, Duration, Name
 
-STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+STRICT = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class PointBase(BaseModel):

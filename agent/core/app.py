@@ -341,6 +341,9 @@ class Agent:
         await self._append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()), time.time())])
         for p in self.site.problems:
             log.error("config: %s", p)
+        if self.site.model.uplink.cleartext_credentials:
+            log.warning("uplink: credentials are sent in cleartext to %s (uplink.allow_insecure: true)",
+                        self.site.model.uplink.host)
         # Device tasks live outside the task group: a driver that swallows cancellation must not be able to
         # hold shutdown hostage (the watchdog reports it; shutdown abandons it after DEVICE_STOP seconds).
         devices = [asyncio.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
@@ -381,6 +384,10 @@ class Agent:
                 blocking, other = await asyncio.to_thread(self._check_reload)
             except EdgeAgentError as exc:
                 blocking, other = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)], []
+            except Exception as exc:  # whatever the file holds, the running agent stays up
+                log.exception("reload: checking %s failed", self.site.file)
+                blocking, other = [f"{self.site.file}: cannot check the new configuration: "
+                                   f"{type(exc).__name__}: {exc}"[:500]], []
             if blocking:
                 for p in blocking:
                     log.error("reload refused: %s", p)
@@ -401,7 +408,10 @@ class Agent:
         from agent.config.yamlloc import load_file
 
         new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
-        entries = load_file(self.site.file).data.get("devices") or []
+        data = load_file(self.site.file).data
+        entries = data.get("devices") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            entries = []
         running = {d.name for d in self.site.devices if d.name in self.runners}
         blocking: list[str] = []
         other: list[str] = []
@@ -413,7 +423,8 @@ class Agent:
             if p.key.startswith("devices[") and "]" in p.key:
                 idx = int(p.key[len("devices["):p.key.index("]")])
                 if 0 <= idx < len(entries) and isinstance(entries[idx], dict):
-                    name = entries[idx].get("name")
+                    raw = entries[idx].get("name")
+                    name = raw if isinstance(raw, str) else None  # a name that is a list or a number: blocking
             (blocking if name is None or name in running else other).append(str(p))
         return blocking, other
 
@@ -472,6 +483,8 @@ class Agent:
                       "site": self.site.id, "config": self.site.file,
                       "config_problems": [str(p) for p in self.site.problems]},
             "uplink": {"broker": f"{self.site.model.uplink.host}:{self.site.model.uplink.port}",
+                       "tls": self.site.model.uplink.uses_tls,
+                       "cleartext_credentials": self.site.model.uplink.cleartext_credentials,
                        "state": up.state, "connected": up.connected, "since_age": round(now - up.since, 1),
                        "last_error": up.last_error, "connects": up.connects, "published": up.published,
                        "last_publish_age": round(now - up.last_publish, 1) if up.last_publish else None},

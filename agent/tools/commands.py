@@ -16,6 +16,7 @@ from agent.errors import ConfigError, EdgeAgentError, Problem
 from agent.tools.helptext import EXIT_CODES, epilog
 
 DEFAULT_SITE = "/etc/edge-agent/site.yaml"
+EX_CONFIG = 78  # `run` (and `validate`): the site file is invalid, the agent refuses to start with it
 WRITE_TIMEOUT = 30.0  # the agent's budget for one write (bus queue + retries); the CLI waits a bit longer
 
 
@@ -47,7 +48,8 @@ def register(sub: Any) -> None:
                     "paths: the shipped and site-local profiles, and the site file if it exists.",
         epilog=epilog(["edge-agent validate", "edge-agent validate /etc/edge-agent/site.yaml",
                        "edge-agent validate /etc/edge-agent/profiles/acme-em100.yaml --json"],
-                      {0: "no problem", 1: "problems found (listed on stdout)"}))
+                      {0: "no problem", 1: "problems the agent would run with (a device or profile skipped; "
+                          "listed on stdout)", 78: "a site file the agent would refuse to start with"}))
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="site file, profile or profile folder (default: the site file and all profiles)")
     _site_arg(p)
@@ -186,7 +188,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for p in exc.problems:
             print(p, file=sys.stderr)
-        return 78  # EX_CONFIG: systemd will not restart in a tight loop thanks to the start limit
+        return EX_CONFIG  # the unit does not restart on it (RestartPreventExitStatus=78)
+    except Exception as exc:  # a file must never cost a traceback and a restart loop
+        print(f"{args.config}: cannot load the configuration: {type(exc).__name__}: {exc}"[:1000], file=sys.stderr)
+        return EX_CONFIG
 
     async def main() -> None:
         agent = Agent(site)
@@ -213,20 +218,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- validate
 
 
-def _kind(path: Path) -> str:
+def _check_path(path: Path) -> tuple[list[Problem], bool]:
+    """(problems, whether `run` would refuse this file as its site file)."""
+    from agent.config import load_profiles, load_site, parse_profile
     from agent.config.yamlloc import load_file
 
-    doc = load_file(path)
+    if path.is_dir():
+        return load_profiles([path])[1], False
+    try:
+        doc = load_file(path)
+    except ConfigError as exc:
+        return exc.problems, True
     if isinstance(doc.data, dict) and "driver" in doc.data and "site" not in doc.data:
-        return "profile"
-    return "site"
+        try:
+            parse_profile(doc, path.stem)
+        except ConfigError as exc:
+            return exc.problems, False
+        return [], False
+    try:
+        load_site(path, strict=True)
+    except ConfigError as exc:
+        try:
+            load_site(path, strict=False)
+        except ConfigError:
+            return exc.problems, True
+        return exc.problems, False
+    return [], False
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from agent.config import default_profile_dirs, load_profile, load_profiles, load_site
+    """Exit 0: fine; 1: problems the agent would run with (a device or a profile skipped); 78: a site file
+    that `run` would refuse."""
+    from agent.config import default_profile_dirs, load_profiles
 
     problems: list[Problem] = []
     checked: list[str] = []
+    refused: list[str] = []
     paths = [Path(p) for p in args.paths]
     if not paths:
         _, shipped = load_profiles(default_profile_dirs())
@@ -236,25 +263,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
             paths = [Path(args.config)]
     for path in paths:
         try:
-            if path.is_dir():
-                _, probs = load_profiles([path])
-                problems.extend(probs)
-            elif _kind(path) == "profile":
-                load_profile(path)
-            else:
-                load_site(path, strict=True)
-            checked.append(str(path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+            probs, refuse = _check_path(path)
+        except Exception as exc:  # one located line, never a traceback
+            probs, refuse = [Problem(str(path), None, "", f"cannot check: {type(exc).__name__}: {exc}"[:1000])], True
+        problems.extend(probs)
+        if refuse:
+            refused.append(str(path))
+        checked.append(str(path))
     if args.json:
-        print(json.dumps({"ok": not problems, "checked": checked,
+        print(json.dumps({"ok": not problems, "checked": checked, "refused": refused,
                           "problems": [{"file": p.file, "line": p.line, "key": p.key, "message": p.message}
                                        for p in problems]}, indent=2))
     else:
         for p in problems:
             print(p)
+        for r in refused:
+            print(f"{r}: the agent would refuse to start with this site file (exit {EX_CONFIG})", file=sys.stderr)
+        if problems and not refused:
+            print("the agent would start, without the devices or profiles above", file=sys.stderr)
         if not problems:
             print(f"ok: {', '.join(checked) or 'nothing to check'}", file=sys.stderr)
+    if refused:
+        return EX_CONFIG
     return 1 if problems else 0
 
 
@@ -375,7 +405,8 @@ def render_status(st: dict[str, Any], only: str | None = None, points: bool = Fa
     lines = [
         f"edge-agent {a['version']}  site {a['site']}  pid {a['pid']}  up {_age(a['uptime'])}",
         f"uplink   {u['state']} {u['broker']}  since {_age(u['since_age'])}  published {u['published']}"
-        + (f"  last error: {u['last_error']}" if u.get("last_error") else ""),
+        + (f"  last error: {u['last_error']}" if u.get("last_error") else "")
+        + ("  INSECURE: credentials in cleartext (allow_insecure)" if u.get("cleartext_credentials") else ""),
         f"outbox   {o.get('depth', 0)} queued ({_bytes(o.get('bytes', 0))} of {_bytes(o.get('max_bytes', 0))}), "
         f"oldest {_age(o.get('oldest_age'))}, dropped {o.get('dropped_total', 0)} "
         f"(telemetry {o.get('dropped_telemetry', 0)}, events {o.get('dropped_events', 0)})"
