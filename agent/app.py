@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from .outbox import Kind, Outbox, Record, row_size
 from .pipeline import Pipeline
 from .status import StatusServer
 from .supervisor import DeviceRunner
+from .uplink import intake
 from .uplink.codec import dumps
 from .uplink.mqtt import Uplink
 from .uplink.topics import Topics
@@ -63,7 +63,8 @@ class Agent:
                 continue
             self.runners[d.name] = DeviceRunner(d, self.ctx, self, h)
         self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self.pipeline.birth,
-                             self.handle_command)
+                             self.handle_command, on_reset=self.pipeline.forget)
+        self.gate = intake.Gate()
         self._events: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(EVENT_QUEUE)
         self.events_dropped = 0
         self.started = time.time()
@@ -102,38 +103,43 @@ class Agent:
     # ----------------------------------------------------------------------------------- commands
 
     async def handle_command(self, payload: bytes) -> None:
-        """Commands from upstream (docs/mqtt.md). Every command with an id is answered on the ack topic."""
-        try:
-            msg = json.loads(payload)
-            if not isinstance(msg, dict):
-                raise ValueError("a command must be a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("ignoring malformed command: %s", exc)
-            self._ack(None, False, error=f"malformed command: {exc}")
+        """Commands from upstream (docs/mqtt.md). Checked and rate-limited by ``intake``; every command is
+        answered on the ack topic unless answers themselves are over their rate (a flood)."""
+        if not payload:  # an empty (retained) message clears the topic; it is no command
             return
-        cid, cmd = msg.get("id"), msg.get("cmd")
+        self.gate.received += 1
         try:
-            if cmd == "ping":
-                uptime = round(time.time() - self.started, 1)
-                result: dict[str, Any] = {"pong": True, "agent": __version__, "uptime": uptime}
-            elif cmd == "rebirth":
-                self.pipeline.forget()
-                self.uplink.rebirth()
-                result = {"gen": self.pipeline.gen}
-            else:
-                raise EdgeAgentError(f"unknown command {cmd!r}; known: ping, rebirth")
-        except EdgeAgentError as exc:
-            self._ack(cid, False, error=str(exc), cmd=cmd)
+            c = intake.parse(payload)
+            self.gate.admit(c)
+            result = self._run_command(c)
+        except intake.CommandRefused as exc:
+            self.gate.refused += 1
+            if self._ack(exc.cid, False, error=exc.error, cmd=exc.cmd):
+                log.warning("command refused: %s", exc.error)
         else:
-            self._ack(cid, True, result=result, cmd=cmd)
+            self._ack(c.id, True, result=result, cmd=c.cmd)
 
-    def _ack(self, cid: Any, ok: bool, *, cmd: Any = None, result: Any = None, error: str | None = None) -> None:
+    def _run_command(self, c: intake.Command) -> dict[str, Any]:
+        if c.cmd == "ping":
+            return {"pong": True, "agent": __version__, "uptime": round(time.time() - self.started, 1)}
+        if c.cmd == "rebirth":
+            self.uplink.rebirth(reset=True)  # coalesced: at most one birth per REBIRTH_MIN_INTERVAL
+            return {"gen": self.pipeline.gen}
+        raise intake.CommandRefused(f"unknown command {c.cmd!r}; known: ping, rebirth", c.id, c.cmd)
+
+    def _ack(self, cid: str | int | None, ok: bool, *, cmd: str | None = None, result: Any = None,
+             error: str | None = None) -> bool:
+        """Queue an acknowledgement (strict JSON, bounded: ``cid`` and ``cmd`` are checked by ``intake``).
+        False if the answer was dropped because answers are over their rate."""
+        if not self.gate.may_answer():
+            return False
         doc: dict[str, Any] = {"id": cid, "cmd": cmd, "ok": ok, "ts": round(time.time(), 3)}
         if ok:
             doc["result"] = result
         else:
             doc["error"] = error
         self._queue_event(self.topics.ack, dumps(doc), time.time())
+        return True
 
     # ------------------------------------------------------------------------------ local writes
 
@@ -434,6 +440,7 @@ class Agent:
                        "store_error": self.store_error, "events_dropped_queue": self.events_dropped,
                        "held_in_memory": len(self._unstored), "dropped_unstored": self.unstored_dropped,
                        "dropped_oversize": self.oversize_dropped},
+            "commands": {**self.gate.stats(), "retained_ignored": self.uplink.retained_ignored},
             "pipeline": {"offered": self.pipeline.offered, "reported": self.pipeline.reported,
                          "gen": self.pipeline.gen},
             "devices": devices,

@@ -289,7 +289,23 @@ def decode_telemetry(payload: bytes) -> Decoded:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    """Strict JSON (RFC 8259) for everything the agent publishes: a non-finite float (NaN, ±Infinity, which
+    Python would write as bare ``NaN``) becomes ``null``; other non-JSON values become strings."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(obj), separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    return text.encode("utf-8")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def with_seq(seq: int, body: bytes) -> bytes:

@@ -51,8 +51,8 @@ def handle(dec: Decoder, topic: str, payload: bytes, prefix: str) -> dict[str, A
             if kind == "birth" and isinstance(doc, dict):
                 dec.birth(site, doc)
             out["doc"] = doc
-    except (ValueError, KeyError) as exc:
-        out["error"] = f"undecodable: {exc}"
+    except (ValueError, KeyError, RecursionError) as exc:
+        out["error"] = f"undecodable: {str(exc)[:200]}"
     return out
 
 

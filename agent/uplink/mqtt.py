@@ -30,6 +30,10 @@ log = logging.getLogger("edge_agent.uplink")
 
 CommandHandler = Callable[[bytes], Awaitable[None]]
 
+# Births are coalesced: at most one per this many seconds (a flood of `rebirth` commands, or of unit changes
+# at start, becomes one birth at the end of the window instead of one birth each).
+REBIRTH_MIN_INTERVAL = 5.0
+
 
 @dataclass
 class UplinkState:
@@ -83,7 +87,8 @@ def build_tls_context(cfg: UplinkConfig, secrets: Secrets) -> ssl.SSLContext | N
 
 class Uplink:
     def __init__(self, cfg: UplinkConfig, secrets: Secrets, topics: Topics, outbox: Outbox,
-                 birth: Callable[[], dict[str, Any]], on_command: CommandHandler) -> None:
+                 birth: Callable[[], dict[str, Any]], on_command: CommandHandler,
+                 on_reset: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.secrets = secrets
         self.topics = topics
@@ -94,6 +99,10 @@ class Uplink:
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._rebirth = asyncio.Event()
+        self._reset_points = False  # a rebirth command asked for every point to be sent again
+        self.on_reset = on_reset
+        self._last_birth = -REBIRTH_MIN_INTERVAL  # monotonic time of the last birth published
+        self.retained_ignored = 0
         self.progress = time.monotonic()  # watchdog: last time the publisher loop was seen alive
 
     # -------------------------------------------------------------------------------------- session
@@ -165,22 +174,35 @@ class Uplink:
     async def _announce(self, client: aiomqtt.Client) -> None:
         t = self.cfg.publish_timeout
         await client.subscribe(self.topics.command, qos=1, timeout=t)
-        await client.publish(self.topics.birth, dumps(self.birth_doc()), qos=1, retain=True, timeout=t)
+        self._rebirth.clear()  # this birth answers any rebirth requested while offline
+        await self._publish_birth(client)
         await client.publish(self.topics.status, dumps({"state": "online", "ts": round(time.time(), 3),
                                                         "agent": __version__}), qos=1, retain=True, timeout=t)
 
     def birth_doc(self) -> dict[str, Any]:
         return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3), **self.birth()}
 
-    def rebirth(self) -> None:
+    def rebirth(self, reset: bool = False) -> None:
+        """Publish the birth again (coalesced); ``reset``: then send every point again at its next read."""
+        self._reset_points = self._reset_points or reset
         self._rebirth.set()
+
+    async def _publish_birth(self, client: aiomqtt.Client) -> None:
+        if self._reset_points:
+            self._reset_points = False
+            if self.on_reset is not None:
+                self.on_reset()
+        self._last_birth = time.monotonic()
+        await client.publish(self.topics.birth, dumps(self.birth_doc()), qos=1, retain=True,
+                             timeout=self.cfg.publish_timeout)
 
     async def _rebirther(self, client: aiomqtt.Client) -> None:
         while True:
             await self._rebirth.wait()
+            # Requests that arrive while we wait out the window are answered by this one birth.
+            await asyncio.sleep(max(0.0, self._last_birth + REBIRTH_MIN_INTERVAL - time.monotonic()))
             self._rebirth.clear()
-            await client.publish(self.topics.birth, dumps(self.birth_doc()), qos=1, retain=True,
-                                 timeout=self.cfg.publish_timeout)
+            await self._publish_birth(client)
 
     async def goodbye(self) -> None:
         """Graceful shutdown: say offline (retained) before disconnecting; bounded."""
@@ -246,6 +268,13 @@ class Uplink:
     async def _commands(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:
             payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload or "").encode()
+            if msg.retain:
+                # The broker replays a retained message at every subscription, i.e. at every reconnect: a
+                # command is obeyed only when sent live.
+                self.retained_ignored += 1
+                log.warning("ignoring a retained message on %s (%d B): commands must not be published with "
+                            "retain; clear it with an empty retained message", msg.topic, len(payload))
+                continue
             try:
                 await self.on_command(payload)
             except Exception:  # a bad command must never take the session down

@@ -23,6 +23,7 @@ class Broker:
     port: int = field(default_factory=free_port)
     tls: dict[str, str] | None = None  # {"ca": ..., "cert": ..., "key": ..., "require_certificate": "true"}
     proc: subprocess.Popen[bytes] | None = None
+    persistence: bool = False  # retained messages and sessions survive stop()/start()
 
     @property
     def url(self) -> str:
@@ -30,7 +31,7 @@ class Broker:
 
     def write_config(self) -> Path:
         lines = [
-            "persistence false",
+            f"persistence {'true' if self.persistence else 'false'}",
             "allow_anonymous true",
             "set_tcp_nodelay true",
             "log_dest stderr",
@@ -39,6 +40,8 @@ class Broker:
             "user root",
             f"listener {self.port} 127.0.0.1",
         ]
+        if self.persistence:
+            lines += [f"persistence_location {self.workdir}/", f"persistence_file mosquitto-{self.port}.db"]
         if self.tls:
             lines += [
                 f"cafile {self.tls['ca']}",
