@@ -1,5 +1,5 @@
 """The MQTT session: connect (TCP or mutual TLS), announce, drain the outbox with PUBACK-gated deletes,
-take commands; reconnect forever with capped, jittered exponential backoff.
+take commands; reconnect forever after a random delay (``reconnect_delay``).
 
 Delivery: each outbox row is published with QoS 1 and acknowledged in the outbox only after the broker's
 PUBACK (aiomqtt's ``publish(qos=1)`` returns then). A lost connection releases the leased rows, which are
@@ -33,6 +33,17 @@ CommandHandler = Callable[[bytes], Awaitable[None]]
 # Births are coalesced: at most one per this many seconds (a flood of `rebirth` commands, or of unit changes
 # at start, becomes one birth at the end of the window instead of one birth each).
 REBIRTH_MIN_INTERVAL = 5.0
+
+
+def reconnect_delay(initial: float, longest: float, rnd: random.Random | None = None) -> float:
+    """Wait before a reconnect attempt: uniform in [initial, longest] (1-15 s by default), at every attempt.
+
+    Why not exponential: when the operator's broker restarts, every site loses its session in the same second.
+    Doubling delays (the old 1 s .. 60 s) keep the first retries of all sites together (a herd in the first
+    seconds) and, after a long outage, leave a box waiting up to 60 s (median ~20 s) after the broker answers
+    again. A fixed random window spreads 2,000 sites over it (at most ~12 % of them in any second) and bounds
+    the added downtime: median ~5 s, at most ``longest``. Retries against a dead broker cost one TCP SYN."""
+    return (rnd or random).uniform(initial, max(initial, longest))
 
 
 @dataclass
@@ -127,7 +138,6 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect and serve forever; only cancellation ends it."""
-        backoff = self.cfg.backoff.initial
         while True:
             self.state.state = "connecting"
             try:
@@ -140,7 +150,6 @@ class Uplink:
                     self.state.next_retry = None
                     self.connected.set()
                     log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
-                    backoff = self.cfg.backoff.initial
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._publisher(client), name="uplink:publisher")
                         tg.create_task(self._commands(client), name="uplink:commands")
@@ -165,11 +174,10 @@ class Uplink:
                 self.state.connected = False
                 self.connected.clear()
             self.state.state = "offline"
-            delay = random.uniform(backoff / 2, backoff)
+            delay = reconnect_delay(self.cfg.backoff.initial, self.cfg.backoff.max)
             self.state.next_retry = time.time() + delay
             self.progress = time.monotonic() + delay
             await asyncio.sleep(delay)
-            backoff = min(backoff * 2, self.cfg.backoff.max)
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         t = self.cfg.publish_timeout
