@@ -305,8 +305,7 @@ class Agent:
         # The alias map of this run travels in the outbox too (events go first), so that telemetry queued now
         # stays decodable even if it is only delivered after a later run has published another birth.
         await self._append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()), time.time())])
-        for p in self.site.problems:
-            log.error("config: %s", p)
+        self._announce_config_problems()
         # Device tasks live outside the task group: a driver that swallows cancellation must not be able to
         # hold shutdown hostage (the watchdog reports it; shutdown abandons it after DEVICE_STOP seconds).
         devices = [asyncio.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
@@ -334,6 +333,31 @@ class Agent:
             await self._stop_devices(devices)
             await self.status_server.stop()
             await self.outbox.close()
+
+    def _announce_config_problems(self) -> None:
+        """Devices skipped at start-up (a broken entry or profile) are announced upstream as a ``config`` event,
+        not only in the local log: nobody reads the journal of a box in a school's basement."""
+        if not self.site.problems:
+            return
+        for p in self.site.problems:
+            log.error("config: %s", p)
+        try:
+            entries = self._device_entries()
+        except EdgeAgentError:
+            entries = []
+        configured = [e.get("name") for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+        loaded = {d.name for d in self.site.devices}
+        skipped = [n for n in configured if n not in loaded]
+        self.event(Event("agent", "config", {"result": "skipped", "devices": skipped[:100],
+                                             "problems": [str(p) for p in self.site.problems[:50]]},
+                         Severity.WARNING))
+
+    def _device_entries(self) -> list[Any]:
+        from .yamlloc import load_file
+
+        data = load_file(self.site.file).data
+        entries = data.get("devices") if isinstance(data, dict) else None
+        return entries if isinstance(entries, list) else []
 
     async def _reloader(self) -> None:
         """SIGHUP: load the site file again. It is applied (clean stop, the caller re-execs) unless it would
@@ -364,10 +388,9 @@ class Agent:
     def _check_reload(self) -> tuple[list[str], list[str]]:
         """(problems that block the reload, problems that only keep a not-running device off)."""
         from .config import load_site
-        from .yamlloc import load_file
 
         new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
-        entries = load_file(self.site.file).data.get("devices") or []
+        entries = self._device_entries()
         running = {d.name for d in self.site.devices if d.name in self.runners}
         blocking: list[str] = []
         other: list[str] = []
