@@ -91,8 +91,11 @@ class Agent:
 
     def points_changed(self, device: str) -> None:
         ch = self.pipeline.channels.get(device)
-        if ch is not None and ch.refresh():
-            self.uplink.rebirth()
+        if ch is not None and ch.refresh() and self.pipeline.regen():
+            # A new generation (``gen`` covers units too): its map goes through the outbox ahead of the telemetry
+            # encoded with it (events first), and is published retained at once for newcomers.
+            self._queue_event(self.topics.birth, dumps(self.uplink.birth_doc()), time.time())
+            self.uplink.rebirth(urgent=True)
 
     def _queue_event(self, topic: str, body: bytes, ts: float) -> None:
         try:

@@ -24,7 +24,7 @@ float32 value when one with at most 4 decimals exists: 231.39999389648438 arrive
 
 ``seq`` is assigned by the outbox when the message is committed and inserted at publish time, so the body
 stored on disk (flags, gen, content) never changes. ``gen`` identifies the alias map: a 16-bit hash of the
-birth's device/point lists; receivers keep the maps of the last few births.
+birth's whole device map (names, units, ...); receivers keep the maps of the last few births.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -316,9 +316,9 @@ def with_seq(seq: int, body: bytes) -> bytes:
     return b'{"seq":%d%s%s' % (seq, b"," if rest[:1] != b"}" else b"", rest)
 
 
-def alias_map_gen(devices: Iterable[tuple[str, Sequence[str]]]) -> int:
-    """A stable 16-bit id of the alias assignment: changes exactly when a device's point list changes."""
-    h = hashlib.sha256()
-    for dev, points in devices:
-        h.update(dev.encode() + b"\0" + b"\1".join(p.encode() for p in points) + b"\0\0")
-    return int.from_bytes(h.digest()[:2], "big")
+def birth_gen(devices: Any) -> int:
+    """A stable 16-bit id of a birth's whole device map (aliases, names, units, writable flags, types, labels):
+    two births with the same ``gen`` carry the same map, so a receiver keeping maps by ``gen`` keeps the right
+    one whichever it saw last."""
+    canon = json.dumps(devices, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return int.from_bytes(hashlib.sha256(canon.encode("utf-8")).digest()[:2], "big")

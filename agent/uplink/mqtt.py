@@ -30,8 +30,8 @@ log = logging.getLogger("edge_agent.uplink")
 
 CommandHandler = Callable[[bytes], Awaitable[None]]
 
-# Births are coalesced: at most one per this many seconds (a flood of `rebirth` commands, or of unit changes
-# at start, becomes one birth at the end of the window instead of one birth each).
+# Rebirths asked by commands are coalesced: at most one per this many seconds (a flood of `rebirth` commands
+# becomes one birth at the end of the window instead of one birth each). A new generation is not delayed.
 REBIRTH_MIN_INTERVAL = 5.0
 
 
@@ -111,6 +111,7 @@ class Uplink:
         self._client: aiomqtt.Client | None = None
         self._rebirth = asyncio.Event()
         self._reset_points = False  # a rebirth command asked for every point to be sent again
+        self._urgent = asyncio.Event()  # the next birth is a new generation: no coalescing wait
         self.on_reset = on_reset
         self._last_birth = -REBIRTH_MIN_INTERVAL  # monotonic time of the last birth published
         self.retained_ignored = 0
@@ -190,9 +191,12 @@ class Uplink:
     def birth_doc(self) -> dict[str, Any]:
         return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3), **self.birth()}
 
-    def rebirth(self, reset: bool = False) -> None:
-        """Publish the birth again (coalesced); ``reset``: then send every point again at its next read."""
+    def rebirth(self, reset: bool = False, urgent: bool = False) -> None:
+        """Publish the birth again, coalesced unless ``urgent`` (a new generation); ``reset``: then send every
+        point again at its next read."""
         self._reset_points = self._reset_points or reset
+        if urgent:
+            self._urgent.set()
         self._rebirth.set()
 
     async def _publish_birth(self, client: aiomqtt.Client) -> None:
@@ -208,8 +212,11 @@ class Uplink:
         while True:
             await self._rebirth.wait()
             # Requests that arrive while we wait out the window are answered by this one birth.
-            await asyncio.sleep(max(0.0, self._last_birth + REBIRTH_MIN_INTERVAL - time.monotonic()))
+            with contextlib.suppress(TimeoutError):  # an urgent request ends the wait
+                async with asyncio.timeout(max(0.0, self._last_birth + REBIRTH_MIN_INTERVAL - time.monotonic())):
+                    await self._urgent.wait()
             self._rebirth.clear()
+            self._urgent.clear()
             await self._publish_birth(client)
 
     async def goodbye(self) -> None:
