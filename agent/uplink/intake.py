@@ -31,6 +31,9 @@ CMD_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 SOURCE_BURST = 10
 SOURCE_RATE = 1.0
 MAX_SOURCES = 256
+# All sources together (``src`` is declared by the sender, so a flood could rotate it).
+ALL_BURST = 30
+ALL_RATE = 5.0
 # All answers together (acks and refusals): beyond this, commands are dropped unanswered and counted.
 ANSWER_BURST = 20
 ANSWER_RATE = 2.0
@@ -138,11 +141,12 @@ class TokenBucket:
 
 
 class Gate:
-    """Rate limits: commands per source (``src`` member, ``-`` when absent), answers globally."""
+    """Rate limits: commands per source (``src`` member, ``-`` when absent) and from all sources; answers."""
 
     def __init__(self) -> None:
         self.sources: OrderedDict[str, TokenBucket] = OrderedDict()
         self.answers = TokenBucket(ANSWER_RATE, ANSWER_BURST)
+        self.all = TokenBucket(ALL_RATE, ALL_BURST)
         self.received = 0
         self.refused = 0
         self.rate_limited = 0
@@ -160,6 +164,10 @@ class Gate:
             self.rate_limited += 1
             raise CommandRefused(f"rate limited: at most {SOURCE_BURST} commands at once, then "
                                  f"{SOURCE_RATE:g} per second per source", c.id, c.cmd)
+        if not self.all.take(now):
+            self.rate_limited += 1
+            raise CommandRefused(f"rate limited: at most {ALL_BURST} commands at once, then {ALL_RATE:g} per "
+                                 "second from all sources", c.id, c.cmd)
 
     def may_answer(self) -> bool:
         """One answer's worth of budget; False (counted, logged once per flood) when the flood is too large."""

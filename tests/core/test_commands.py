@@ -182,3 +182,19 @@ async def test_published_json_is_strict_even_with_nan_in_event_data(broker: Brok
         t0 = time.monotonic()
         assert_all_strict_json(col.messages)
         assert time.monotonic() - t0 < 1
+
+
+def test_gate_limits_per_source_and_all_sources() -> None:
+    gate = intake.Gate()
+    one = [intake.Command(i, "ping", "ops-a", {}) for i in range(intake.SOURCE_BURST + 1)]
+    for c in one[:-1]:
+        gate.admit(c)
+    with pytest.raises(intake.CommandRefused, match="per source"):
+        gate.admit(one[-1])
+    gate.admit(intake.Command(1, "ping", "ops-b", {}))  # another source has its own budget
+    admitted = intake.SOURCE_BURST + 1
+    with pytest.raises(intake.CommandRefused, match="from all sources"):
+        for i in range(100):  # a flood that rotates its declared source
+            gate.admit(intake.Command(i, "ping", f"spoof-{i}", {}))
+            admitted += 1
+    assert admitted <= intake.ALL_BURST + 1
