@@ -33,6 +33,7 @@ CommandHandler = Callable[[bytes], Awaitable[None]]
 # Rebirths asked by commands are coalesced: at most one per this many seconds (a flood of `rebirth` commands
 # becomes one birth at the end of the window instead of one birth each). A new generation is not delayed.
 REBIRTH_MIN_INTERVAL = 5.0
+MAX_QUEUED_COMMANDS = 100  # received, not yet handled; beyond, paho's queue discards (bounded memory)
 
 
 def reconnect_delay(initial: float, longest: float, rnd: random.Random | None = None) -> float:
@@ -134,6 +135,7 @@ class Uplink:
             timeout=cfg.connect_timeout,
             tls_context=build_tls_context(cfg, self.secrets),
             max_inflight_messages=cfg.max_inflight,
+            max_queued_incoming_messages=MAX_QUEUED_COMMANDS,  # a command flood is dropped, not buffered
             logger=logging.getLogger("edge_agent.uplink.paho"),
         )
 
@@ -184,6 +186,7 @@ class Uplink:
         t = self.cfg.publish_timeout
         await client.subscribe(self.topics.command, qos=1, timeout=t)
         self._rebirth.clear()  # this birth answers any rebirth requested while offline
+        self._urgent.clear()
         await self._publish_birth(client)
         await client.publish(self.topics.status, dumps({"state": "online", "ts": round(time.time(), 3),
                                                         "agent": __version__}), qos=1, retain=True, timeout=t)
