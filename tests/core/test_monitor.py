@@ -93,3 +93,27 @@ async def test_monitor_refused_is_one_clear_line() -> None:
     port = free_port()
     rc, _, err = await _monitor("--broker", f"mqtt://127.0.0.1:{port}", "--timeout", "3")
     assert rc == 1 and err.count("\n") == 1 and "Connection refused" in err, err
+
+
+async def test_monitor_config_uses_the_site_credentials(tmp_path: Path) -> None:
+    import subprocess
+
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "site-t1", "s3cret"], check=True, capture_output=True)
+    pw.chmod(0o644)
+    broker = Broker(tmp_path, extra=[f"password_file {pw}"]).start()
+    try:
+        secret = tmp_path / "mqtt-password"
+        secret.write_text("s3cret")
+        site = write_site(tmp_path, broker.url,
+                          extra_uplink=f"  username: site-t1\n  password: {{file: {secret}}}\n")
+        async with running_agent(site) as agent:
+            await asyncio.wait_for(agent.uplink.connected.wait(), 10)
+            rc, out, err = await _monitor("--config", str(site), "--count", "1", "--timeout", "5")
+            assert rc == 0 and out.count("\n") == 1, err
+            # the same broker without the site's credentials: refused, one line
+            rc, out, err = await _monitor("--broker", broker.url, "--count", "1", "--timeout", "5")
+            assert rc == 1 and not out and err.count("\n") == 1 and "Traceback" not in err, err
+            assert "not authorized" in err.lower() or "refused" in err.lower(), err
+    finally:
+        broker.stop()
