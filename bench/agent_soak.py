@@ -59,7 +59,7 @@ def run_agent(work: Path, broker_port: int, devices: str, seconds: float, label:
                     f"uplink: {{broker: 'mqtt://127.0.0.1:{broker_port}'}}\n"
                     f"outbox: {{sync: full}}\ndevices:\n  - {{name: box, type: edge-box, interval: 5s}}\n{devices}")
     log = open(work / f"agent-{label}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(site)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "agent.tools.cli", "run", "--config", str(site)], cwd=ROOT,
                             stdout=log, stderr=log)
     try:
         time.sleep(5)  # start-up and first polls
@@ -71,7 +71,7 @@ def run_agent(work: Path, broker_port: int, devices: str, seconds: float, label:
                 raise SystemExit(f"agent exited: {(work / f'agent-{label}.log').read_text()[-2000:]}")
             peak = max(peak, rss_kib(proc.pid))
         rss1, cpu1, t1 = rss_kib(proc.pid), cpu_s(proc.pid), time.monotonic()
-        status = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--json", "--config", str(site)],
+        status = subprocess.run([sys.executable, "-m", "agent.tools.cli", "status", "--json", "--config", str(site)],
                                 cwd=ROOT, capture_output=True, text=True, timeout=20)
         import json
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.core.pipeline import changed_enough
 from agent.model import Quality, Sample
-from agent.pipeline import changed_enough
 from agent.uplink.codec import encode_samples, frame
 
 # name, unit, deadband (abs), generator kind

@@ -32,10 +32,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.config import DeviceConfig, DeviceConfigModel, load_profile  # noqa: E402
-from agent.driver import DriverContext  # noqa: E402
+from agent.config import load_profile  # noqa: E402
+from agent.contract.device import DeviceConfig, DeviceConfigModel  # noqa: E402
+from agent.contract.driver import DriverContext  # noqa: E402
+from agent.contract.registry import get_spec  # noqa: E402
 from agent.errors import DriverError  # noqa: E402
-from agent.registry import get_spec  # noqa: E402
 from drivers.modbus.codec import Decoder  # noqa: E402
 from drivers.modbus.driver import ModbusDriver  # noqa: E402
 from drivers.modbus.planner import one_per_point  # noqa: E402

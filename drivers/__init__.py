@@ -1,1 +1,1 @@
-"""Protocol drivers, one package each; registered by name in ``agent.registry.DRIVERS``."""
+"""Protocol drivers, one package each; registered by name in ``agent.contract.registry.DRIVERS``."""

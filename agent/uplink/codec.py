@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import Quality, Sample, Value
+from agent.model import Quality, Sample, Value
 
 VERSION = 0x01
 FLAG_DEFLATE = 0x01

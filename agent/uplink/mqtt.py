@@ -20,11 +20,11 @@ from typing import Any
 
 import aiomqtt
 
-from .. import __version__
-from ..config import Secrets, UplinkConfig
-from ..outbox import Kind, Outbox, Stored
-from .codec import dumps, frame, with_seq
-from .topics import Topics
+from agent import __version__
+from agent.config import Secrets, UplinkConfig
+from agent.outbox import Kind, Outbox, Stored
+from agent.uplink.codec import dumps, frame, with_seq
+from agent.uplink.topics import Topics
 
 log = logging.getLogger("edge_agent.uplink")
 

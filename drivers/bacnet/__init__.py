@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import builtins
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.config import PointBase
-from agent.registry import DriverSpec
+from agent.contract.points import PointBase
+from agent.contract.registry import DriverSpec
+from agent.contract.writes import (
+    FLOAT32_MAX,
+    bounds,
+    check_generic,
+    is_null,
+    parse_generic,
+    parse_number,
+    show,
+    to_bool,
+    to_number,
+    to_text,
+)
 from agent.types import PositiveDuration
 
 from .enums import ENGINEERING_UNITS, OBJECT_TYPES, PROPERTY_IDENTIFIERS
@@ -27,6 +40,11 @@ COMMANDABLE = {
     "multi-state-value", "integer-value", "positive-integer-value", "large-analog-value",
     "characterstring-value", "lighting-output", "binary-lighting-output",
 }
+# Properties of type REAL and CharacterString that a write may set (others: generic checks only).
+REAL_PROPERTIES = {
+    "cov-increment", "high-limit", "low-limit", "deadband", "min-pres-value", "max-pres-value", "resolution",
+}
+TEXT_PROPERTIES = {"object-name", "description", "location", "active-text", "inactive-text", "profile-name"}
 # What COV can follow: standard objects with a present-value COV criterion.
 COV_OBJECTS = {
     "analog-input", "analog-output", "analog-value", "binary-input", "binary-output", "binary-value",
@@ -155,6 +173,70 @@ class BACnetPoint(PointBase):
                 and self.object_type.endswith("-input"):
             raise ValueError(f"access: present-value of an {self.object_type} is not writable")
         return self
+
+    def write_kind(self) -> str:
+        """What a write of this property carries: binary, state, real, double, int32, uint32, boolean, text
+        or other (a property whose type is not known here: only the generic checks apply)."""
+        ot = self.object_type if isinstance(self.object_type, str) else ""
+        if self.property in ("present-value", "relinquish-default"):
+            if ot in ("binary-input", "binary-output", "binary-value"):
+                return "binary"
+            if ot.startswith("multi-state"):
+                return "state"
+            if ot in ("analog-input", "analog-output", "analog-value", "lighting-output"):
+                return "real"
+            return {"large-analog-value": "double", "integer-value": "int32", "positive-integer-value": "uint32",
+                    "characterstring-value": "text"}.get(ot, "other")
+        if self.property in REAL_PROPERTIES:
+            return "real"
+        if self.property in TEXT_PROPERTIES:
+            return "text"
+        if self.property == "out-of-service":
+            return "boolean"
+        return "other"
+
+    @builtins.property
+    def relinquishable(self) -> bool:
+        return self.property == "present-value" and self.object_type in COMMANDABLE
+
+    def parse_write(self, text: str) -> Any:
+        if is_null(text):
+            return None
+        kind = self.write_kind()
+        if kind in ("binary", "boolean"):
+            return to_bool(text)
+        if kind == "text":
+            return text
+        if kind == "other":
+            return parse_generic(text)
+        return parse_number(text)
+
+    def check_write(self, value: Any) -> Any:
+        """Binary: true/false, 1/0, on/off, active/inactive only. Analog: a finite number (never a boolean)
+        that a REAL holds. Multi-state: a state number 1, 2, 3... Integer objects: whole numbers in their
+        range. Then the profile's min/max. ``None`` relinquishes, for a commandable present-value only."""
+        if value is None:
+            if self.relinquishable:
+                return None
+            raise ValueError("null (relinquish) needs the present-value of a commandable object")
+        kind = self.write_kind()
+        if kind in ("binary", "boolean"):
+            return to_bool(value)
+        if kind == "text":
+            return to_text(value)
+        if kind == "other":
+            return check_generic(value, self.min, self.max)
+        if kind == "state":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or not float(value).is_integer() or not 1 <= value <= 0xFFFFFFFF:
+                raise ValueError(f"a multi-state value is a state number 1, 2, 3...; got {show(value)}")
+            return bounds(int(value), self.min, self.max)
+        limits = {"real": (-FLOAT32_MAX, FLOAT32_MAX, "a REAL"), "double": (None, None, "a Double"),
+                  "int32": (-(2**31), 2**31 - 1, "an INTEGER"), "uint32": (0, 2**32 - 1, "an Unsigned")}
+        lo, hi, what = limits[kind]
+        v = to_number(value, integer=kind in ("int32", "uint32"), lo=lo, hi=hi, kind=what)
+        v = bounds(v, self.min, self.max)
+        return float(v) if kind in ("real", "double") else int(v)
 
     @builtins.property
     def object_id(self) -> str:

@@ -25,12 +25,13 @@ from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import Null, ObjectIdentifier
 from bacpypes3.service.cov import SubscriptionContextManager
 
-from agent.config import PointBase
-from agent.driver import Driver, DriverContext, Sink
+from agent.contract.driver import Driver, DriverContext, Sink
+from agent.contract.points import PointBase
 from agent.errors import DeviceTimeout, DeviceUnreachable, ProtocolError, WriteRefused
-from agent.model import Quality, Sample, Value
+from agent.model import Event, Quality, Sample, Severity, Value
 
-from . import COMMANDABLE, BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+from .restart import EdgeApplication, RestartWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,7 +148,7 @@ async def open_application(conn: BACnetConnection, *, bind_timeout: float = BIND
     if conn.local_address != "host":
         _probe_bind(conn.local_address.partition("/")[0], conn.local_port)
     try:
-        app = Application.from_args(_bus_args(conn))
+        app = EdgeApplication.from_args(_bus_args(conn))
     except (OSError, ValueError, RuntimeError) as exc:
         raise DeviceUnreachable(f"cannot open BACnet/IP on {conn.local_address}:{conn.local_port}: {exc}") from exc
     dev = app.device_object
@@ -270,6 +271,9 @@ class BACnetDriver(Driver):
         self._subscribed: set[str] = set()
         self._max_points = self.quirks.max_points_per_request
         self.units: dict[str, str | None] = {}
+        self.restarts = 0  # controller restarts noticed (each resubscribes every COV point at once)
+        self._resubscribe = asyncio.Event()
+        self._forgotten = False  # the controller forgot the subscriptions: do not unsubscribe
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -519,25 +523,15 @@ class BACnetDriver(Driver):
 
     async def write(self, point: PointBase, value: Value) -> Value:
         p = cast(BACnetPoint, point)
+        value = self.checked(p, value)  # the point type's checks: nothing unchecked reaches the wire
         app, addr = self._app(), self.address
         assert addr is not None
-        commandable = p.property == "present-value" and p.object_type in COMMANDABLE
-        priority = p.priority if commandable else None
+        priority = p.priority if p.relinquishable else None
         wire: Any
         if value is None:
-            if not commandable:
-                raise WriteRefused(f"{self.name}.{p.name}: relinquish needs a commandable present-value")
             wire = Null(())
-        elif isinstance(p.object_type, str) and p.object_type.startswith("binary") and p.property == "present-value":
-            wire = "active" if (value if isinstance(value, bool | int | float) else str(value) == "active") \
-                else "inactive"
-        elif isinstance(p.object_type, str) and p.object_type.startswith("multi-state") \
-                and p.property == "present-value":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer() \
-                    or value < 1:
-                raise WriteRefused(f"{self.name}.{p.name}: a multi-state value is a state number 1, 2, 3...; "
-                                   f"got {value!r}")
-            wire = int(value)
+        elif p.write_kind() == "binary":
+            wire = "active" if value else "inactive"
         else:
             wire = value
         oid, pid = ObjectIdentifier(p.object_id), PropertyIdentifier(p.property)
@@ -563,12 +557,45 @@ class BACnetDriver(Driver):
         return set(self._subscribed)
 
     async def follow(self, sink: Sink) -> None:
+        """Hold the COV subscriptions and watch for controller restarts, which resubscribe them at once."""
         cov = [p for p in self._points() if p.cov]
         if not cov:
             return
+        watch = RestartWatch(self, float(self.device.model.interval),
+                             lambda reason, evident: self._on_restart(reason, evident, cov, sink))
         async with asyncio.TaskGroup() as tg:
-            for p in cov:
-                tg.create_task(self._follow_point(p, sink), name=f"{self.name}.{p.name}.cov")
+            tg.create_task(watch.run(), name=f"{self.name}.restart-watch")
+            tg.create_task(self._follow_cov(cov, sink), name=f"{self.name}.cov")
+
+    async def _follow_cov(self, cov: list[BACnetPoint], sink: Sink) -> None:
+        while True:
+            self._resubscribe = flag = asyncio.Event()
+            self._forgotten = False
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for p in cov:
+                        tg.create_task(self._follow_point(p, sink), name=f"{self.name}.{p.name}.cov")
+                    tg.create_task(_raise_when(flag), name=f"{self.name}.resubscribe")
+            except* _Resubscribe:
+                pass  # every point task was cancelled: subscribe them all again
+
+    def _on_restart(self, reason: str, evident: bool, cov: list[BACnetPoint], sink: Sink) -> None:
+        names = [p.name for p in cov]
+        if evident:
+            self.restarts += 1
+            log.warning("%s: controller restarted (%s); resubscribing %d COV point(s)", self.name, reason, len(cov))
+            sink.event(Event(self.name, "restart", {"reason": reason, "resubscribed": names}, Severity.WARNING))
+        else:
+            log.info("%s: %s; resubscribing %d COV point(s)", self.name, reason, len(cov))
+        self._forgotten = True
+        self._resubscribe.set()
+
+    def heard_from(self, source: Address) -> None:
+        """An I-Am from this device: follow it to a new address when the site names none (DHCP)."""
+        if self.conn.address is None and self.address is not None and str(source) != str(self.address):
+            log.warning("%s: device %s now answers from %s (was %s)", self.name, self.conn.device_instance,
+                        source, self.address)
+            self.address = source
 
     async def _follow_point(self, p: BACnetPoint, sink: Sink) -> None:
         backoff = 1.0
@@ -614,9 +641,10 @@ class BACnetDriver(Driver):
                             await self._next_value(scm, p, sink)
         except asyncio.CancelledError:
             self._subscribed.discard(p.name)
-            with contextlib.suppress(BaseException):
-                async with asyncio.timeout(1.0):
-                    await scm.__aexit__(None, None, None)  # unsubscribe, best effort
+            if not self._forgotten:
+                with contextlib.suppress(BaseException):
+                    async with asyncio.timeout(1.0):
+                        await scm.__aexit__(None, None, None)  # unsubscribe, best effort
             raise
         finally:
             app._cov_contexts.pop(key, None)
@@ -638,3 +666,12 @@ class BACnetDriver(Driver):
             if str(prop) == "present-value":
                 sink.samples(self.name, [Sample(self.name, p.name, to_value(value), Quality.GOOD, time.time())])
                 return
+
+
+class _Resubscribe(Exception):
+    """The controller restarted: every subscription is made again."""
+
+
+async def _raise_when(flag: asyncio.Event) -> None:
+    await flag.wait()
+    raise _Resubscribe

@@ -17,8 +17,8 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from agent.config import PointBase
-from agent.driver import Driver, DriverContext
+from agent.contract.driver import Driver, DriverContext
+from agent.contract.points import PointBase
 from agent.errors import (
     DeviceBusy,
     DeviceTimeout,
@@ -29,7 +29,7 @@ from agent.errors import (
 )
 from agent.model import Quality, Sample, Value
 
-from . import BIT_TABLES, MAX_WRITE_REGISTERS, ModbusConnection, ModbusDeviceQuirks, ModbusPoint
+from . import BIT_TABLES, MAX_WRITE_REGISTERS, ModbusConnection, ModbusDeviceQuirks, ModbusPoint, reference_hint
 from .codec import Decoder, compile_decoder, encode, set_bit
 from .planner import TABLE_ORDER, Lessons, Request, plan, refine
 
@@ -272,7 +272,11 @@ class ModbusDriver(Driver):
         for poll in ("fast", "slow"):
             pts = [p for p in self.points if p.poll == poll]
             for r in self._plan_for(pts):
-                out.append({**r.as_dict(), "poll": poll})
+                row = {**r.as_dict(), "poll": poll}
+                hints = [h for p in r.points if (h := reference_hint(p.table, p.address))]
+                if hints:
+                    row["hints"] = hints
+                out.append(row)
         return out
 
     # --------------------------------------------------------------------------------------------- reads
@@ -427,7 +431,7 @@ class ModbusDriver(Driver):
                 self._fail(r, errors.get(id(r), "exception 2 illegal data address"), samples)
         if dead:
             log.info("%s: %d point(s) refused with exception 2: %s", self.name, len(dead),
-                     ", ".join(r.points[0].name for r in dead))
+                     ", ".join(_with_hint(r.points[0].name, r.points[0], always=True) for r in dead))
         return parts
 
     def _decode(self, req: Request, values: list[Any], samples: dict[str, Sample]) -> None:
@@ -447,7 +451,7 @@ class ModbusDriver(Driver):
     def _fail(self, req: Request, error: str, samples: dict[str, Sample]) -> None:
         ts = time.time()
         for p in req.points:
-            samples[p.name] = Sample(self.name, p.name, None, Quality.ERROR, ts, error)
+            samples[p.name] = Sample(self.name, p.name, None, Quality.ERROR, ts, _with_hint(error, p))
 
     # -------------------------------------------------------------------------------------------- writes
 
@@ -455,6 +459,7 @@ class ModbusDriver(Driver):
         p = cast(ModbusPoint, point)
         if p.table in ("discrete_input", "input"):
             raise WriteRefused(f"{self.name}.{p.name}: a {p.table} cannot be written")
+        value = self.checked(p, value)  # the point type's checks: nothing unchecked reaches the wire
         payload = encode(p, value)
         if not self.breaker.allow(time.monotonic()):
             raise DeviceTimeout(f"{self.name}: unit {self.unit} is not answering; write not sent", device=self.name)
@@ -496,10 +501,19 @@ class ModbusDriver(Driver):
             raise DeviceTimeout(f"{self.name}.{p.name}: write not acknowledged: {exc}", device=self.name) from exc
         except ModbusExceptionReply as exc:
             cls = DeviceBusy if exc.code == 6 else ProtocolError
-            raise cls(f"{self.name}.{p.name}: write refused by the device: {exc}", device=self.name) from exc
+            raise cls(f"{self.name}.{p.name}: write refused by the device: {_with_hint(str(exc), p)}",
+                      device=self.name) from exc
         if p.table == "coil" or p.type == "bool":
             return bool(payload[0])
         return compile_decoder(p)(payload, 0)
+
+
+def _with_hint(error: str, p: ModbusPoint, *, always: bool = False) -> str:
+    """An exception-2 error of a point whose address looks like a 3xxxx/4xxxx reference number says so."""
+    hint = reference_hint(p.table, p.address)
+    if hint is None or not (always or error.startswith("exception 2")):
+        return error
+    return f"{error} ({hint})"
 
 
 def _compile(req: Request) -> None:

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.config import PointBase
-from agent.registry import DriverSpec
+from agent.contract.points import PointBase
+from agent.contract.registry import DriverSpec
 
 Source = Literal[
     "load1", "load5", "load15",

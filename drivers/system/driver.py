@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
-from agent.config import PointBase
-from agent.driver import Driver, DriverContext
+from agent.contract.driver import Driver, DriverContext
+from agent.contract.points import PointBase
 from agent.model import Quality, Sample, Value
 
 from . import SystemConnection, SystemPoint

@@ -79,11 +79,11 @@ def main() -> int:
             "devices:\n" + "\n".join(devices) + "\n")
         print(f"demo: broker mqtt://127.0.0.1:{mport}; site file {site.relative_to(ROOT)}", file=sys.stderr)
         print(f"demo: status: .venv/bin/edge-agent status --config {site.relative_to(ROOT)}", file=sys.stderr)
-        mon = subprocess.Popen([PY, "-m", "agent.cli", "monitor", "--broker", f"mqtt://127.0.0.1:{mport}"]
+        mon = subprocess.Popen([PY, "-m", "agent.tools.cli", "monitor", "--broker", f"mqtt://127.0.0.1:{mport}"]
                                + (["--json"] if args.json else []), cwd=ROOT)
         procs.append(("monitor", mon))
         time.sleep(0.5)
-        start("agent", [PY, "-m", "agent.cli", "run", "--config", str(site)])
+        start("agent", [PY, "-m", "agent.tools.cli", "run", "--config", str(site)])
         print("demo: agent started; decoded messages follow (Ctrl-C to stop)", file=sys.stderr)
         deadline = time.monotonic() + args.seconds if args.seconds else None
         while deadline is None or time.monotonic() < deadline:

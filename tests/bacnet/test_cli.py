@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser, main
 from agent.model import Quality
+from agent.tools.cli import build_parser, main
 from drivers.bacnet.cli import scan
 from tests.peers.bacnet import BACnetLab, next_host
 from tests.peers.common import stop_process
@@ -100,7 +100,7 @@ async def test_scan_writes_a_profile_that_validates_and_polls(bacnet_lab: BACnet
     # device info 6, object-list whole (aborted) 1, its length 1, its 51 elements; one RPM per object
     assert (sim.requests["ReadPropertyRequest"], sim.requests["ReadPropertyMultipleRequest"]) == (59, 49)
     # edge-agent validate accepts it
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "validate", str(out), cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.tools.cli", "validate", str(out), cwd=ROOT,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output, _ = await proc.communicate()
     assert proc.returncode == 0, output.decode()

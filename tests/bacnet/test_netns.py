@@ -100,7 +100,7 @@ def test_global_who_is_in_namespaces(lan: Lan, tmp_path: Path) -> None:
         ns = lan.host(n)
         lan.start(ns, "-m", "drivers.bacnet.sim", "--address", f"10.231.0.{n}/24", "--instance", str(inst))
     # plain global Who-Is, every device and the client on 47808
-    res = lan.run(client, "-m", "agent.cli", "bacnet", "discover", "--local", "10.231.0.1/24",
+    res = lan.run(client, "-m", "agent.tools.cli", "bacnet", "discover", "--local", "10.231.0.1/24",
                   "--low", "5000", "--high", "5999", "--timeout", "1", "--json")
     assert res.returncode == 0, res.stderr
     found = json.loads(res.stdout)
@@ -122,7 +122,7 @@ def test_global_who_is_in_namespaces(lan: Lan, tmp_path: Path) -> None:
         import asyncio, json
         from pathlib import Path
         from agent.config import load_site
-        from agent.driver import DriverContext
+        from agent.contract.driver import DriverContext
         from drivers.bacnet.driver import BACnetDriver
         async def main():
             dev = load_site({str(site)!r}).devices[0]

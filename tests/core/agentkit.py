@@ -15,9 +15,9 @@ from typing import Any
 
 import aiomqtt
 
-from agent.app import Agent
 from agent.config import load_site
-from agent.uplink.monitor import Decoder, handle
+from agent.core.app import Agent
+from agent.tools.monitor import Decoder, handle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,7 +127,7 @@ class Collector:
 def start_agent_process(site: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     e.pop("NOTIFY_SOCKET", None)
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(site)],
+    return subprocess.Popen([sys.executable, "-m", "agent.tools.cli", "run", "--config", str(site)],
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, env=e, cwd=ROOT)
 
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.config import PointBase
-from agent.driver import Driver
+from agent.contract.driver import Driver
+from agent.contract.points import PointBase
+from agent.contract.registry import DriverSpec
 from agent.errors import DeviceTimeout
 from agent.model import Sample
-from agent.registry import DriverSpec
 
 
 class FakePoint(PointBase):
@@ -54,7 +54,7 @@ def install(profiles_dir: str) -> None:
     """Register the fake driver and write its profile into ``profiles_dir``."""
     from pathlib import Path
 
-    from agent import registry
+    from agent.contract import registry
 
     registry.DRIVERS["fake"] = "tests.core.fakedrivers"
     Path(profiles_dir).mkdir(parents=True, exist_ok=True)

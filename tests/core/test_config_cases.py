@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.tools.cli import main
 
 CASES = sorted(p for p in (Path(__file__).parent / "testcases").iterdir() if p.is_dir())
 

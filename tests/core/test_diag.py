@@ -15,7 +15,7 @@ from .agentkit import ROOT, write_site
 
 
 def diag(*args: str) -> tuple[int, str, str]:
-    p = subprocess.run([sys.executable, "-m", "agent.cli", "diag", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "agent.tools.cli", "diag", *args], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     return p.returncode, p.stdout, p.stderr
 

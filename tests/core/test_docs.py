@@ -6,8 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.cli import build_parser
-from agent.config import PointBase, ProfileHeader, ProfileMetadata, SiteModel
+from agent.config import ProfileHeader, SiteModel
+from agent.contract.device import ProfileMetadata
+from agent.contract.points import PointBase
+from agent.tools.cli import build_parser
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

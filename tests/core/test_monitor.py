@@ -17,7 +17,7 @@ from .test_uplink import pki, tls_broker  # noqa: F401  (fixtures)
 
 
 async def _monitor(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "monitor", *args, cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.tools.cli", "monitor", *args, cwd=ROOT,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None

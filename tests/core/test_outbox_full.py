@@ -32,7 +32,7 @@ async def test_full_outbox_drops_oldest_telemetry_keeps_events(tmp_path: Path) -
         assert st["dropped_telemetry"] > 0 and st["dropped_events"] == 0, st
         assert st["bytes"] <= 10 * 1024
         # the field tech's view: edge-agent status --json through the socket
-        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "agent.cli", "status", "--json",
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "agent.tools.cli", "status", "--json",
                                                        "--config", str(site)],
                                       capture_output=True, text=True, cwd=ROOT, timeout=20)
         assert out.returncode == 0, out.stderr
@@ -40,7 +40,7 @@ async def test_full_outbox_drops_oldest_telemetry_keeps_events(tmp_path: Path) -
         assert snap["outbox"]["dropped_telemetry"] >= st["dropped_telemetry"] > 0
         assert snap["outbox"]["dropped_events"] == 0
         assert snap["uplink"]["connected"] is False
-        text = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "agent.cli", "status",
+        text = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "agent.tools.cli", "status",
                                                         "--config", str(site)],
                                        capture_output=True, text=True, cwd=ROOT, timeout=20)
         assert "dropped" in text.stdout and "box0" in text.stdout, text.stdout

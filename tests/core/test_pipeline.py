@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_site
+from agent.core.pipeline import Pipeline, changed_enough
 from agent.model import Quality, Sample
-from agent.pipeline import Pipeline, changed_enough
 from agent.uplink.codec import decode_telemetry, frame
 
 
@@ -88,7 +88,7 @@ def test_alias_generation_changes_with_point_list(tmp_path: Path) -> None:
 
 
 def test_check_write_refuses_text_for_numeric_points(tmp_path: Path) -> None:
-    from agent.driver import check_write
+    from agent.contract.driver import check_write
     from agent.errors import WriteRefused
 
     f = tmp_path / "site.yaml"

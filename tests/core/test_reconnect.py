@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agent.config import BackoffConfig
+from agent.config.loader import BackoffConfig
 from agent.uplink.mqtt import reconnect_delay
 from tests.peers.mosquitto import Broker
 

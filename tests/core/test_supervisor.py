@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import Notifier
+from agent.core.notify import Notifier
 
 from . import fakedrivers
 from .agentkit import running_agent, write_site
@@ -48,7 +48,7 @@ async def test_failing_devices_never_stop_the_others(tmp_path: Path, fake_profil
 
 async def test_restart_budget_disables_only_the_crashing_device(tmp_path: Path, fake_profiles: str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import supervisor
+    from agent.core import supervisor
 
     monkeypatch.setattr(supervisor, "BACKOFF_MAX", 0.05)
     site = write_site(tmp_path, BROKER, extra=fake_profiles, devices=_devices(("good", "ok"), ("buggy", "crash")))
@@ -93,7 +93,7 @@ async def _collect(ns: NotifySocket, seconds: float) -> None:
 
 async def test_sd_notify_ready_status_watchdog_and_wedged_loop(tmp_path: Path, fake_profiles: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import app as app_mod
+    from agent.core import app as app_mod
 
     monkeypatch.setattr(app_mod, "READY_GRACE", 0.5)
     ns = NotifySocket(tmp_path / "notify.sock")
@@ -134,7 +134,7 @@ async def test_sd_notify_ready_status_watchdog_and_wedged_loop(tmp_path: Path, f
 
 async def test_wedged_device_loop_withholds_watchdog(tmp_path: Path, fake_profiles: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import supervisor
+    from agent.core import supervisor
 
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from agent.config import load_site
-from agent.driver import DriverContext
+from agent.contract.driver import DriverContext
 from agent.model import Quality
 from drivers.system.driver import SystemDriver
 

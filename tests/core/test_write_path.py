@@ -15,7 +15,7 @@ from .agentkit import ROOT, running_agent, write_site
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "agent.tools.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=60)
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import DeviceConfig, DeviceConfigModel, Profile, load_profile
-from agent.driver import DriverContext
-from agent.registry import get_spec
+from agent.config import load_profile
+from agent.contract.device import DeviceConfig, DeviceConfigModel, Profile
+from agent.contract.driver import DriverContext
+from agent.contract.registry import get_spec
 from tests.peers.modbus import pty_pair  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]

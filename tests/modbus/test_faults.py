@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.driver import DriverContext
+from agent.contract.driver import DriverContext
 from agent.errors import DeviceBusy, DeviceTimeout, DeviceUnreachable, DriverError
 from agent.model import Quality
 from tests.peers.common import free_port
@@ -112,7 +112,7 @@ async def test_silent_device_times_out_then_fails_fast(tmp_path: Path) -> None:
             await again.read(again.points)
         assert time.monotonic() - t0 < 0.05
         with pytest.raises(DeviceTimeout, match="write not sent"):  # writes do not wait for a dead device
-            await again.write(again.points[0], 1)
+            await again.write(again.points[0].model_copy(update={"access": "read-write"}), 1)
         await again.stop()
         peer.silent.clear()
         await asyncio.sleep(0.55)  # next probe is allowed and succeeds

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.driver import DriverContext
+from agent.contract.driver import DriverContext
 from agent.errors import DriverError
 from tests.peers.modbus import ModbusPeer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.driver import DriverContext
+from agent.contract.driver import DriverContext
 from tests.peers.modbus import ModbusPeer
 
 from .conftest import make_driver, write_profile

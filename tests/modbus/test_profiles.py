@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.config import load_profile
-from agent.driver import DriverContext, check_write
+from agent.contract.driver import DriverContext, check_write
 from agent.errors import WriteRefused
 from agent.model import Quality
 from drivers.modbus.sim import SimMeter, SimServer
@@ -177,7 +177,7 @@ def test_missing_pymodbus_disables_only_the_driver() -> None:
         "import sys; sys.modules['pymodbus'] = None  # as if pymodbus were not installed\n"
         "from agent.config import load_profile\n"
         "from agent.errors import DriverUnavailable\n"
-        "from agent.registry import get_spec\n"
+        "from agent.contract.registry import get_spec\n"
         "load_profile('profiles/remeha-gtw08.yaml')  # profiles still validate\n"
         "try:\n"
         "    get_spec('modbus').load_class()\n"

@@ -79,7 +79,7 @@ def test_provision_in_installed_package(throwaway_root: ThrowawayRoot, deb: Path
     install(root, deb)
     r = root.run("edge-agent --help", check=False)
     if "provision" not in r.stdout:
-        pytest.fail("provision is not registered in agent/cli.py COMMAND_MODULES")
+        pytest.fail("provision is not registered in agent/tools/cli.py COMMAND_MODULES")
     root.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=t "
              "-keyout /tmp/client.key -out /tmp/client.crt 2>/dev/null")
     r = root.run("edge-agent provision --non-interactive --site-id townhall-7 "

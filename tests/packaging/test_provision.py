@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import provision
-from agent.cli import main
 from agent.config import load_site
+from agent.tools import provision
+from agent.tools.cli import main
 from tests.peers.common import free_port
 from tests.peers.mosquitto import Broker
 

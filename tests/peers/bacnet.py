@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from agent.driver import DriverContext
+from agent.contract.driver import DriverContext
 from agent.model import Event, Sample
 
 _RUN = 20 + os.getpid() % 200

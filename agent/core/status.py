@@ -12,19 +12,25 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .errors import EdgeAgentError
+from agent.errors import EdgeAgentError
+from agent.model import Value
 
-if TYPE_CHECKING:
-    from .app import Agent
+
+class StatusBackend(Protocol):
+    """What the status socket asks of the agent (the Agent implements it; tests may use a small fake)."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    async def write(self, device: str, point: str, value: Value) -> Value: ...
 
 log = logging.getLogger("edge_agent.status")
 MAX_REQUEST = 64 * 1024
 
 
 class StatusServer:
-    def __init__(self, path: Path, agent: Agent) -> None:
+    def __init__(self, path: Path, agent: StatusBackend) -> None:
         self.path = path
         self.agent = agent
         self._server: asyncio.AbstractServer | None = None

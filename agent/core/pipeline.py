@@ -13,9 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .config import DeviceConfig, PointBase
-from .model import PointState, Quality, Sample, Value
-from .uplink.codec import birth_gen, encode_samples
+from agent.contract.device import DeviceConfig
+from agent.contract.points import PointBase
+from agent.model import PointState, Quality, Sample, Value
+from agent.uplink.codec import birth_gen, encode_samples
 
 MAX_SAMPLES_PER_MESSAGE = 400
 

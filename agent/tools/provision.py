@@ -37,8 +37,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import ValidationError
 
-from .config import SiteInfo, UplinkConfig, load_site
-from .errors import ConfigError
+from agent.config import SiteInfo, UplinkConfig, load_site
+from agent.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/edge-agent/site.yaml"
 DEFAULT_CREDSTORE = "/etc/credstore"
@@ -235,7 +235,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
 
 def tls_context(plan: Plan) -> ssl.SSLContext:
-    from .uplink.mqtt import client_tls_context
+    from agent.uplink.mqtt import client_tls_context
 
     try:
         ctx = client_tls_context(str(plan.ca) if plan.ca else None, plan.server_hostname)

@@ -15,10 +15,11 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from .config import DeviceConfig, PointBase
-from .driver import Driver, DriverContext, Sink
-from .errors import DriverError, DriverUnavailable
-from .model import DeviceHealth, Event, PointState, Quality, Sample, Severity
+from agent.contract.device import DeviceConfig
+from agent.contract.driver import Driver, DriverContext, Sink, driver_class
+from agent.contract.points import PointBase
+from agent.errors import DriverError, DriverUnavailable
+from agent.model import DeviceHealth, Event, PointState, Quality, Sample, Severity
 
 log = logging.getLogger("edge_agent.supervisor")
 
@@ -104,7 +105,7 @@ class DeviceRunner:
                 self._progress(delay)
                 await asyncio.sleep(delay)
             try:
-                cls = self.device.spec.load_class()
+                cls = driver_class(self.device)
             except DriverUnavailable as exc:
                 self._disable(str(exc))
                 return

@@ -7,10 +7,10 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from agent import __version__
 
 # Modules that add sub-commands: each exposes register(subparsers: argparse._SubParsersAction) -> None.
-COMMAND_MODULES: list[str] = ["agent.commands", "agent.diag", "drivers.bacnet.cli", "agent.provision"]
+COMMAND_MODULES: list[str] = ["agent.tools.commands", "agent.tools.diag", "drivers.bacnet.cli", "agent.tools.provision"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,20 +18,21 @@ import signal
 import time
 from typing import Any
 
-from . import __version__
-from .config import DeviceConfig, Site
-from .driver import DriverContext, check_write, coerce_cli_value
-from .errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
-from .model import DeviceHealth, Event, Sample, Severity, Value
-from .notify import Notifier
-from .outbox import Kind, Outbox, Record, row_size
-from .pipeline import Pipeline
-from .status import StatusServer
-from .supervisor import DeviceRunner
-from .uplink import intake
-from .uplink.codec import dumps
-from .uplink.mqtt import Uplink
-from .uplink.topics import Topics
+from agent import __version__
+from agent.config import Site
+from agent.contract.device import DeviceConfig
+from agent.contract.driver import DriverContext, prepare_write
+from agent.core.notify import Notifier
+from agent.core.pipeline import Pipeline
+from agent.core.status import StatusServer
+from agent.core.supervisor import DeviceRunner
+from agent.errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
+from agent.model import DeviceHealth, Event, Sample, Severity, Value
+from agent.outbox import Kind, Outbox, Record, row_size
+from agent.uplink import intake
+from agent.uplink.codec import dumps
+from agent.uplink.mqtt import Uplink
+from agent.uplink.topics import Topics
 
 log = logging.getLogger("edge_agent")
 
@@ -147,27 +148,51 @@ class Agent:
     # ------------------------------------------------------------------------------ local writes
 
     async def write(self, device: str, point: str, value: Value) -> Value:
-        dev = self.device(device)
-        if isinstance(value, str):
-            value = coerce_cli_value(value)
-        pt = check_write(dev, point, value)
-        runner = self.runners.get(device)
-        if runner is None:
-            raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
+        """One write through the running agent. Text is read by the point's type; the value is checked before
+        any I/O. Every outcome is a ``write`` event: ``result`` ok, refused (nothing sent) or failed."""
+        given = value
+        try:
+            dev = self.device(device)
+            pt, value = prepare_write(dev, point, value, text=isinstance(value, str))
+            runner = self.runners.get(device)
+            if runner is None:
+                raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
+        except (WriteRefused, DriverError) as exc:
+            self._write_event(device, point, given, "refused", str(exc))
+            raise
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 # the runner's lock: never write through a driver that is being stopped or restarted
                 async with runner.lock:
                     driver = runner.driver
                     if driver is None:
-                        raise DriverError(f"{device} is not running (state {self.health[device].state})",
-                                          device=device)
+                        raise WriteRefused(f"{device} is not running (state {self.health[device].state})")
                     written = await driver.write(pt, value)
+        except WriteRefused as exc:
+            self._write_event(device, point, given, "refused", str(exc))
+            raise
         except TimeoutError:
-            raise DeviceTimeout(f"{device}.{point}: write not confirmed within {WRITE_TIMEOUT:g} s; outcome unknown",
-                                device=device) from None
-        self.event(Event(device, "write", {"point": point, "value": written}, Severity.INFO))
+            exc2 = DeviceTimeout(f"{device}.{point}: write not confirmed within {WRITE_TIMEOUT:g} s; outcome unknown",
+                                 device=device)
+            self._write_event(device, point, given, "failed", str(exc2))
+            raise exc2 from None
+        except EdgeAgentError as exc:
+            self._write_event(device, point, given, "failed", str(exc))
+            raise
+        self._write_event(device, point, written, "ok")
         return written
+
+    def _write_event(self, device: str, point: str, value: Any, result: str, reason: str | None = None) -> None:
+        data: dict[str, Any] = {"point": point, "value": value, "result": result}
+        if reason is not None:
+            data["reason"] = reason
+            log.warning("write %s.%s = %r %s: %s", device, point, value, result, reason)
+        else:
+            log.info("write %s.%s = %r", device, point, value)
+        source = device if device in self.health else "agent"
+        if source == "agent":
+            data["device"] = device
+        self.event(Event(source, "write", data, Severity.INFO if result == "ok" else Severity.WARNING))
 
     def device(self, name: str) -> DeviceConfig:
         for d in self.site.devices:
@@ -356,7 +381,7 @@ class Agent:
                          Severity.WARNING))
 
     def _device_entries(self) -> list[Any]:
-        from .yamlloc import load_file
+        from agent.config.yamlloc import load_file
 
         data = load_file(self.site.file).data
         entries = data.get("devices") if isinstance(data, dict) else None
@@ -390,7 +415,7 @@ class Agent:
 
     def _check_reload(self) -> tuple[list[str], list[str]]:
         """(problems that block the reload, problems that only keep a not-running device off)."""
-        from .config import load_site
+        from agent.config import load_site
 
         new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
         entries = self._device_entries()

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, Problem
+from agent.errors import ConfigError, Problem
 
 Loc = tuple[str | int, ...]
 

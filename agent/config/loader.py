@@ -2,7 +2,7 @@
 
 A *profile* (``profiles/*.yaml``) describes a device type: its driver and its points. The *site file*
 describes this building: its id, the uplink, and its devices by type with address and overrides. Each driver
-contributes the schema of its points and of its connection settings (``agent.registry``); this module glues
+contributes the schema of its points and of its connection settings (``agent.contract.registry``); this module glues
 them together and turns every problem into ``FILE:LINE: key.path: message``.
 """
 
@@ -15,53 +15,19 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
-from .errors import ConfigError, Problem
-from .registry import DriverSpec, get_spec, known_drivers
-from .secrets import SecretRef
-from .types import ByteSize, Deadband, Duration, Name, PositiveDuration
-from .yamlloc import Loc, LocatedDoc, load_file
-
-STRICT = ConfigDict(extra="forbid", populate_by_name=True)
-
+from agent.config.secrets import SecretRef
+from agent.config.yamlloc import Loc, LocatedDoc, load_file
+from agent.contract.device import DeviceConfig, DeviceConfigModel, Profile, ProfileMetadata
+from agent.contract.points import STRICT, PointBase
+from agent.contract.registry import get_spec, known_drivers
+from agent.errors import ConfigError, Problem
+from agent.types import ByteSize, Duration, Name, PositiveDuration
 
 # --------------------------------------------------------------------------------------------- profiles
 
 
-class PointBase(BaseModel):
-    """Fields every point has, whatever its protocol. Drivers subclass this with their addressing."""
-
-    model_config = STRICT
-
-    name: Name = Field(description="point name, unique in the profile; used in telemetry and commands")
-    description: str | None = Field(None, description="free text for humans")
-    unit: str | None = Field(None, description="engineering unit after scaling, e.g. kWh, V, degC")
-    access: Literal["read", "read-write"] = Field("read", description="read-write allows writes")
-    min: float | None = Field(None, description="lowest value a write may set (read-write points)")
-    max: float | None = Field(None, description="highest value a write may set (read-write points)")
-    deadband: Deadband = Field(
-        None, description="report only changes larger than this: a number (absolute) or 'N%' (relative)"
-    )
-    max_silence: Duration | None = Field(
-        None, description="re-send the value at least this often even when unchanged (default: site's)"
-    )
-    poll: Literal["fast", "slow"] = Field("fast", description="poll class: device interval or slow_interval")
-    enabled: bool = Field(True, description="false keeps the point in the profile but never reads it")
-
-    @property
-    def writable(self) -> bool:
-        return self.access == "read-write"
-
-
-class ProfileMetadata(BaseModel):
-    model_config = STRICT
-    manufacturer: str | None = Field(None, description="manufacturer name")
-    model: str | None = Field(None, description="model or series")
-    document: str | None = Field(None, description="register map / PICS document the profile is written from")
-    document_version: str | None = Field(None, description="version or date of that document")
-    url: str | None = Field(None, description="where the document was published")
-    notes: str | None = Field(None, description="caveats for installers")
 
 
 class ProfileHeader(BaseModel):
@@ -82,21 +48,6 @@ class ProfileHeader(BaseModel):
     points: list[dict[str, Any]] = Field(description="the points of this device type")
 
 
-@dataclass
-class Profile:
-    id: str
-    driver: str
-    file: str
-    description: str | None
-    metadata: ProfileMetadata
-    device: dict[str, Any]
-    points: list[PointBase]
-
-    def point(self, name: str) -> PointBase | None:
-        for p in self.points:
-            if p.name == name:
-                return p
-        return None
 
 
 def _problems_from(exc: ValidationError, doc: LocatedDoc, prefix: Loc = ()) -> list[Problem]:
@@ -178,7 +129,7 @@ def default_profile_dirs() -> list[Path]:
     if env:
         dirs += [Path(d) for d in env.split(":") if d]
     dirs.append(Path("/etc/edge-agent/profiles"))
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # the source tree (agent/config/loader.py)
     dirs += [here / "profiles", Path("/opt/edge-agent/profiles")]
     return dirs
 
@@ -290,22 +241,6 @@ class PipelineConfig(BaseModel):
     )
 
 
-class DeviceConfigModel(BaseModel):
-    """One device of this building, in the site file."""
-
-    model_config = STRICT
-    name: Name = Field(description="device name, unique on the site; appears in topics")
-    type: str = Field(description="profile id (see profiles/)")
-    enabled: bool = Field(True, description="false keeps the device configured but not polled")
-    interval: PositiveDuration = Field(10.0, description="poll interval of 'fast' points")
-    slow_interval: PositiveDuration = Field(300.0, description="poll interval of 'slow' points")
-    timeout: PositiveDuration = Field(3.0, description="budget of one request to the device")
-    retries: int = Field(1, ge=0, le=5, description="retries of a failed request before giving up")
-    connection: dict[str, Any] = Field(default_factory=dict, description="driver-specific address settings")
-    overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per-point field overrides: {point: {deadband: 1, enabled: false}}"
-    )
-    labels: dict[str, str] = Field(default_factory=dict, description="free labels sent in the birth message")
 
 
 class StatusConfig(BaseModel):
@@ -329,26 +264,6 @@ class SiteModel(BaseModel):
     devices: list[DeviceConfigModel] = Field(default_factory=list, description="devices of this building")
 
 
-@dataclass
-class DeviceConfig:
-    """A device ready for its driver: site entry + profile with overrides applied + typed connection."""
-
-    name: str
-    type: str
-    driver: str
-    spec: DriverSpec
-    model: DeviceConfigModel
-    profile: Profile
-    connection: BaseModel
-    points: list[PointBase]
-
-    @property
-    def interval(self) -> float:
-        return self.model.interval
-
-    @property
-    def enabled_points(self) -> list[PointBase]:
-        return [p for p in self.points if p.enabled]
 
 
 @dataclass

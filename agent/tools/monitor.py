@@ -14,9 +14,9 @@ from urllib.parse import urlparse
 
 import aiomqtt
 
-from ..config import Site
-from .codec import decode_telemetry
-from .mqtt import build_tls_context, client_tls_context
+from agent.config import Site
+from agent.uplink.codec import decode_telemetry
+from agent.uplink.mqtt import build_tls_context, client_tls_context
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 SCHEMES = ("mqtt", "mqtts", "tcp", "ssl")

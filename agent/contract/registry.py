@@ -10,15 +10,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
-from .errors import DriverUnavailable
-
-if TYPE_CHECKING:
-    from .config import PointBase
-    from .driver import Driver
+from agent.contract.points import PointBase
+from agent.errors import DriverUnavailable
 
 # name -> importable package holding SPEC. Add a line here to add a driver.
 DRIVERS: dict[str, str] = {
@@ -27,7 +24,7 @@ DRIVERS: dict[str, str] = {
     "bacnet": "drivers.bacnet",
 }
 
-ProfileCheck = Callable[[Sequence["PointBase"], dict[str, Any]], list[tuple[tuple[str | int, ...], str]]]
+ProfileCheck = Callable[[Sequence[PointBase], dict[str, Any]], list[tuple[tuple[str | int, ...], str]]]
 
 
 @dataclass
@@ -41,7 +38,8 @@ class DriverSpec:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def load_class(self) -> type[Driver]:
+    def load_class(self) -> type:
+        """The class named by ``driver_class``; ``agent.contract.driver.driver_class`` checks it is a Driver."""
         module, _, cls = self.driver_class.partition(":")
         try:
             mod = importlib.import_module(module)
@@ -49,7 +47,10 @@ class DriverSpec:
             raise DriverUnavailable(
                 f"driver {self.name!r} is unavailable: cannot import {exc.name or module} ({exc})"
             ) from exc
-        return getattr(mod, cls)  # type: ignore[no-any-return,unused-ignore]
+        found = getattr(mod, cls, None)
+        if not isinstance(found, type):
+            raise DriverUnavailable(f"driver {self.name!r} is unavailable: {self.driver_class} is not a class")
+        return found
 
 
 _cache: dict[str, DriverSpec] = {}

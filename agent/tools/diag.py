@@ -20,8 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ConfigError, EdgeAgentError
-from .status import agent_listening
+from agent.core.status import agent_listening
+from agent.errors import ConfigError, EdgeAgentError
 
 
 @dataclass
@@ -66,8 +66,8 @@ def register(sub: Any) -> None:
 def cmd_diag(args: argparse.Namespace) -> int:
     import os
 
-    from .commands import DEFAULT_SITE
-    from .config import load_site
+    from agent.config import load_site
+    from agent.tools.commands import DEFAULT_SITE
 
     path = args.config or os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_SITE)
     try:
@@ -141,7 +141,7 @@ async def _tcp_step(r: Report, host: str, port: int, budget: float, silent_hint:
 async def diag_broker(site: Any, budget: float) -> Report:
     import aiomqtt
 
-    from .uplink.mqtt import build_tls_context
+    from agent.uplink.mqtt import build_tls_context
 
     up = site.model.uplink
     host, port = up.host, up.port
@@ -191,7 +191,7 @@ async def diag_broker(site: Any, budget: float) -> Report:
 
 
 async def diag_device(site: Any, dev: Any, budget: float) -> Report:
-    from .driver import DriverContext
+    from agent.contract.driver import DriverContext, driver_class
 
     r = Report(f"device {dev.name} ({dev.type}, driver {dev.driver})")
     conn = dev.connection
@@ -202,7 +202,7 @@ async def diag_device(site: Any, dev: Any, budget: float) -> Report:
             return r
     t0 = time.monotonic()
     try:
-        cls = dev.spec.load_class()
+        cls = driver_class(dev)
         driver = cls(dev, DriverContext(site.id, site.state_dir))
     except EdgeAgentError as exc:
         r.add("load driver", t0, False, str(exc))

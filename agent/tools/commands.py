@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, EdgeAgentError, Problem
+from agent.errors import ConfigError, EdgeAgentError, Problem
 
 DEFAULT_SITE = "/etc/edge-agent/site.yaml"
 WRITE_TIMEOUT = 30.0  # the agent's budget for one write (bus queue + retries); the CLI waits a bit longer
@@ -52,7 +52,8 @@ def register(sub: Any) -> None:
     _site_arg(p)
     p.add_argument("device")
     p.add_argument("point")
-    p.add_argument("value", help="number, true/false, or 'null' to relinquish (BACnet)")
+    p.add_argument("value", help="number, true/false (1/0, on/off, active/inactive), text, or 'null' to "
+                   "relinquish (BACnet)")
     p.add_argument("--direct", action="store_true", help="talk to the device directly even if the agent runs")
     p.add_argument("--socket", help="status socket path (default: from the site file)")
     p.set_defaults(func=cmd_write)
@@ -85,8 +86,8 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import Agent, install_signal_handlers
-    from .config import load_site
+    from agent.config import load_site
+    from agent.core.app import Agent, install_signal_handlers
 
     setup_logging(args.log_level)
     log = logging.getLogger("edge_agent")
@@ -104,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if agent.restart:
             # Same PID for systemd; a fresh interpreter for the new configuration (drivers, profiles).
             logging.shutdown()
-            os.execv(sys.executable, [sys.executable, "-m", "agent.cli", "run", "--config", args.config,
+            os.execv(sys.executable, [sys.executable, "-m", "agent.tools.cli", "run", "--config", args.config,
                                       "--log-level", args.log_level])
         if agent.abandoned:
             # asyncio.run() would wait forever for tasks that ignore cancellation; the outbox is closed.
@@ -123,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _kind(path: Path) -> str:
-    from .yamlloc import load_file
+    from agent.config.yamlloc import load_file
 
     doc = load_file(path)
     if isinstance(doc.data, dict) and "driver" in doc.data and "site" not in doc.data:
@@ -132,7 +133,7 @@ def _kind(path: Path) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import default_profile_dirs, load_profile, load_profiles, load_site
+    from agent.config import default_profile_dirs, load_profile, load_profiles, load_site
 
     problems: list[Problem] = []
     checked: list[str] = []
@@ -173,7 +174,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _socket_for(args: argparse.Namespace) -> Path:
     if getattr(args, "socket", None):
         return Path(args.socket)
-    from .config import load_site
+    from agent.config import load_site
 
     try:
         return load_site(args.config, strict=False).client_socket_path()
@@ -224,7 +225,7 @@ def render_status(st: dict[str, Any], only: str | None = None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import request
+    from agent.core.status import request
 
     try:
         path = _socket_for(args)
@@ -249,8 +250,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _build_driver(args: argparse.Namespace) -> Any:
-    from .config import load_site
-    from .driver import DriverContext
+    from agent.config import load_site
+    from agent.contract.driver import DriverContext, driver_class
 
     site = load_site(args.config, strict=False)
     dev = next((d for d in site.devices if d.name == args.device), None)
@@ -259,7 +260,7 @@ def _build_driver(args: argparse.Namespace) -> Any:
         bad = [str(p) for p in site.problems if "devices[" in p.key]
         hint = f"; problems: {'; '.join(bad)}" if bad else ""
         raise ConfigError(f"no usable device named {args.device!r} in {args.config} (devices: {names}){hint}")
-    cls = dev.spec.load_class()
+    cls = driver_class(dev)
     return dev, cls(dev, DriverContext(site.id, site.state_dir))
 
 
@@ -279,21 +280,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"{dev.name}: {len(plan)} request(s) per cycle for {len(dev.enabled_points)} point(s)")
     for i, req in enumerate(plan, 1):
         pts = req.get("points", [])
-        head = "  ".join(f"{k}={v}" for k, v in req.items() if k != "points")
+        head = "  ".join(f"{k}={v}" for k, v in req.items() if k not in ("points", "hints"))
         print(f"{i:>3}. {head}  [{len(pts)} points] {', '.join(map(str, pts))}")
+        for hint in req.get("hints", []):
+            print(f"     hint: {hint}")
     return 0
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from .driver import check_write, coerce_cli_value
-    from .status import request
+    from agent.contract.driver import prepare_write
+    from agent.core.status import request
 
-    value = coerce_cli_value(args.value)
     if not args.direct:
         ans = None
         try:
             path = _socket_for(args)
-            ans = request(path, {"op": "write", "device": args.device, "point": args.point, "value": value},
+            # the text as typed: the agent reads it by the point's type (actve for a binary point is refused)
+            ans = request(path, {"op": "write", "device": args.device, "point": args.point, "value": args.value},
                           timeout=WRITE_TIMEOUT + 5)
         except (FileNotFoundError, ConnectionRefusedError, ConfigError):
             pass  # no agent running: write directly
@@ -317,7 +320,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 
     async def direct() -> Any:
         dev, driver = _build_driver(args)
-        pt = check_write(dev, args.point, value)
+        pt, value = prepare_write(dev, args.point, args.value, text=True)  # refused here: nothing sent
         await driver.start()
         try:
             return await driver.write(pt, value)
@@ -339,8 +342,8 @@ def cmd_write(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     import ssl
 
-    from .config import load_site
-    from .uplink.monitor import monitor, target_for
+    from agent.config import load_site
+    from agent.tools.monitor import monitor, target_for
 
     try:
         site = load_site(args.config, strict=False) if args.config else None
