@@ -219,8 +219,8 @@ class TLSConfig(BaseModel):
 
 class BackoffConfig(BaseModel):
     model_config = STRICT
-    initial: PositiveDuration = Field(1.0, description="first reconnect delay")
-    max: PositiveDuration = Field(60.0, description="cap of the reconnect delay")
+    initial: PositiveDuration = Field(1.0, description="shortest wait before a reconnect attempt")
+    max: PositiveDuration = Field(15.0, description="longest wait before a reconnect attempt (random in between)")
 
 
 MQTT_MAX_STRING = 65535  # bytes of a UTF-8 string or binary field in an MQTT packet

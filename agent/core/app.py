@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from agent.core.supervisor import DeviceRunner
 from agent.errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
 from agent.model import DeviceHealth, Event, Quality, Sample, Severity, Value
 from agent.outbox import Kind, Outbox, Record, row_size
+from agent.uplink import intake
 from agent.uplink.codec import dumps
 from agent.uplink.mqtt import Uplink
 from agent.uplink.topics import Topics
@@ -64,7 +64,8 @@ class Agent:
                 continue
             self.runners[d.name] = DeviceRunner(d, self.ctx, self, h)
         self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self.pipeline.birth,
-                             self.handle_command)
+                             self.handle_command, on_reset=self.pipeline.forget)
+        self.gate = intake.Gate()
         self._events: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(EVENT_QUEUE)
         self.events_dropped = 0
         self.started = time.time()
@@ -91,8 +92,11 @@ class Agent:
 
     def points_changed(self, device: str) -> None:
         ch = self.pipeline.channels.get(device)
-        if ch is not None and ch.refresh():
-            self.uplink.rebirth()
+        if ch is not None and ch.refresh() and self.pipeline.regen():
+            # A new generation (``gen`` covers units too): its map goes through the outbox ahead of the telemetry
+            # encoded with it (events first), and is published retained at once for newcomers.
+            self._queue_event(self.topics.birth, dumps(self.uplink.birth_doc()), time.time())
+            self.uplink.rebirth(urgent=True)
 
     def _queue_event(self, topic: str, body: bytes, ts: float) -> None:
         try:
@@ -103,38 +107,43 @@ class Agent:
     # ----------------------------------------------------------------------------------- commands
 
     async def handle_command(self, payload: bytes) -> None:
-        """Commands from upstream (docs/mqtt.md). Every command with an id is answered on the ack topic."""
-        try:
-            msg = json.loads(payload)
-            if not isinstance(msg, dict):
-                raise ValueError("a command must be a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("ignoring malformed command: %s", exc)
-            self._ack(None, False, error=f"malformed command: {exc}")
+        """Commands from upstream (docs/mqtt.md). Checked and rate-limited by ``intake``; every command is
+        answered on the ack topic unless answers themselves are over their rate (a flood)."""
+        if not payload:  # an empty (retained) message clears the topic; it is no command
             return
-        cid, cmd = msg.get("id"), msg.get("cmd")
+        self.gate.received += 1
         try:
-            if cmd == "ping":
-                uptime = round(time.time() - self.started, 1)
-                result: dict[str, Any] = {"pong": True, "agent": __version__, "uptime": uptime}
-            elif cmd == "rebirth":
-                self.pipeline.forget()
-                self.uplink.rebirth()
-                result = {"gen": self.pipeline.gen}
-            else:
-                raise EdgeAgentError(f"unknown command {cmd!r}; known: ping, rebirth")
-        except EdgeAgentError as exc:
-            self._ack(cid, False, error=str(exc), cmd=cmd)
+            c = intake.parse(payload)
+            self.gate.admit(c)
+            result = self._run_command(c)
+        except intake.CommandRefused as exc:
+            self.gate.refused += 1
+            if self._ack(exc.cid, False, error=exc.error, cmd=exc.cmd):
+                log.warning("command refused: %s", exc.error)
         else:
-            self._ack(cid, True, result=result, cmd=cmd)
+            self._ack(c.id, True, result=result, cmd=c.cmd)
 
-    def _ack(self, cid: Any, ok: bool, *, cmd: Any = None, result: Any = None, error: str | None = None) -> None:
+    def _run_command(self, c: intake.Command) -> dict[str, Any]:
+        if c.cmd == "ping":
+            return {"pong": True, "agent": __version__, "uptime": round(time.time() - self.started, 1)}
+        if c.cmd == "rebirth":
+            self.uplink.rebirth(reset=True)  # coalesced: at most one birth per REBIRTH_MIN_INTERVAL
+            return {"gen": self.pipeline.gen}
+        raise intake.CommandRefused(f"unknown command {c.cmd!r}; known: ping, rebirth", c.id, c.cmd)
+
+    def _ack(self, cid: str | int | None, ok: bool, *, cmd: str | None = None, result: Any = None,
+             error: str | None = None) -> bool:
+        """Queue an acknowledgement (strict JSON, bounded: ``cid`` and ``cmd`` are checked by ``intake``).
+        False if the answer was dropped because answers are over their rate."""
+        if not self.gate.may_answer():
+            return False
         doc: dict[str, Any] = {"id": cid, "cmd": cmd, "ok": ok, "ts": round(time.time(), 3)}
         if ok:
             doc["result"] = result
         else:
             doc["error"] = error
         self._queue_event(self.topics.ack, dumps(doc), time.time())
+        return True
 
     # ------------------------------------------------------------------------------ local writes
 
@@ -339,8 +348,7 @@ class Agent:
         # The alias map of this run travels in the outbox too (events go first), so that telemetry queued now
         # stays decodable even if it is only delivered after a later run has published another birth.
         await self._append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()), time.time())])
-        for p in self.site.problems:
-            log.error("config: %s", p)
+        self._announce_config_problems()
         if self.site.model.uplink.cleartext_credentials:
             log.warning("uplink: credentials are sent in cleartext to %s (uplink.allow_insecure: true)",
                         self.site.model.uplink.host)
@@ -371,6 +379,31 @@ class Agent:
             await self._stop_devices(devices)
             await self.status_server.stop()
             await self.outbox.close()
+
+    def _announce_config_problems(self) -> None:
+        """Devices skipped at start-up (a broken entry or profile) are announced upstream as a ``config`` event,
+        not only in the local log: nobody reads the journal of a box in a school's basement."""
+        if not self.site.problems:
+            return
+        for p in self.site.problems:
+            log.error("config: %s", p)
+        try:
+            entries = self._device_entries()
+        except EdgeAgentError:
+            entries = []
+        configured = [e.get("name") for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+        loaded = {d.name for d in self.site.devices}
+        skipped = [n for n in configured if n not in loaded]
+        self.event(Event("agent", "config", {"result": "skipped", "devices": skipped[:100],
+                                             "problems": [str(p) for p in self.site.problems[:50]]},
+                         Severity.WARNING))
+
+    def _device_entries(self) -> list[Any]:
+        from agent.config.yamlloc import load_file
+
+        data = load_file(self.site.file).data
+        entries = data.get("devices") if isinstance(data, dict) else None
+        return entries if isinstance(entries, list) else []
 
     async def _reloader(self) -> None:
         """SIGHUP: load the site file again. It is applied (clean stop, the caller re-execs) unless it would
@@ -405,13 +438,9 @@ class Agent:
     def _check_reload(self) -> tuple[list[str], list[str]]:
         """(problems that block the reload, problems that only keep a not-running device off)."""
         from agent.config import load_site
-        from agent.config.yamlloc import load_file
 
         new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
-        data = load_file(self.site.file).data
-        entries = data.get("devices") if isinstance(data, dict) else None
-        if not isinstance(entries, list):
-            entries = []
+        entries = self._device_entries()
         running = {d.name for d in self.site.devices if d.name in self.runners}
         blocking: list[str] = []
         other: list[str] = []
@@ -492,6 +521,7 @@ class Agent:
                        "store_error": self.store_error, "events_dropped_queue": self.events_dropped,
                        "held_in_memory": len(self._unstored), "dropped_unstored": self.unstored_dropped,
                        "dropped_oversize": self.oversize_dropped},
+            "commands": {**self.gate.stats(), "retained_ignored": self.uplink.retained_ignored},
             "pipeline": {"offered": self.pipeline.offered, "reported": self.pipeline.reported,
                          "gen": self.pipeline.gen},
             "devices": devices,

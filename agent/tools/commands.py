@@ -121,13 +121,24 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "monitor", help="subscribe to a broker and print decoded messages of a site",
         description="Subscribe to a broker and print every message of a site decoded: births, telemetry with "
-                    "point names and units, events, command acknowledgements. Ctrl-C stops it.",
-        epilog=epilog(["edge-agent monitor --broker mqtt://127.0.0.1:1883",
+                    "point names and units, events, command acknowledgements. With --config it connects as the "
+                    "agent does (TLS, client certificate, credentials, server name), under its own client id. "
+                    "Ctrl-C stops it.",
+        epilog=epilog(["edge-agent monitor --config /etc/edge-agent/site.yaml",
+                       "edge-agent monitor --broker mqtt://127.0.0.1:1883",
                        "edge-agent monitor --site townhall-7 --count 10 --json"],
-                      {0: "stopped (Ctrl-C or --count reached)", 1: "cannot reach or talk to the broker"}))
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port (default: %(default)s)")
-    p.add_argument("--prefix", default="ea/v1", help="topic prefix (default: %(default)s)")
-    p.add_argument("--site", default="+", help="site id (default: all)")
+                      {0: "stopped (Ctrl-C or --count reached)",
+                       1: "cannot reach or talk to the broker (timeout, refused, TLS failure: one line)",
+                       2: "bad arguments (a broker URL without mqtt:// or mqtts://, an unreadable site file)"}))
+    p.add_argument("--config", "-c", default=None,
+                   help="site file: connect as the agent does (broker, TLS, client certificate, credentials, "
+                        "server name, prefix, site id)")
+    p.add_argument("--broker", default=None,
+                   help="mqtt://host:port (TCP) or mqtts://host:port (TLS) (default: the site file's, else "
+                        "mqtt://127.0.0.1:1883)")
+    p.add_argument("--prefix", default=None, help="topic prefix (default: the site file's, else ea/v1)")
+    p.add_argument("--site", default=None, help="site id (default: the site file's, else + for all)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="budget to connect, seconds")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages (0: never)")
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.set_defaults(func=cmd_monitor)
@@ -586,9 +597,26 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from agent.tools.monitor import monitor
+    import ssl
+
+    from agent.config import load_site
+    from agent.tools.monitor import monitor, target_for
 
     try:
-        return asyncio.run(monitor(args.broker, args.prefix, args.site, args.count, args.json))
+        site = load_site(args.config, strict=False) if args.config else None
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return 2
+    try:
+        target = target_for(args.broker, site, args.prefix, args.site)
+    except ValueError as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ssl.SSLError) as exc:
+        print(f"monitor: cannot load the TLS CA/certificate/key: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(monitor(target, args.count, args.json, args.timeout))
     except KeyboardInterrupt:
         return 0

@@ -1,5 +1,5 @@
 """The MQTT session: connect (TCP or mutual TLS), announce, drain the outbox with PUBACK-gated deletes,
-take commands; reconnect forever with capped, jittered exponential backoff.
+take commands; reconnect forever after a random delay (``reconnect_delay``).
 
 Delivery: each outbox row is published with QoS 1 and acknowledged in the outbox only after the broker's
 PUBACK (aiomqtt's ``publish(qos=1)`` returns then). A lost connection releases the leased rows, which are
@@ -29,6 +29,22 @@ from agent.uplink.topics import Topics
 log = logging.getLogger("edge_agent.uplink")
 
 CommandHandler = Callable[[bytes], Awaitable[None]]
+
+# Rebirths asked by commands are coalesced: at most one per this many seconds (a flood of `rebirth` commands
+# becomes one birth at the end of the window instead of one birth each). A new generation is not delayed.
+REBIRTH_MIN_INTERVAL = 5.0
+MAX_QUEUED_COMMANDS = 100  # received, not yet handled; beyond, paho's queue discards (bounded memory)
+
+
+def reconnect_delay(initial: float, longest: float, rnd: random.Random | None = None) -> float:
+    """Wait before a reconnect attempt: uniform in [initial, longest] (1-15 s by default), at every attempt.
+
+    Why not exponential: when the operator's broker restarts, every site loses its session in the same second.
+    Doubling delays (the old 1 s .. 60 s) keep the first retries of all sites together (a herd in the first
+    seconds) and, after a long outage, leave a box waiting up to 60 s (median ~20 s) after the broker answers
+    again. A fixed random window spreads 2,000 sites over it (at most ~12 % of them in any second) and bounds
+    the added downtime: median ~5 s, at most ``longest``. Retries against a dead broker cost one TCP SYN."""
+    return (rnd or random).uniform(initial, max(initial, longest))
 
 
 @dataclass
@@ -83,7 +99,8 @@ def build_tls_context(cfg: UplinkConfig, secrets: Secrets) -> ssl.SSLContext | N
 
 class Uplink:
     def __init__(self, cfg: UplinkConfig, secrets: Secrets, topics: Topics, outbox: Outbox,
-                 birth: Callable[[], dict[str, Any]], on_command: CommandHandler) -> None:
+                 birth: Callable[[], dict[str, Any]], on_command: CommandHandler,
+                 on_reset: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.secrets = secrets
         self.topics = topics
@@ -94,6 +111,11 @@ class Uplink:
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._rebirth = asyncio.Event()
+        self._reset_points = False  # a rebirth command asked for every point to be sent again
+        self._urgent = asyncio.Event()  # the next birth is a new generation: no coalescing wait
+        self.on_reset = on_reset
+        self._last_birth = -REBIRTH_MIN_INTERVAL  # monotonic time of the last birth published
+        self.retained_ignored = 0
         self.progress = time.monotonic()  # watchdog: last time the publisher loop was seen alive
 
     # -------------------------------------------------------------------------------------- session
@@ -113,12 +135,12 @@ class Uplink:
             timeout=cfg.connect_timeout,
             tls_context=build_tls_context(cfg, self.secrets),
             max_inflight_messages=cfg.max_inflight,
+            max_queued_incoming_messages=MAX_QUEUED_COMMANDS,  # a command flood is dropped, not buffered
             logger=logging.getLogger("edge_agent.uplink.paho"),
         )
 
     async def run(self) -> None:
         """Connect and serve forever; only cancellation ends it."""
-        backoff = self.cfg.backoff.initial
         while True:
             self.state.state = "connecting"
             try:
@@ -131,7 +153,6 @@ class Uplink:
                     self.state.next_retry = None
                     self.connected.set()
                     log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
-                    backoff = self.cfg.backoff.initial
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._publisher(client), name="uplink:publisher")
                         tg.create_task(self._commands(client), name="uplink:commands")
@@ -156,31 +177,50 @@ class Uplink:
                 self.state.connected = False
                 self.connected.clear()
             self.state.state = "offline"
-            delay = random.uniform(backoff / 2, backoff)
+            delay = reconnect_delay(self.cfg.backoff.initial, self.cfg.backoff.max)
             self.state.next_retry = time.time() + delay
             self.progress = time.monotonic() + delay
             await asyncio.sleep(delay)
-            backoff = min(backoff * 2, self.cfg.backoff.max)
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         t = self.cfg.publish_timeout
         await client.subscribe(self.topics.command, qos=1, timeout=t)
-        await client.publish(self.topics.birth, dumps(self.birth_doc()), qos=1, retain=True, timeout=t)
+        self._rebirth.clear()  # this birth answers any rebirth requested while offline
+        self._urgent.clear()
+        await self._publish_birth(client)
         await client.publish(self.topics.status, dumps({"state": "online", "ts": round(time.time(), 3),
                                                         "agent": __version__}), qos=1, retain=True, timeout=t)
 
     def birth_doc(self) -> dict[str, Any]:
         return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3), **self.birth()}
 
-    def rebirth(self) -> None:
+    def rebirth(self, reset: bool = False, urgent: bool = False) -> None:
+        """Publish the birth again, coalesced unless ``urgent`` (a new generation); ``reset``: then send every
+        point again at its next read."""
+        self._reset_points = self._reset_points or reset
+        if urgent:
+            self._urgent.set()
         self._rebirth.set()
+
+    async def _publish_birth(self, client: aiomqtt.Client) -> None:
+        if self._reset_points:
+            self._reset_points = False
+            if self.on_reset is not None:
+                self.on_reset()
+        self._last_birth = time.monotonic()
+        await client.publish(self.topics.birth, dumps(self.birth_doc()), qos=1, retain=True,
+                             timeout=self.cfg.publish_timeout)
 
     async def _rebirther(self, client: aiomqtt.Client) -> None:
         while True:
             await self._rebirth.wait()
+            # Requests that arrive while we wait out the window are answered by this one birth.
+            with contextlib.suppress(TimeoutError):  # an urgent request ends the wait
+                async with asyncio.timeout(max(0.0, self._last_birth + REBIRTH_MIN_INTERVAL - time.monotonic())):
+                    await self._urgent.wait()
             self._rebirth.clear()
-            await client.publish(self.topics.birth, dumps(self.birth_doc()), qos=1, retain=True,
-                                 timeout=self.cfg.publish_timeout)
+            self._urgent.clear()
+            await self._publish_birth(client)
 
     async def goodbye(self) -> None:
         """Graceful shutdown: say offline (retained) before disconnecting; bounded."""
@@ -246,6 +286,13 @@ class Uplink:
     async def _commands(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:
             payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload or "").encode()
+            if msg.retain:
+                # The broker replays a retained message at every subscription, i.e. at every reconnect: a
+                # command is obeyed only when sent live.
+                self.retained_ignored += 1
+                log.warning("ignoring a retained message on %s (%d B): commands must not be published with "
+                            "retain; clear it with an empty retained message", msg.topic, len(payload))
+                continue
             try:
                 await self.on_command(payload)
             except Exception:  # a bad command must never take the session down
