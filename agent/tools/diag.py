@@ -22,6 +22,7 @@ from typing import Any
 
 from agent.core.status import agent_listening
 from agent.errors import ConfigError, EdgeAgentError
+from agent.tools import tlsfiles
 from agent.tools.helptext import epilog
 
 EXIT_REFUSED = 1  # docs/cli.md: 1 is "refused" for every command
@@ -186,8 +187,8 @@ async def diag_broker(site: Any, budget: float) -> Report:
     t0 = time.monotonic()
     try:
         ctx = build_tls_context(up, site.secrets)
-    except (OSError, ssl.SSLError) as exc:
-        r.add("TLS settings", t0, False, f"cannot load CA/certificate/key: {exc}")
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        r.add("TLS settings", t0, False, _tls_files_cause(up, site.secrets) or f"cannot load CA/certificate/key: {exc}")
         return r
     if ctx is not None:
         r.add("TLS settings", t0, True, "client certificate" if site.secrets.cert_file else "server check only")
@@ -206,11 +207,25 @@ async def diag_broker(site: Any, budget: float) -> Report:
         r.add("MQTT session", t0, False, f"no MQTT session within {budget:g} s{hint}")
     except aiomqtt.MqttError as exc:
         cause = exc.__cause__ or exc.__context__
-        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(exc)
-        r.add("MQTT session", t0, False, f"refused: {reason}")
+        if isinstance(cause, ssl.SSLError):
+            r.add("MQTT session", t0, False, f"TLS failed: {tlsfiles.handshake_problem(cause)}")
+        else:
+            reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(exc)
+            r.add("MQTT session", t0, False, f"refused: {reason}")
     except (OSError, ssl.SSLError) as exc:
         r.add("MQTT session", t0, False, f"{type(exc).__name__}: {exc}")
     return r
+
+
+def _tls_files_cause(up: Any, secrets: Any) -> str | None:
+    """What is wrong with the site's TLS files, in words (a swapped certificate and key, a CA that is a key)."""
+    from pathlib import Path
+
+    ca = up.tls.ca_file if up.tls else None
+    problem = tlsfiles.ca_problem(Path(ca)) if ca else None
+    if not problem and secrets.cert_file and secrets.key_file:
+        problem = tlsfiles.pair_problem(Path(secrets.cert_file), Path(secrets.key_file))
+    return problem
 
 
 # ------------------------------------------------------------------------------------------------ device

@@ -264,3 +264,28 @@ def test_internal_error_is_one_line_and_debug_shows_the_traceback(tmp_path: Path
 
 def test_documented_codes_are_the_ones_the_cli_uses() -> None:
     assert documented_codes() == set(EXIT_CODES), (documented_codes(), set(EXIT_CODES))
+
+
+def test_monitor_and_diag_against_a_tls_broker(tmp_path: Path) -> None:
+    """A plain MQTT client on a TLS listener: a clear line and exit 1, no traceback (monitor and diag broker)."""
+    key, crt = tmp_path / "srv.key", tmp_path / "srv.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True, timeout=30)
+    b = Broker(tmp_path, tls={"ca": str(crt), "cert": str(crt), "key": str(key), "require_certificate": "false"})
+    b.start()
+    try:
+        plain_url = f"mqtt://127.0.0.1:{b.port}"
+        for argv in (["monitor", "--broker", plain_url],
+                     ["diag", "broker", "--timeout", "3", "--config",
+                      str(write_site(tmp_path, plain_url))]):
+            r = cli(*argv, timeout=60)
+            clean(r, " ".join(argv[:2]))
+            assert r.rc == 1, (argv, r.rc, r.err, r.out)
+            if argv[0] == "monitor":
+                # the last line is the command's own (a library may log one line of its own before it)
+                assert r.err.strip().splitlines()[-1].startswith("edge-agent monitor: error:"), r.err
+            else:
+                assert "FAIL" in r.out, r.out
+    finally:
+        b.stop()

@@ -65,7 +65,7 @@ def test_verify_with_a_real_executable(tmp_path: Path) -> None:
     text = UNIT_SRC.read_text()
     assert text.count("ExecStart=/opt/edge-agent/bin/edge-agent ") == 1
     unit = tmp_path / "edge-agent.service"
-    unit.write_text(text.replace("=/opt/edge-agent/bin/edge-agent ", f"={exe} "))
+    unit.write_text(text.replace("/opt/edge-agent/bin/edge-agent ", f"{exe} "))
     # --man=no: Documentation=man:edge-agent(1) exists only where the package is installed (test_deb.py
     # verifies the installed unit with the man page check on).
     proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
@@ -105,7 +105,7 @@ def test_what_the_agent_needs_is_still_granted() -> None:
 def test_every_relaxation_is_explained() -> None:
     text = UNIT_SRC.read_text()
     for what in ("PrivateDevices=no", "SupplementaryGroups=dialout", "RestrictAddressFamilies=", "ProcSubset",
-                 "PrivateUsers"):
+                 "PrivateUsers", "ExecReload=+"):
         idx = text.find(what)
         assert idx >= 0, what
         before = text[max(0, idx - 900):idx]
@@ -118,7 +118,8 @@ def test_reload_validates_before_it_signals() -> None:
     stops at the first failure). The end-to-end check is in test_systemd.py (broken_reload_*)."""
     s = unit_settings()
     site = s["ExecStart"][0].split("--config ", 1)[1].split()[0]
-    assert s["ExecReload"] == [f"/opt/edge-agent/bin/edge-agent validate {site}", "/bin/kill -HUP $MAINPID"]
+    assert s["ExecReload"] == [f"+/usr/bin/env -u CREDENTIALS_DIRECTORY /opt/edge-agent/bin/edge-agent validate {site}",
+                               "/bin/kill -HUP $MAINPID"]
 
 
 def test_no_unimplemented_feature_is_promised() -> None:
