@@ -255,8 +255,9 @@ class BACnetConnection(BaseModel):
         "empty: found by a Who-Is for device_instance"
     )
     local_address: str = Field(
-        "host", description="this box's BACnet/IP interface as IP/prefix (e.g. 192.168.10.5/24); 'host' = "
-        "the interface of the default route. Devices with the same local address and port share one socket"
+        "host", description="this box's BACnet/IP interface: IP/prefix (192.168.10.5/24), an IP (the prefix is "
+        "taken from the interface holding it), an interface name (eth0), or 'host' = the interface of the "
+        "default route. Devices with the same local address and port share one socket"
     )
     local_port: int = Field(47808, ge=1, le=65535, description="local UDP port (BACnet/IP: 47808 = 0xBAC0)")
     local_instance: int = Field(
@@ -280,9 +281,15 @@ class BACnetConnection(BaseModel):
     @field_validator("local_address")
     @classmethod
     def _local(cls, v: str) -> str:
-        if v == "host" or re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}(/\d{1,2})?", v):
+        m = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3}){3})(?:/(\d{1,2}))?", v)
+        if m:
+            if any(int(o) > 255 for o in m.group(1).split(".")) or (m.group(2) and int(m.group(2)) > 32):
+                raise ValueError(f"{v!r} is not an IPv4 address with a prefix 0-32")
             return v
-        raise ValueError("expected 'host' or IP/prefix such as 192.168.10.5/24 (the port goes in local_port)")
+        if v == "host" or re.fullmatch(r"[A-Za-z][A-Za-z0-9_.@-]{0,14}", v):
+            return v
+        raise ValueError("expected 'host' or IP/prefix such as 192.168.10.5/24, an IP, or an interface name "
+                         "such as eth0 (the port goes in local_port)")
 
     @property
     def bus_key(self) -> str:

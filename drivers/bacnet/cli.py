@@ -27,7 +27,9 @@ def _progress(msg: str) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--local", default="host", help="this box's interface as IP/prefix (default: host)")
+    p.add_argument("--local", default="host",
+                   help="this box's interface: IP/prefix, IP, interface name (eth0), or host (default: the "
+                   "interface of the default route)")
     p.add_argument("--port", type=int, default=47808, help="local UDP port (default 47808)")
     p.add_argument("--local-instance", type=int, default=4194000, help="this box's device instance")
     p.add_argument("--bbmd", help="register as foreign device with this BBMD (IP[:port])")
@@ -61,9 +63,18 @@ def register(subparsers: Any) -> None:
 
 
 def _conn(args: argparse.Namespace, **kw: Any) -> BACnetConnection:
-    return BACnetConnection(device_instance=kw.get("device_instance", 0), address=kw.get("address"),
-                            local_address=args.local, local_port=args.port, local_instance=args.local_instance,
-                            bbmd=args.bbmd)
+    from pydantic import ValidationError
+
+    try:
+        return BACnetConnection(device_instance=kw.get("device_instance", 0), address=kw.get("address"),
+                                local_address=args.local, local_port=args.port,
+                                local_instance=args.local_instance, bbmd=args.bbmd)
+    except ValidationError as exc:  # one line per bad option, as the user typed it
+        opts = {"local_address": "--local", "local_port": "--port", "local_instance": "--local-instance",
+                "bbmd": "--bbmd", "address": "--address", "device_instance": "DEVICE"}
+        raise ValueError("; ".join(f"{opts.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else ''}: "
+                                   f"{e['msg'].removeprefix('Value error, ')}"
+                                   for e in exc.errors(include_url=False))) from None
 
 
 # ------------------------------------------------------------------------------------------------ discover
@@ -94,7 +105,7 @@ async def discover(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from .driver import open_application
 
-    app = await open_application(_conn(args))
+    app = await open_application(_conn(args), shared_ok=True)
     try:
         _progress(f"Who-Is {args.low}-{args.high}, waiting {args.timeout:g}s for I-Am...")
         if args.address:
@@ -168,7 +179,7 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
 
     from .driver import open_application, to_value
 
-    app = await open_application(_conn(args))
+    app = await open_application(_conn(args), shared_ok=True)
     try:
         inst = args.device
         if args.address:
