@@ -276,7 +276,9 @@ class BACnetDriver(Driver):
         self.quirks = BACnetDeviceQuirks.model_validate(self.device.profile.device)
         self.timeout = float(self.device.model.timeout)
         self.retries = int(self.device.model.retries)
-        self.facts = DeviceFacts()
+        # until the device answers (and for `plan` without a running agent): what the profile says, from a scan
+        self.facts = DeviceFacts(segmentation=self.quirks.segmentation or "unknown",
+                                 rpm=self.quirks.read_property_multiple != "never")
         self.address: Address | None = None
         self.app: Application | None = None
         self._bus: BACnetBus | None = None
