@@ -184,6 +184,15 @@ class Agent:
             data["device"] = device
         self.event(Event(source, "write", data, Severity.INFO if result == "ok" else Severity.WARNING))
 
+    def plan(self, device: str) -> list[dict[str, Any]] | None:
+        """The running driver's plan: the device's limits as it answered, splits learned at run time."""
+        self.device(device)
+        runner = self.runners.get(device)
+        driver = runner.driver if runner is not None else None
+        if driver is None:
+            raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
+        return driver.plan()
+
     def device(self, name: str) -> DeviceConfig:
         for d in self.site.devices:
             if d.name == name:

@@ -1,6 +1,7 @@
 """Local status socket: one JSON request per line, one JSON answer per line, on a Unix socket only
 reachable by root and the agent's group (the field tech's laptop uses ``edge-agent status`` over SSH or the
-console). Requests: ``{"op": "status"}``, ``{"op": "write", "device": D, "point": P, "value": V}``.
+console). Requests: ``{"op": "status"}``, ``{"op": "write", "device": D, "point": P, "value": V}``,
+``{"op": "plan", "device": D}``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class StatusServer:
         try:
             if op == "status":
                 return {"ok": True, "status": self.agent.snapshot()}
+            if op == "plan":
+                return {"ok": True, "plan": self.agent.plan(str(req.get("device")))}
             if op == "write":
                 value = await self.agent.write(str(req.get("device")), str(req.get("point")), req.get("value"))
                 return {"ok": True, "written": value}

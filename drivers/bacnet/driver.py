@@ -440,11 +440,10 @@ class BACnetDriver(Driver):
         ``max_apdu``) and unsegmented replies are assumed, so the printed plan may have more requests."""
         out = []
         max_apdu = min(self.facts.max_apdu, self.quirks.max_apdu or OWN_MAX_APDU, OWN_MAX_APDU)
-        for cls in ("fast", "slow"):
-            pts = [cast(BACnetPoint, p) for p in self.polled_points() if p.poll == cls]
-            for b in self.batches(pts):
+        for cycle, pts in self.cycles():
+            for b in self.batches([cast(BACnetPoint, p) for p in pts]):
                 out.append({
-                    "poll": cls, "service": b.service, "address": str(self.address or self.conn.address),
+                    "cycle": cycle, "service": b.service, "address": str(self.address or self.conn.address),
                     "max_apdu": max_apdu,
                     "properties": len(b.points), "objects": len({p.object_id for p in b.points}),
                     "request_bytes": b.request_bytes, "reply_bytes": b.reply_bytes,

@@ -147,8 +147,8 @@ def test_plan_and_write_from_the_command_line(tmp_path: Path, capsys: pytest.Cap
             "local_port: 47809}\n")
         assert main(["plan", "ahu", "-c", str(site), "--json"]) == 0
         plan = json.loads(capsys.readouterr().out)
-        assert [(b["poll"], b["service"], b["properties"]) for b in plan] == [
-            ("fast", "read-property-multiple", 8), ("slow", "read-property-multiple", 1)]
+        assert [(b["cycle"], b["service"], b["properties"]) for b in plan] == [
+            ("fast", "read-property-multiple", 8), ("slow", "read-property-multiple", 9)]
         assert main(["write", "ahu", "room_setpoint", "24.5", "--direct", "-c", str(site)]) == 0
         assert "ahu.room_setpoint = 24.5" in capsys.readouterr().out
         assert _read_back(host, "present-value") == 24.5 and _read_back(host, "priority-array", 8) == 24.5
