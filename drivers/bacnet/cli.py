@@ -102,8 +102,14 @@ async def discover(args: argparse.Namespace) -> list[dict[str, Any]]:
     from bacpypes3.pdu import Address
 
     from .driver import open_application
+    from .localif import resolve_local
 
-    app = await open_application(_conn(args), shared_ok=True)
+    conn = _conn(args)
+    local = resolve_local(conn.local_address)
+    if local.endswith("/32") and not (args.address or args.broadcast or args.bbmd):
+        raise ValueError(f"--local {local} has no broadcast address, so a Who-Is reaches nobody: give the real "
+                         "prefix, --address, --broadcast or --bbmd")
+    app = await open_application(conn, local=local, shared_ok=True)
     try:
         _progress(f"Who-Is {args.low}-{args.high}, waiting {args.timeout:g}s for I-Am...")
         if args.address:

@@ -134,3 +134,15 @@ async def test_ip_without_prefix_and_a_second_stack_on_loopback(bacnet_lab: BACn
     with pytest.raises(DeviceUnreachable, match=f"another BACnet/IP stack already uses {bacnet_lab.client_host}"
                                                 ":47809 on this box"):
         await other.start()
+
+
+def test_discover_on_a_32_prefix_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """bacpypes3 on a /32 has no broadcast address: the Who-Is would fail in a background task
+    ("Task exception was never retrieved") and the command would report that nobody answered."""
+    from agent.cli import main
+
+    rc = main(["bacnet", "discover", "--local", "127.77.9.9/32", "--port", "47809", "--timeout", "0.3"])
+    err = capsys.readouterr().err
+    assert rc == 1 and _one_line(err) == (
+        "edge-agent bacnet discover: --local 127.77.9.9/32 has no broadcast address, so a Who-Is reaches "
+        "nobody: give the real prefix, --address, --broadcast or --bbmd")
