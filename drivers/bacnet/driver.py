@@ -153,7 +153,14 @@ async def open_application(conn: BACnetConnection, *, bind_timeout: float = BIND
     """
     local = local or resolve_local(conn.local_address)
     ip = local.partition("/")[0]
-    if other_stack(ip, conn.local_port):
+    # a socket this process closed a moment ago is released on the next loop iterations: look again briefly
+    busy = other_stack(ip, conn.local_port)
+    for _ in range(5 if busy else 0):
+        await asyncio.sleep(0.1)
+        busy = other_stack(ip, conn.local_port)
+        if not busy:
+            break
+    if busy:
         msg = (f"another BACnet/IP stack already uses {ip}:{conn.local_port} on this box (a second edge-agent, "
                "edge-agent bacnet discover/scan, a BMS tool?): the kernel would split the replies between the two")
         if not shared_ok:

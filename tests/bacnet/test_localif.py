@@ -146,3 +146,16 @@ def test_discover_on_a_32_prefix_is_one_line(capsys: pytest.CaptureFixture[str])
     assert rc == 1 and _one_line(err) == (
         "edge-agent bacnet discover: --local 127.77.9.9/32 has no broadcast address, so a Who-Is reaches "
         "nobody: give the real prefix, --address, --broadcast or --bbmd")
+
+
+async def test_reopening_right_after_close_is_not_another_stack() -> None:
+    """The supervisor may stop and start a device's shared socket back to back: the closed socket of this
+    process is not taken for another stack."""
+    from drivers.bacnet import BACnetConnection
+    from drivers.bacnet.driver import open_application
+    from tests.peers.bacnet import next_host
+
+    conn = BACnetConnection(device_instance=1, local_address=f"{next_host()}/8", local_port=47809)
+    for _ in range(3):
+        app = await open_application(conn)
+        app.close()
