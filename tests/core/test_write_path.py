@@ -108,7 +108,8 @@ async def test_plan_from_the_running_agent_is_what_goes_on_the_wire(tmp_path: Pa
         "driver: modbus\ndefaults: {table: holding}\ndevice: {max_gap: 4}\npoints:\n"
         "  - {name: a, address: 0}\n  - {name: b, address: 6}\n"
         "  - {name: s, address: 3, poll: slow}\n"  # fills the gap: 0-6 in one read on slow cycles
-        "  - {name: c, address: 18}\n  - {name: d, address: 22}\n")  # 19-21 unmapped: 18-22 refused, split
+        "  - {name: c, address: 18}\n  - {name: d, address: 22}\n"  # 19-21 unmapped: 18-22 refused, split
+        "  - {name: w, address: 40, access: read-write, enabled: false}\n")  # not mapped: writes refused
     peer = await ModbusPeer({1: {"holding": {a: a for a in [*range(0, 19), 22]}}}).start()
     dev = (f"  - {{name: m, type: wire, interval: 0.2s, slow_interval: 0.6s, timeout: 1s, "
            f"connection: {{host: 127.0.0.1, port: {peer.port}}}}}\n")
@@ -117,7 +118,7 @@ async def test_plan_from_the_running_agent_is_what_goes_on_the_wire(tmp_path: Pa
         offline = json.loads((await asyncio.to_thread(cli, "plan", "m", "-c", str(site), "--json")).stdout)
         assert [(r["cycle"], r["start"], r["count"]) for r in offline] == [
             ("fast", 0, 1), ("fast", 6, 1), ("fast", 18, 5), ("slow", 0, 7), ("slow", 18, 5)]
-        async with running_agent(site):
+        async with running_agent(site) as agent:
             for _ in range(100):
                 if peer.reads.count((3, 0, 7)) >= 2:  # two slow cycles done
                     break
@@ -129,6 +130,13 @@ async def test_plan_from_the_running_agent_is_what_goes_on_the_wire(tmp_path: Pa
             seen = len(peer.reads)
             await asyncio.sleep(1.0)
             recent = {(a, n) for _, a, n in peer.reads[seen:]}
+            # a write the device refuses is a failed write event with the device's reason
+            w = await asyncio.to_thread(cli, "write", "m", "w", "5", "-c", str(site))
+            assert w.returncode == 1 and "write refused by the device: exception 2" in w.stderr, w.stderr
+            events = [json.loads(e.body)["data"] for e in await agent.outbox.take(500) if e.topic.endswith("/e/m")]
+            failed = [e for e in events if e.get("result") == "failed"]
+            assert failed == [{"point": "w", "value": "5", "result": "failed",
+                               "reason": "m.w: write refused by the device: exception 2 illegal data address"}]
         assert [(r["cycle"], r["start"], r["count"], r.get("learned")) for r in live] == [
             ("fast", 0, 1, None), ("fast", 6, 1, None),
             ("fast", 18, 1, "split after exception 2"), ("fast", 22, 1, "split after exception 2"),
