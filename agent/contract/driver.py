@@ -114,8 +114,22 @@ class Driver(abc.ABC):
         return self.device.enabled_points
 
     def plan(self) -> list[dict[str, Any]] | None:
-        """The requests a poll cycle makes, for ``edge-agent plan`` (None: the driver has no plan)."""
+        """The requests poll cycles make, for ``edge-agent plan`` (None: the driver has no plan). Each row has
+        ``cycle``: ``fast`` (every interval: fast points) or ``slow`` (every slow_interval: fast and slow points
+        read together, as the supervisor asks for them when both are due); ``cycles`` gives the point sets."""
         return None
+
+    def cycles(self) -> list[tuple[str, list[PointBase]]]:
+        """The point sets of the two kinds of cycle, as the supervisor passes them to ``read``."""
+        polled = self.polled_points()
+        fast = [p for p in polled if p.poll == "fast"]
+        slow = [p for p in polled if p.poll == "slow"]
+        out: list[tuple[str, list[PointBase]]] = []
+        if fast:
+            out.append(("fast", fast))
+        if slow:
+            out.append(("slow", fast + slow))
+        return out
 
 
 def driver_class(device: DeviceConfig) -> type[Driver]:

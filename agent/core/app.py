@@ -209,6 +209,15 @@ class Agent:
             finished = False  # the probe is still running: answer with what is known now
         return {"ok": True, "finished": finished, "device": agent.snapshot()["devices"][device]}
 
+    def plan(self, device: str) -> list[dict[str, Any]] | None:
+        """The running driver's plan: the device's limits as it answered, splits learned at run time."""
+        self.device(device)
+        runner = self.runners.get(device)
+        driver = runner.driver if runner is not None else None
+        if driver is None:
+            raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
+        return driver.plan()
+
     def device(self, name: str) -> DeviceConfig:
         for d in self.site.devices:
             if d.name == name:

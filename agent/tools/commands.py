@@ -91,13 +91,19 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "plan", help="print the requests one poll cycle of a device makes",
         description="Print the requests one poll cycle of DEVICE makes (Modbus: unit, table, start, count and "
-                    "the points each request carries). Talks to no device.",
-        epilog=epilog(["edge-agent plan meter-main", "edge-agent plan meter-main --json"],
+                    "the points each request carries; the slow cycle, where fast and slow points are read "
+                    "together; splits learned from exception 2). Asks the running agent first (the device's own "
+                    "limits, learned splits); without one, or with --offline, plans from the files. Talks to no "
+                    "device.",
+        epilog=epilog(["edge-agent plan meter-main", "edge-agent plan meter-main --json",
+                       "edge-agent plan meter-main --offline"],
                       {0: "plan printed", 1: "this driver has no request plan",
                        2: "no such device, or the site file is invalid"}))
     _site_arg(p)
     p.add_argument("device", metavar="DEVICE", help="device name in the site file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--offline", action="store_true", help="plan from the files even if the agent runs")
+    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
@@ -521,20 +527,45 @@ def _build_driver(args: argparse.Namespace) -> Any:
     return dev, cls(dev, DriverContext(site.id, site.state_dir))
 
 
+def _agent_plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]] | None, str]:
+    """The running agent's plan of the device (live device limits, learned splits), or None and why not."""
+    from agent.core.status import request
+
+    try:
+        ans = request(_socket_for(args), {"op": "plan", "device": args.device}, timeout=10)
+    except (OSError, ConfigError) as exc:
+        return None, f"no agent answering ({getattr(exc, 'strerror', None) or exc})"
+    if not ans.get("ok"):
+        return None, f"the agent says: {ans.get('error')}"
+    return ans.get("plan"), "from the running agent"
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
         dev, driver = _build_driver(args)
     except EdgeAgentError as exc:
         print(exc, file=sys.stderr)
         return 2
-    plan = driver.plan()
+    plan, source = (None, "--offline") if args.offline else _agent_plan(args)
+    if plan is None:
+        source = f"from the files ({source}): the device's own limits and learned splits are not known"
+        plan = driver.plan()
     if plan is None:
         print(f"driver {dev.driver!r} has no request plan", file=sys.stderr)
         return 1
     if args.json:
+        print(f"plan of {dev.name} {source}", file=sys.stderr)
         print(json.dumps(plan, indent=2, default=str))
         return 0
-    print(f"{dev.name}: {len(plan)} request(s) per cycle for {len(dev.enabled_points)} point(s)")
+    n_fast = sum(1 for r in plan if r.get("cycle", "fast") == "fast")
+    n_slow = len(plan) - n_fast
+    if n_fast and n_slow:
+        head = (f"{n_fast} request(s) per fast cycle, {n_slow} per slow cycle (fast and slow points read "
+                "together)")
+    else:
+        head = f"{len(plan)} request(s) per cycle"
+    print(f"{dev.name}: {head} for {len(dev.enabled_points)} point(s)")
+    print(f"  {source}")
     for i, req in enumerate(plan, 1):
         pts = req.get("points", [])
         head = "  ".join(f"{k}={v}" for k, v in req.items() if k not in ("points", "hints"))

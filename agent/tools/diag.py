@@ -250,7 +250,9 @@ async def diag_device(site: Any, dev: Any, budget: float) -> Report:
         return r
     plan = driver.plan()
     if plan is not None:
-        r.add("plan", t0, True, f"{len(plan)} request(s) for {len(dev.enabled_points)} point(s)")
+        n_fast = sum(1 for row in plan if row.get("cycle", "fast") == "fast")
+        slow = f" ({len(plan) - n_fast} on slow cycles)" if len(plan) > n_fast else ""
+        r.add("plan", t0, True, f"{n_fast} request(s){slow} for {len(dev.enabled_points)} point(s)")
     t0 = time.monotonic()
     try:
         async with asyncio.timeout(budget):

@@ -97,7 +97,10 @@ class RestartWatch:
             return Marker.UNSUPPORTED
         except (ErrorRejectAbortNack, DriverError, TimeoutError):
             return Marker.NO_ANSWER
-        return str(value)
+        text = str(value)
+        if "*" in text:  # a controller without a clock: an unspecified date/time never changes
+            return Marker.UNSUPPORTED
+        return text
 
     async def run(self) -> None:
         app = self.driver._app()

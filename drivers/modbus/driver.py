@@ -221,6 +221,7 @@ class ModbusDriver(Driver):
         self._last_request = 0.0
         self._bus: Bus | None = None
         self.stats = {"requests": 0, "cycles": 0, "splits": 0}
+        self._started = False  # plan(): hints only for what the device refused once it answers
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -249,6 +250,7 @@ class ModbusDriver(Driver):
                 device=self.name,
             )
         await self.bus.connect(self.timeout)
+        self._started = True
 
     def probe_now(self) -> None:
         self.breaker.open_until = 0.0  # still open (no retries) until the probe is answered
@@ -273,12 +275,21 @@ class ModbusDriver(Driver):
         return reqs
 
     def plan(self) -> list[dict[str, Any]]:
+        """What goes on the wire: the fast cycle, and the slow cycle where fast and slow points are planned
+        together (blocks merge); splits learned from exception 2 are included and marked."""
         out: list[dict[str, Any]] = []
-        for poll in ("fast", "slow"):
-            pts = [p for p in self.points if p.poll == poll]
-            for r in self._plan_for(pts):
-                row = {**r.as_dict(), "poll": poll}
-                hints = [h for p in r.points if (h := reference_hint(p.table, p.address))]
+        refused = self.lessons.refused
+        for cycle, pts in self.cycles():
+            for r in self._plan_for([cast(ModbusPoint, p) for p in pts]):
+                row = {**r.as_dict(), "cycle": cycle}
+                if (r.table, r.start) in refused and len(r.points) == 1:
+                    row["learned"] = "refused with exception 2 even alone"
+                elif r.isolated or any(e == r.start or b == r.end for b, e in self.lessons.holes.get(r.table, ())):
+                    row["learned"] = "split after exception 2"  # a piece, or bounded by a learned hole
+                # running: only points the device refused; from the files: every address that looks like one
+                hints = [h if self._started else f"if the device answers exception 2: {h}" for p in r.points
+                         if (h := reference_hint(p.table, p.address))
+                         and (not self._started or (p.table, p.address) in refused)]
                 if hints:
                     row["hints"] = hints
                 out.append(row)
@@ -379,6 +390,9 @@ class ModbusDriver(Driver):
                     changed = True
                     ok += 1  # the device answered
                     continue
+                if exc.code == 2 and (req.table, req.start) not in self.lessons.refused:
+                    self.lessons.refused.add((req.table, req.start))  # refused alone: never joined again
+                    self._plans.clear()
                 if exc.code == 6:
                     device_errors.append(DeviceBusy(str(exc), device=self.name))
                 elif exc.code in (10, 11):

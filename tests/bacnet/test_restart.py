@@ -121,10 +121,24 @@ async def test_i_am_is_a_restart_only_when_the_restart_time_says_so(bacnet_lab: 
         await asyncio.sleep(0.5)
         assert drv.restarts == 0 and not sink.events
         assert sim.requests["SubscribeCOVRequest"] == 0 and sim.requests["ReadPropertyRequest"] == 1  # one check
-    # a device without time-of-device-restart that forgot its subscriptions and announces itself
-    sim2 = await bacnet_lab.sim(instance=1002)
-    del sim2.app.device_object.timeOfDeviceRestart
-    drv2 = await bacnet_lab.driver("ahu", sim2, name="ahu2", interval="30s")
+
+    # a device without time-of-device-restart (or with an unspecified one: no clock) that forgot its
+    # subscriptions and announces itself
+    await _i_am_restarts(bacnet_lab, client, 1002, None)
+    await _i_am_restarts(bacnet_lab, client, 1003, "unspecified")
+
+
+async def _i_am_restarts(bacnet_lab: BACnetLab, client: Address, instance: int, restart_time: str | None) -> None:
+    from bacpypes3.basetypes import DateTime, TimeStamp
+    from bacpypes3.primitivedata import Date, Time
+
+    sim2 = await bacnet_lab.sim(instance=instance)
+    if restart_time is None:
+        del sim2.app.device_object.timeOfDeviceRestart
+    else:
+        sim2.app.device_object.timeOfDeviceRestart = TimeStamp(dateTime=DateTime(
+            date=Date((255, 255, 255, 255)), time=Time((255, 255, 255, 255))))
+    drv2 = await bacnet_lab.driver("ahu", sim2, name=f"ahu{instance}", interval="30s")
     async with following(drv2) as sink:
         await sink.wait_for(lambda s: s.point == "room_temp", 5)
         assert sim2.drop_subscriptions() == 1

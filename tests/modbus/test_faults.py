@@ -222,8 +222,11 @@ async def test_lessons_apply_to_every_point_set(tmp_path: Path) -> None:
         s = by_name(await drv.read(drv.points))
         assert [s[n].value for n in "abxy"] == [1, 2, 3, 4]
         assert drv.stats["requests"] - sent == 2 and drv.stats["splits"] == 1  # 0-1 and 10-11, no refusal
-        assert [(r["start"], r["count"], r["poll"]) for r in drv.plan()] == [(0, 2, "fast"), (10, 1, "fast"),
-                                                                          (11, 1, "slow")]
+        # plan shows both cycles as they go on the wire: the slow one reads x and y in one request; both are
+        # cut at the hole learned from exception 2
+        assert [(r["start"], r["count"], r["cycle"], r.get("learned")) for r in drv.plan()] == [
+            (0, 2, "fast", "split after exception 2"), (10, 1, "fast", "split after exception 2"),
+            (0, 2, "slow", "split after exception 2"), (10, 2, "slow", "split after exception 2")]
     finally:
         await drv.stop()
         await peer.stop()
@@ -234,8 +237,8 @@ def test_plan_needs_no_connection(tmp_path: Path) -> None:
     prof = write_profile(tmp_path, PROFILE)
     drv = make_driver(prof, {"host": "127.0.0.1", "port": free_port(), "unit": 9}, DriverContext("t", tmp_path))
     assert drv.plan() == [
-        {"unit": 9, "table": "holding", "start": 0, "count": 2, "points": ["a", "b"], "poll": "fast"},
-        {"unit": 9, "table": "holding", "start": 100, "count": 2, "points": ["x", "y"], "poll": "fast"},
+        {"unit": 9, "table": "holding", "start": 0, "count": 2, "points": ["a", "b"], "cycle": "fast"},
+        {"unit": 9, "table": "holding", "start": 100, "count": 2, "points": ["x", "y"], "cycle": "fast"},
     ]
 
 

@@ -50,6 +50,9 @@ async def test_exception_2_on_a_reference_number_says_so(tmp_path: Path) -> None
         # the second cycle (learned plan, single reads) says the same
         again = {s.point: s for s in await drv.read(drv.points)}
         assert again["setpoint"].error == got["setpoint"].error
+        # once the device answered, plan hints only at what it refused
+        hinted = {h.split(" ")[1] for r in drv.plan() for h in r.get("hints", [])}
+        assert hinted == {"40001", "30002", "30005"}
         with pytest.raises(ProtocolError, match=r"exception 2 illegal data address \(address 40001 looks like a "
                                                 r"4xxxx reference number: .* 0-based address 0"):
             await drv.write(check_write(drv.device, "setpoint", 21), 21)
@@ -74,16 +77,16 @@ def test_plan_shows_the_hint(tmp_path: Path) -> None:
 
     rows = json.loads(plan("--json"))
     hints = [h for r in rows for h in r.get("hints", [])]
-    assert hints == [
+    assert hints == [f"if the device answers exception 2: {h}" for h in [
         "address 30005 looks like a 3xxxx reference number: input register 30005 is 0-based address 4 "
         "(table: input, address: 4)",
         "address 40001 looks like a 4xxxx reference number: holding register 40001 is 0-based address 0 "
         "(address: 0)",
         "address 30002 looks like a 3xxxx reference number: input register 30002 is 0-based address 1 "
         "(address: 1)",
-    ]
+    ]]
     text = plan()
-    assert "     hint: address 40001 looks like a 4xxxx reference number" in text
+    assert "     hint: if the device answers exception 2: address 40001 looks like a 4xxxx reference number" in text
 
 
 @pytest.mark.parametrize(("address", "message"), [
