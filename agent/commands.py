@@ -196,7 +196,8 @@ def render_status(st: dict[str, Any], only: str | None = None) -> str:
         + (f"  last error: {u['last_error']}" if u.get("last_error") else ""),
         f"outbox   {o.get('depth', 0)} queued ({o.get('bytes', 0)} B of {o.get('max_bytes', 0)} B), oldest "
         f"{_age(o.get('oldest_age'))}, dropped {o.get('dropped_total', 0)} "
-        f"(telemetry {o.get('dropped_telemetry', 0)}, events {o.get('dropped_events', 0)})"
+        f"(telemetry {o.get('dropped_telemetry', 0)}, events {o.get('dropped_events', 0)}, "
+        f"refused {o.get('dropped_refused', 0)})"
         + (f"  STORE ERROR: {o['store_error']}" if o.get("store_error") else ""),
     ]
     for p in a.get("config_problems") or []:

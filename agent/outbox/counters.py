@@ -24,14 +24,15 @@ class Counters:
         self.count = [0, 0]  # rows by Kind (leased included)
         self.bytes = [0, 0]  # charged bytes by Kind
         self.dropped = [0, 0]  # by Kind, persisted in meta
+        self.refused = 0  # rows set aside because the client or broker refuses them for good (meta)
         self.oldest_ts: float | None = None
         self.last_seq = 0
 
-    def load(self, count: list[int], size: list[int], dropped: list[int], last_seq: int,
+    def load(self, count: list[int], size: list[int], dropped: list[int], refused: int, last_seq: int,
              oldest_ts: float | None) -> None:
         """Replace every figure with what the database says (open/recovery); leases are forgotten."""
         with self.lock:
-            self.count, self.bytes, self.dropped = count, size, dropped
+            self.count, self.bytes, self.dropped, self.refused = count, size, dropped, refused
             self.leased.clear()
             self.leased_count = [0, 0]
             self.last_seq = last_seq
@@ -92,9 +93,11 @@ class Counters:
             self.oldest_ts = head
             return sum(self.bytes)
 
-    def removed(self, seqs: Iterable[int], gone_n: list[int], gone_b: list[int], head: float | None) -> None:
-        """Apply a committed delete of ``seqs`` (ack): counts, bytes, leases, head."""
+    def removed(self, seqs: Iterable[int], gone_n: list[int], gone_b: list[int], head: float | None,
+                refused: int = 0) -> None:
+        """Apply a committed delete of ``seqs`` (ack, or set aside as refused): counts, bytes, leases, head."""
         with self.lock:
+            self.refused += refused
             for k in KINDS:
                 self.count[k] -= gone_n[k]
                 self.bytes[k] -= gone_b[k]
@@ -110,6 +113,7 @@ class Counters:
                 ("last_seq", self.last_seq),
                 ("dropped_events", self.dropped[Kind.EVENT]),
                 ("dropped_telemetry", self.dropped[Kind.TELEMETRY]),
+                ("dropped_refused", self.refused),
             ]
 
     def stats(self, max_bytes: int) -> dict[str, Any]:
@@ -122,9 +126,10 @@ class Counters:
                 "events": self.count[ev],
                 "telemetry": self.count[tel],
                 "leased": len(self.leased),
-                "dropped_total": self.dropped[ev] + self.dropped[tel],
+                "dropped_total": self.dropped[ev] + self.dropped[tel] + self.refused,
                 "dropped_events": self.dropped[ev],
                 "dropped_telemetry": self.dropped[tel],
+                "dropped_refused": self.refused,
                 "last_seq": self.last_seq,
                 "max_bytes": max_bytes,
             }

@@ -142,6 +142,18 @@ class Outbox:
         if unique:
             await self._call(lambda: self._ops.ack(self._db(), unique))
 
+    async def set_aside(self, rows: Iterable[Stored], reason: str) -> None:
+        """Remove rows that can never be delivered (the client or the broker refuses them for a reason that
+        will not change, e.g. a wildcard in the topic): one such row at the head of the queue would otherwise
+        block the uplink forever. Each is logged and counted in ``dropped_refused`` (and ``dropped_total``)."""
+        gone = sorted({r.seq: r for r in rows}.values(), key=lambda r: r.seq)
+        if not gone:
+            return
+        await self._call(lambda: self._ops.ack(self._db(), [r.seq for r in gone], refused=True))
+        for r in gone:
+            log.error("outbox: set aside %s seq %d to %r (%d B): refused for good (%s); counted in "
+                      "dropped_refused", r.kind.name.lower(), r.seq, r.topic, len(r.body), reason)
+
     def release(self, seqs: Iterable[int]) -> None:
         """Hand leased rows back (publish failed) so the next ``take`` offers them again."""
         self._counters.release(seqs)

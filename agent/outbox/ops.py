@@ -111,8 +111,11 @@ class QueueOps:
             cur.close()  # an unfinished statement would pin a read snapshot and block checkpoints
         return out
 
-    def ack(self, conn: sqlite3.Connection, seqs: list[int]) -> None:
+    def ack(self, conn: sqlite3.Connection, seqs: list[int], *, refused: bool = False) -> None:
+        """Delete ``seqs``: delivered (PUBACK), or set aside because they can never be delivered
+        (``refused``: counted as dropped, persisted in ``meta`` with the delete)."""
         gone_n, gone_b = [0, 0], [0, 0]
+        what = "setting aside" if refused else "ack"
         try:
             conn.execute("BEGIN IMMEDIATE")
             for i in range(0, len(seqs), CHUNK):
@@ -125,8 +128,12 @@ class QueueOps:
                     if kind in KINDS:
                         gone_n[kind] += 1
                         gone_b[kind] += raw + ROW_OVERHEAD
+            n_refused = sum(gone_n) if refused else 0
+            if n_refused:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dropped_refused', ?)",
+                             (self.counters.refused + n_refused,))
             head = head_ts(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise self.fail(conn, f"ack of {len(seqs)} rows", exc) from exc
-        self.counters.removed(seqs, gone_n, gone_b, head)
+            raise self.fail(conn, f"{what} of {len(seqs)} rows", exc) from exc
+        self.counters.removed(seqs, gone_n, gone_b, head, n_refused)

@@ -184,7 +184,8 @@ class Opener:
             int(meta.get("dropped_telemetry", 0)) + lost[Kind.TELEMETRY],
         ]
         last_seq = max(int(meta.get("last_seq", 0)), max_seq, seq_floor)
-        counters.load(count, size, dropped, last_seq, head_ts(conn))
+        refused = int(meta.get("dropped_refused", 0))
+        counters.load(count, size, dropped, refused, last_seq, head_ts(conn))
         if seq_floor:
             # Persist the floor and the salvaged loss counts right away, before any append.
             conn.execute("BEGIN IMMEDIATE")

@@ -30,6 +30,10 @@ log = logging.getLogger("edge_agent.uplink")
 
 CommandHandler = Callable[[bytes], Awaitable[None]]
 
+REFUSED_FOR_GOOD = (ValueError, TypeError)
+"""What paho raises from ``publish`` for a message it will never send (a wildcard or empty topic, an
+oversized payload): such a row is set aside alone instead of failing the session and coming back first."""
+
 
 @dataclass
 class UplinkState:
@@ -40,6 +44,7 @@ class UplinkState:
     connects: int = 0
     published: int = 0
     publish_failures: int = 0
+    refused: int = 0  # rows set aside because the client refuses them (wildcard topic, ...)
     last_publish: float | None = None
     next_retry: float | None = None
 
@@ -204,9 +209,14 @@ class Uplink:
         acked: list[int] = []
         failure: list[BaseException] = []
 
+        refused: dict[str, list[Stored]] = {}
+
         async def one(row: Stored) -> None:
             try:
                 await client.publish(row.topic, self.payload(row), qos=1, timeout=self.cfg.publish_timeout)
+            except REFUSED_FOR_GOOD as exc:  # the client itself refuses this message: it will at every try
+                refused.setdefault(str(exc) or type(exc).__name__, []).append(row)
+                self.state.refused += 1
             except Exception as exc:
                 self.outbox.release([row.seq])
                 self.state.publish_failures += 1
@@ -234,6 +244,9 @@ class Uplink:
                 tasks.append(asyncio.create_task(one(row)))
             if tasks:
                 await asyncio.gather(*tasks)
+            for reason, bad in list(refused.items()):
+                del refused[reason]
+                await self.outbox.set_aside(bad, reason)
             if acked:
                 done = list(acked)
                 acked.clear()

@@ -407,7 +407,8 @@ async def test_stats_exact_through_operations_and_restart(tmp_path: Path, make_o
     ob = await make_outbox(max_bytes=2500)
     assert ob.stats() == {
         "depth": 0, "bytes": 0, "oldest_ts": None, "events": 0, "telemetry": 0, "leased": 0,
-        "dropped_total": 0, "dropped_events": 0, "dropped_telemetry": 0, "last_seq": 0, "max_bytes": 2500,
+        "dropped_total": 0, "dropped_events": 0, "dropped_telemetry": 0, "dropped_refused": 0, "last_seq": 0,
+        "max_bytes": 2500,
     }
     await ob.append([Record(Kind.TELEMETRY, "site/ü", b"x" * (i * 7 % 90), 500.0 + i) for i in range(30)])
     await ob.append([Record(Kind.EVENT, "ev/door", b"open" * i, 400.0 + i) for i in range(5)])

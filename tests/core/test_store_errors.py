@@ -76,3 +76,48 @@ async def test_message_over_the_broker_limit_is_dropped_alone(tmp_path: Path) ->
         rows = await agent.outbox.take(1000)
         assert any(r.topic.endswith("/e/door-1") for r in rows)
         assert not any(len(r.body) > 4096 for r in rows)
+
+
+async def test_row_the_client_refuses_is_set_aside_alone(tmp_path: Path) -> None:
+    """A birth queued under a wildcard prefix (an earlier run's bad config) is refused by the client at every
+    try: it is set aside and counted, and what is queued behind it is delivered on the first session."""
+    import time
+
+    from agent.outbox import Kind, Record
+    from tests.peers.mosquitto import Broker
+
+    from .agentkit import Collector
+
+    broker = Broker(tmp_path)  # port reserved, not started: both rows wait in the outbox
+    site = write_site(tmp_path, broker.url)
+    async with running_agent(site) as agent:
+        await agent.outbox.append([Record(Kind.EVENT, "ea/+/t1/birth", b'{"v": 1}', time.time())])
+        agent.event(Event("door-1", "door", {"state": "forced"}))
+        await asyncio.sleep(0.5)
+        broker.start()
+        try:
+            async with Collector(broker.port) as col:
+                await col.wait(lambda: any(m["kind"] == "e" and m["doc"].get("kind") == "door" for m in col.of("e")),
+                               10, "the door event behind the refused row")
+                await asyncio.sleep(1.0)  # long enough for a few reconnects of the old reset loop
+                assert agent.uplink.state.connects == 1, "a refused row must not reset the session"
+                st = agent.outbox.stats()
+                assert st["dropped_refused"] == 1 and st["dropped_total"] >= 1
+                assert agent.uplink.state.refused == 1
+                snap = agent.snapshot()["outbox"]
+                assert snap["dropped_refused"] == 1
+                rows = await agent.outbox.take(1000)
+                assert not any("+" in r.topic for r in rows)
+        finally:
+            agent.stop_event.set()
+            await asyncio.sleep(0.3)
+            broker.stop()
+    # the count survives a restart (meta)
+    from agent.outbox import Outbox
+
+    ob = Outbox(tmp_path / "state" / "outbox.sqlite")
+    await ob.open()
+    try:
+        assert ob.stats()["dropped_refused"] == 1
+    finally:
+        await ob.close()
