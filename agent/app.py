@@ -296,6 +296,7 @@ class Agent:
         """Run until ``stop_event`` is set; then shut down in bounded time."""
         self.site.state_dir.mkdir(parents=True, exist_ok=True)
         await self.outbox.open()
+        self._report_store_incident()
         # The alias map of this run travels in the outbox too (events go first), so that telemetry queued now
         # stays decodable even if it is only delivered after a later run has published another birth.
         await self._append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()), time.time())])
@@ -328,6 +329,14 @@ class Agent:
             await self._stop_devices(devices)
             await self.status_server.stop()
             await self.outbox.close()
+
+    def _report_store_incident(self) -> None:
+        """The outbox restarted its sequence space (new, emptied or damaged file...): say it upstream, with
+        what is known of the loss (docs/mqtt.md, event kind ``store``)."""
+        inc = self.outbox.incident
+        if inc is not None:
+            sev = Severity.WARNING if inc.result in ("fresh", "unproven") and inc.lost == 0 else Severity.ALARM
+            self.event(Event("agent", "store", inc.doc(), sev))
 
     async def _reloader(self) -> None:
         """SIGHUP: load the site file again. It is applied (clean stop, the caller re-execs) unless it would

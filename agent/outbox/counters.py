@@ -27,6 +27,9 @@ class Counters:
         self.refused = 0  # rows set aside because the client or broker refuses them for good (meta)
         self.oldest_ts: float | None = None
         self.last_seq = 0
+        self.epoch = 0  # first seq of this sequence space (0: the space of a file older than epochs)
+        self.lost_unknown = 0  # incidents where queued rows were lost in unknown number (meta)
+        self.gap: tuple[int, int] | None = None  # seq range of the last such incident (meta)
 
     def load(self, count: list[int], size: list[int], dropped: list[int], refused: int, last_seq: int,
              oldest_ts: float | None) -> None:
@@ -37,6 +40,10 @@ class Counters:
             self.leased_count = [0, 0]
             self.last_seq = last_seq
             self.oldest_ts = oldest_ts
+
+    def set_loss(self, unknown: int, gap: tuple[int, int] | None, epoch: int) -> None:
+        with self.lock:
+            self.lost_unknown, self.gap, self.epoch = unknown, gap, epoch
 
     # ------------------------------------------------------------------ leases
 
@@ -114,6 +121,9 @@ class Counters:
                 ("dropped_events", self.dropped[Kind.EVENT]),
                 ("dropped_telemetry", self.dropped[Kind.TELEMETRY]),
                 ("dropped_refused", self.refused),
+                ("epoch", self.epoch),
+                ("lost_unknown", self.lost_unknown),
+                *([("gap_from", self.gap[0]), ("gap_to", self.gap[1])] if self.gap else []),
             ]
 
     def stats(self, max_bytes: int) -> dict[str, Any]:
@@ -130,6 +140,9 @@ class Counters:
                 "dropped_events": self.dropped[ev],
                 "dropped_telemetry": self.dropped[tel],
                 "dropped_refused": self.refused,
+                "lost_unknown": self.lost_unknown,
+                "lost_seqs": list(self.gap) if self.gap else None,
                 "last_seq": self.last_seq,
+                "epoch": self.epoch,
                 "max_bytes": max_bytes,
             }

@@ -17,7 +17,8 @@ from .counters import Counters
 from .filelock import FileLock
 from .ops import QueueOps, Row
 from .records import DEFAULT_MAX_BYTES, ROW_OVERHEAD, Kind, Record, Stored, row_size
-from .recovery import Opener
+from .recovery import Incident, Opener
+from .seqmark import SeqMark
 from .trim import Trimmer
 
 T = TypeVar("T")
@@ -48,12 +49,15 @@ class Outbox:
         self.max_bytes = max_bytes
         self.sync = sync
         self._filelock = FileLock(self.path)
+        self._mark = SeqMark(self.path)
+        self._mark_at_open: int | None = None
+        self.incident: Incident | None = None  # why the sequence space restarted at the last open, if it did
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # created and used only on the worker thread
         self._open = False
         self._counters = Counters()
         self._trimmer = Trimmer(self.path)
-        self._ops = QueueOps(self.path, self._counters, self._trimmer)
+        self._ops = QueueOps(self.path, self._counters, self._trimmer, self._mark)
         self._opener = Opener(self.path, sync)
         self._pending = asyncio.Event()
 
@@ -69,6 +73,7 @@ class Outbox:
         if self._open:
             return
         self._filelock.acquire()
+        self._mark_at_open = self._mark.open()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._open = True
         try:
@@ -77,6 +82,7 @@ class Outbox:
             self._open = False
             self._executor.shutdown(wait=False)
             self._executor = None
+            self._mark.close()
             self._filelock.release()
             raise
         if self._counters.has_pending():
@@ -93,6 +99,7 @@ class Outbox:
             self._open = False
             self._executor = None
             executor.shutdown(wait=False)
+            self._mark.close()
             self._filelock.release()
 
     # ------------------------------------------------------------------ queue API
@@ -192,6 +199,12 @@ class Outbox:
         """
         await self._call(self._ping_sync)
 
+    @property
+    def epoch(self) -> int:
+        """First seq of the current sequence space (it restarts above a clock floor when continuity with the
+        last seq handed out cannot be proven); 0 for a space older than epochs. Published in the birth."""
+        return self._counters.epoch
+
     def stats(self) -> dict[str, Any]:
         """Exact queue figures from memory (no I/O): cheap enough for ``status`` and the watchdog."""
         return self._counters.stats(self.max_bytes)
@@ -233,7 +246,8 @@ class Outbox:
 
     def _open_sync(self) -> None:
         self._trimmer.reset()
-        self._conn = self._opener.open(self._counters)
+        self._conn, self.incident = self._opener.open(self._counters, self._mark_at_open)
+        self._mark.write(self._counters.last_seq)
 
     def _ping_sync(self) -> None:
         try:

@@ -11,6 +11,7 @@ from agent.errors import StoreError
 
 from .counters import Counters
 from .records import CHUNK, KINDS, ROW_OVERHEAD, SIZE_SQL, Kind, Stored, head_ts
+from .seqmark import SeqMark
 from .trim import Trimmer
 
 log = logging.getLogger("agent.outbox")
@@ -23,8 +24,9 @@ Row = tuple[int, str, bytes, float, int]  # kind, topic, body, ts, charged size
 class QueueOps:
     """One transaction per call; the in-memory counters are only updated after the commit."""
 
-    def __init__(self, path: Path, counters: Counters, trimmer: Trimmer) -> None:
+    def __init__(self, path: Path, counters: Counters, trimmer: Trimmer, mark: SeqMark) -> None:
         self.path = path
+        self.mark = mark
         self.counters = counters
         self.trimmer = trimmer
 
@@ -66,6 +68,7 @@ class QueueOps:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self.fail(conn, f"append of {len(rows)} records", exc) from exc
+        self.mark.write(seqs[-1])  # before any take can hand these seqs out
         total = c.appended(seqs[-1], added_n, added_b, dropped_n, dropped_b, head)
         self.trimmer.log_pressure(max_bytes, dropped_n, total, list(c.dropped))
         return seqs

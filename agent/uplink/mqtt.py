@@ -175,7 +175,8 @@ class Uplink:
                                                         "agent": __version__}), qos=1, retain=True, timeout=t)
 
     def birth_doc(self) -> dict[str, Any]:
-        return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3), **self.birth()}
+        return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3),
+                "epoch": self.outbox.epoch, **self.birth()}
 
     def rebirth(self) -> None:
         self._rebirth.set()
