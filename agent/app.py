@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .config import DeviceConfig, Site
 from .driver import DriverContext, check_write, coerce_cli_value
-from .errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
+from .errors import DeviceTimeout, DriverError, EdgeAgentError, StoreFull, WriteRefused
 from .model import DeviceHealth, Event, Sample, Severity, Value
 from .notify import Notifier
 from .outbox import Kind, Outbox, Record, row_size
@@ -223,9 +223,11 @@ class Agent:
                 log.info("outbox writable again; %d held records stored", len(batch))
             self.store_error = None
         except EdgeAgentError as exc:
-            # Keep running: devices keep their live state, status shows the problem.
-            if self.store_error != str(exc):
-                log.error("outbox: %s", exc)
+            # Keep running: devices keep their live state, status shows the problem. Logged once per streak.
+            if self.store_error is None:
+                hint = " (the disk is full: records are held in memory until there is room)" \
+                    if isinstance(exc, StoreFull) else ""
+                log.error("outbox: %s%s", exc, hint)
             self.store_error = str(exc)
             while len(batch) > UNSTORED_MAX:
                 victim = next((i for i, r in enumerate(batch) if r.kind == Kind.TELEMETRY), 0)
@@ -254,6 +256,9 @@ class Agent:
         publish_budget = self.site.model.uplink.publish_timeout * 3 + 30
         if self.uplink.connected.is_set() and now - self.uplink.progress > publish_budget:
             return False, "uplink publisher stalled"
+        failing = self.outbox.ack_failing_since
+        if self.uplink.connected.is_set() and failing is not None and now - failing > publish_budget:
+            return False, f"outbox makes no progress: delivered rows cannot be deleted for {now - failing:.0f} s"
         for name, r in self.runners.items():
             if now > r.deadline:
                 return False, f"device loop {name} stalled"

@@ -39,6 +39,10 @@ Design decisions
   ``ack``/``release``; consequently the store may exceed ``max_bytes`` by at most the bytes currently
   leased. Every drop is counted (total, events, telemetry), and the counters live in the ``meta`` table
   so they survive restarts.
+* **Storage faults** (see ``recovery``, ``seqmark``, ``space``): a damaged or unusable file is moved aside,
+  every start that cannot prove continuity of the sequence starts a new space above a clock floor, the WAL
+  is kept small and a margin and a reserve file keep deletes possible on a full disk; a delete that fails
+  keeps its rows as delivered (never resent) instead of failing the session.
 * **Errors** from SQLite or the file system surface as :class:`agent.errors.StoreError` chained to the
   original exception; a failed call rolls its transaction back, so committed rows are never lost and the
   in-memory counters are only updated after a successful commit.

@@ -20,6 +20,7 @@ class Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.leased: dict[int, Kind] = {}
+        self.delivered: set[int] = set()  # leased rows the broker acknowledged but the delete failed: kept leased
         self.leased_count = [0, 0]  # by Kind
         self.count = [0, 0]  # rows by Kind (leased included)
         self.bytes = [0, 0]  # charged bytes by Kind
@@ -37,6 +38,7 @@ class Counters:
         with self.lock:
             self.count, self.bytes, self.dropped, self.refused = count, size, dropped, refused
             self.leased.clear()
+            self.delivered.clear()
             self.leased_count = [0, 0]
             self.last_seq = last_seq
             self.oldest_ts = oldest_ts
@@ -57,14 +59,27 @@ class Counters:
     def release(self, seqs: Iterable[int]) -> None:
         with self.lock:
             for seq in seqs:
+                if seq in self.delivered:
+                    continue
                 kind = self.leased.pop(seq, None)
                 if kind is not None:
                     self.leased_count[kind] -= 1
 
     def release_all(self) -> None:
+        """Forget every lease except rows already delivered (they wait for their delete, not for a resend)."""
         with self.lock:
-            self.leased.clear()
-            self.leased_count = [0, 0]
+            kept = {s: k for s, k in self.leased.items() if s in self.delivered}
+            self.leased = kept
+            self.leased_count = [sum(1 for k in kept.values() if k == kind) for kind in KINDS]
+
+    def mark_delivered(self, seqs: Iterable[int]) -> None:
+        """The broker has these rows but the store could not delete them yet: never offer them again."""
+        with self.lock:
+            self.delivered.update(s for s in seqs if s in self.leased)
+
+    def delivered_list(self) -> list[int]:
+        with self.lock:
+            return list(self.delivered)
 
     def leased_set(self) -> set[int]:
         with self.lock:
@@ -109,6 +124,7 @@ class Counters:
                 self.count[k] -= gone_n[k]
                 self.bytes[k] -= gone_b[k]
             for seq in seqs:
+                self.delivered.discard(seq)
                 kind = self.leased.pop(seq, None)
                 if kind is not None:
                     self.leased_count[kind] -= 1
@@ -136,6 +152,7 @@ class Counters:
                 "events": self.count[ev],
                 "telemetry": self.count[tel],
                 "leased": len(self.leased),
+                "delivered_undeleted": len(self.delivered),
                 "dropped_total": self.dropped[ev] + self.dropped[tel] + self.refused,
                 "dropped_events": self.dropped[ev],
                 "dropped_telemetry": self.dropped[tel],

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from agent.errors import StoreError
+from agent.errors import StoreError, StoreFull
 
 from .counters import Counters
 from .filelock import FileLock
@@ -19,6 +19,7 @@ from .ops import QueueOps, Row
 from .records import DEFAULT_MAX_BYTES, ROW_OVERHEAD, Kind, Record, Stored, row_size
 from .recovery import Incident, Opener
 from .seqmark import SeqMark
+from .space import SpaceGuard
 from .trim import Trimmer
 
 T = TypeVar("T")
@@ -52,12 +53,14 @@ class Outbox:
         self._mark = SeqMark(self.path)
         self._mark_at_open: int | None = None
         self.incident: Incident | None = None  # why the sequence space restarted at the last open, if it did
+        self.ack_failing_since: float | None = None  # monotonic time of the first failed delete of a streak
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # created and used only on the worker thread
         self._open = False
         self._counters = Counters()
         self._trimmer = Trimmer(self.path)
-        self._ops = QueueOps(self.path, self._counters, self._trimmer, self._mark)
+        self._space = SpaceGuard(self.path)
+        self._ops = QueueOps(self.path, self._counters, self._trimmer, self._mark, self._space)
         self._opener = Opener(self.path, sync)
         self._pending = asyncio.Event()
 
@@ -143,11 +146,36 @@ class Outbox:
             self._pending.clear()
         return rows
 
-    async def ack(self, seqs: Iterable[int]) -> None:
-        """Delete rows the broker has acknowledged (PUBACK); unknown or already-gone seqs are ignored."""
-        unique = sorted(set(seqs))
-        if unique:
-            await self._call(lambda: self._ops.ack(self._db(), unique))
+    async def ack(self, seqs: Iterable[int]) -> bool:
+        """Delete rows the broker has acknowledged (PUBACK); unknown or already-gone seqs are ignored.
+
+        Returns ``False`` when the delete failed (disk full, I/O error): the rows are then kept as delivered,
+        never offered again in this run (not even after a reconnect), and deleted by the next ``ack`` that
+        commits (``ack([])`` retries). A failing ack is not a reason to drop the MQTT session; a store whose
+        deletes keep failing shows in :attr:`ack_failing_since` (the watchdog looks at it).
+        """
+        wanted = set(seqs)
+        unique = sorted(wanted | set(self._counters.delivered_list()))
+        if not unique:
+            return True
+        try:
+            try:
+                await self._call(lambda: self._ops.ack(self._db(), unique))
+            except StoreFull:
+                if not self._space.release_reserve():
+                    raise
+                await self._call(lambda: self._ops.ack(self._db(), unique))
+        except StoreError as exc:
+            self._counters.mark_delivered(wanted)
+            if self.ack_failing_since is None:
+                self.ack_failing_since = time.monotonic()
+                log.warning("outbox: cannot delete %d delivered rows (%s); they are kept and not sent again, the "
+                            "delete is retried", len(unique), exc)
+            return False
+        if self.ack_failing_since is not None:
+            log.info("outbox: deletes work again after %.1f s", time.monotonic() - self.ack_failing_since)
+            self.ack_failing_since = None
+        return True
 
     async def set_aside(self, rows: Iterable[Stored], reason: str) -> None:
         """Remove rows that can never be delivered (the client or the broker refuses them for a reason that
@@ -248,6 +276,7 @@ class Outbox:
         self._trimmer.reset()
         self._conn, self.incident = self._opener.open(self._counters, self._mark_at_open)
         self._mark.write(self._counters.last_seq)
+        self._space.make_reserve()
 
     def _ping_sync(self) -> None:
         try:

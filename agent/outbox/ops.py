@@ -7,11 +7,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from agent.errors import StoreError
+from agent.errors import StoreError, StoreFull
 
 from .counters import Counters
 from .records import CHUNK, KINDS, ROW_OVERHEAD, SIZE_SQL, Kind, Stored, head_ts
 from .seqmark import SeqMark
+from .space import SpaceGuard
 from .trim import Trimmer
 
 log = logging.getLogger("agent.outbox")
@@ -24,9 +25,10 @@ Row = tuple[int, str, bytes, float, int]  # kind, topic, body, ts, charged size
 class QueueOps:
     """One transaction per call; the in-memory counters are only updated after the commit."""
 
-    def __init__(self, path: Path, counters: Counters, trimmer: Trimmer, mark: SeqMark) -> None:
+    def __init__(self, path: Path, counters: Counters, trimmer: Trimmer, mark: SeqMark, space: SpaceGuard) -> None:
         self.path = path
         self.mark = mark
+        self.space = space
         self.counters = counters
         self.trimmer = trimmer
 
@@ -37,7 +39,8 @@ class QueueOps:
                 conn.rollback()
             except sqlite3.Error:
                 log.debug("rollback after failed %s also failed", what, exc_info=True)
-        return StoreError(f"outbox {what} failed ({self.path}): {exc}")
+        full = isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+        return (StoreFull if full else StoreError)(f"outbox {what} failed ({self.path}): {exc}")
 
     def append(self, conn: sqlite3.Connection, rows: list[Row], max_bytes: int) -> list[int]:
         c = self.counters
@@ -47,6 +50,10 @@ class QueueOps:
         for kind, _topic, _body, _ts, row_bytes in rows:
             added_n[kind] += 1
             added_b[kind] += row_bytes
+        try:
+            self.space.check_append(conn, sum(added_b))
+        except sqlite3.Error as exc:
+            raise self.fail(conn, f"append of {len(rows)} records", exc) from exc
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
@@ -69,6 +76,8 @@ class QueueOps:
         except sqlite3.Error as exc:
             raise self.fail(conn, f"append of {len(rows)} records", exc) from exc
         self.mark.write(seqs[-1])  # before any take can hand these seqs out
+        if not self.space.has_reserve:
+            self.space.make_reserve()  # after a release: again as soon as there is room
         total = c.appended(seqs[-1], added_n, added_b, dropped_n, dropped_b, head)
         self.trimmer.log_pressure(max_bytes, dropped_n, total, list(c.dropped))
         return seqs

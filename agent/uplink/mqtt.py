@@ -233,6 +233,8 @@ class Uplink:
             # Small takes: a new event never waits behind more than a few round trips of backlog.
             rows = await self.outbox.take(self.cfg.max_inflight * 4)
             if not rows:
+                if self.outbox.ack_failing_since is not None:
+                    await self.outbox.ack([])  # retry the deletes of delivered rows
                 await self.outbox.wait(timeout=1.0)
                 continue
             tasks: list[asyncio.Task[None]] = []
@@ -251,7 +253,7 @@ class Uplink:
             if acked:
                 done = list(acked)
                 acked.clear()
-                await self.outbox.ack(done)
+                await self.outbox.ack(done)  # a failed delete keeps the rows as delivered: no session reset
                 self.state.published += len(done)
                 self.state.last_publish = time.time()
             if failure:

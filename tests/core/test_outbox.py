@@ -414,7 +414,7 @@ async def test_stats_exact_through_operations_and_restart(tmp_path: Path, make_o
     assert b > (time.time() - 60) * 1e6  # a new outbox starts above the clock in µs
     assert ob.stats() == {
         "depth": 0, "bytes": 0, "oldest_ts": None, "events": 0, "telemetry": 0, "leased": 0,
-        "dropped_total": 0, "dropped_events": 0, "dropped_telemetry": 0, "dropped_refused": 0,
+        "delivered_undeleted": 0, "dropped_total": 0, "dropped_events": 0, "dropped_telemetry": 0, "dropped_refused": 0,
         "lost_unknown": 0, "lost_seqs": None, "last_seq": b, "epoch": b, "max_bytes": 2500,
     }
     await ob.append([Record(Kind.TELEMETRY, "site/ü", b"x" * (i * 7 % 90), 500.0 + i) for i in range(30)])

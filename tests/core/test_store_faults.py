@@ -4,13 +4,19 @@ after kill -9, foreign schemas, a full disk (a real small tmpfs). Real files, re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
+import struct
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.errors import StoreFull
 from agent.outbox import Kind, Outbox, Record
 
 from .agentkit import running_agent, write_site
@@ -20,14 +26,21 @@ BROKER = "mqtt://127.0.0.1:9"
 
 
 def damage_wal(db: Path) -> None:
-    """Overwrite the middle frame of the WAL a killed writer left: SQLite then silently ignores every frame
-    from there on, so the last commits are gone without any error."""
+    """Overwrite a frame of the WAL's current generation that a killed writer left: SQLite then silently
+    ignores every frame from there on, so the last commits are gone without any error."""
     wal = Path(f"{db}-wal")
-    page = 4096
-    frames = (wal.stat().st_size - 32) // (24 + page)
-    assert frames >= 4, "the killed writer left commits in the WAL"
+    data = wal.read_bytes()
+    page = struct.unpack(">I", data[8:12])[0]
+    ckpt_seq, salts = struct.unpack(">I", data[12:16])[0], data[16:24]
+    current = 0  # frames of the current generation: they carry the header's salts (older ones are stale)
+    while 32 + (current + 1) * (24 + page) <= len(data):
+        if data[32 + current * (24 + page) + 8: 32 + current * (24 + page) + 16] != salts:
+            break
+        current += 1
+    assert current >= 2, "the killed writer left commits in the WAL"
+    victim = 0 if ckpt_seq >= 1 else current // 2  # frame 0 only once the schema is in the main file
     with wal.open("r+b") as f:
-        f.seek(32 + (frames // 2) * (24 + page))
+        f.seek(32 + victim * (24 + page) + 24)
         f.write(b"\xa5" * 64)
 
 
@@ -161,3 +174,214 @@ async def test_corrupt_file_with_uncountable_rows_is_unknown_not_zero(
         assert ob2.stats()["last_seq"] >= max(seqs)
     finally:
         await ob2.close()
+
+
+# ------------------------------------------------------------------ a real full disk (tmpfs)
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str = "1m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted for the test and unmounted after it (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_up(path: Path, leave: int = 0) -> int:
+    """Write a filler file until the file system is full (or only ``leave`` bytes are left); returns its size."""
+    st = os.statvfs(path.parent)
+    target = max(0, st.f_bavail * st.f_frsize - leave)
+    written = 0
+    with path.open("wb") as f:
+        try:
+            while written < target:
+                n = min(4096, target - written) if leave else 4096
+                f.write(b"\0" * n)
+                f.flush()
+                written += n
+        except OSError:
+            pass
+    return written
+
+
+CHATTY = f"profiles_dirs: [{Path(__file__).parent / 'profiles'}]\n"
+
+
+async def test_full_disk_keeps_delivering_with_a_small_wal(tmp_path: Path) -> None:
+    """A backlog fills a 1 MiB tmpfs while the broker is away; appends fail. When the broker comes back, what
+    is stored is delivered at once, deletes make room, and what was held in memory is stored and delivered:
+    no session reset, no republish storm, the WAL stays small."""
+    from agent.model import Event
+    from tests.peers.mosquitto import Broker
+
+    from .agentkit import Collector
+
+    broker = Broker(tmp_path)  # port reserved, not started yet: the backlog grows
+    state = tmp_path / "state"
+    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.05s}}\n" for i in range(3))
+    site = write_site(tmp_path, broker.url, extra=CHATTY + "outbox: {max_bytes: 64MiB, sync: normal}\n",
+                      devices=devices, silence="0.01s")
+    wal = state / "outbox.sqlite-wal"
+    wal_max = 0
+
+    def sample_wal() -> None:
+        nonlocal wal_max
+        with contextlib.suppress(OSError):
+            wal_max = max(wal_max, wal.stat().st_size)
+
+    try:
+        with small_tmpfs(state):
+            fill_up(state / "filler", leave=640 * 1024)
+            async with running_agent(site) as agent:
+                t_start = time.monotonic()
+                backlog = 0
+                with contextlib.suppress(StoreFull):  # a backlog of 1.5 KB events until the disk is full
+                    while time.monotonic() - t_start < 30:
+                        body = json.dumps({"kind": "backlog", "n": backlog, "pad": "x" * 1500}).encode()
+                        await agent.outbox.append([Record(Kind.EVENT, "ea/v1/t1/e/backlog", body, time.time())])
+                        backlog += 1
+                        sample_wal()
+                while not agent.store_error and time.monotonic() - t_start < 30:
+                    await asyncio.sleep(0.02)
+                assert agent.store_error and "disk full" in agent.store_error, agent.store_error
+                t_fail = time.monotonic()
+                stored = agent.outbox.stats()["depth"]
+                for i in range(5):  # events produced while appends fail: held in memory, none lost
+                    agent.event(Event("door-1", "door", {"n": i}))
+                await asyncio.sleep(1.0)
+                assert agent.store_error, "appends still fail: the disk is full"
+                broker.start()
+                t_up = time.monotonic()
+                async with Collector(broker.port) as col:
+                    first = None
+                    while time.monotonic() - t_up < 20:
+                        sample_wal()
+                        if first is None and col.messages:
+                            first = time.monotonic()
+                        if len([m for m in col.of("e") if m["doc"].get("kind") == "door"]) >= 5:
+                            break
+                        await asyncio.sleep(0.02)
+                    t_doors = time.monotonic()
+                    doors = sorted(m["doc"]["data"]["n"] for m in col.of("e") if m["doc"].get("kind") == "door")
+                    seqs = [m["seq"] for m in col.of("t")] + [m["doc"]["seq"] for m in col.of("e")]
+                    dupes = len(seqs) - len(set(seqs))
+                    connects = agent.uplink.state.connects
+                    print(f"\nfull disk: backlog of {stored} rows filled the disk {t_fail - t_start:.1f} s after "
+                          f"start; broker back: first delivery after "
+                          f"{None if first is None else round(first - t_up, 2)} s, held events stored and "
+                          f"delivered after {t_doors - t_up:.2f} s; WAL max {wal_max} B; connects {connects}; "
+                          f"duplicates {dupes}; delivered {len(set(seqs))}")
+                    assert first is not None and first - t_up < 5.0
+                    assert doors == list(range(5)), doors
+                    assert connects == 1, "a full disk must not reset the MQTT session"
+                    assert dupes == 0
+                    assert wal_max <= 300 * 1024, f"WAL grew to {wal_max} B"
+                    assert agent.snapshot()["outbox"]["dropped_unstored"] == 0
+                    agent.stop_event.set()
+    finally:
+        broker.stop()
+
+
+async def test_reserve_lets_deletes_through_when_another_program_fills_the_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        path = disk / "outbox.db"
+        ob = Outbox(path, sync="normal")
+        await ob.open()
+        await ob.close()  # the WAL is checkpointed and truncated to 0 bytes
+        ob = Outbox(path, sync="normal")
+        await ob.open()
+        try:
+            assert Path(f"{path}.reserve").exists()
+            await ob.append([tel(i, size=1000) for i in range(20)])  # new pages, in the WAL only
+            fill_up(disk / "filler")  # another program takes every last byte
+            rows = await ob.take(1000)
+            with caplog.at_level(logging.WARNING, logger="agent.outbox"):
+                assert await ob.ack([r.seq for r in rows]) is True
+            assert "released the 256 KiB reserve" in caplog.text
+            assert ob.stats()["depth"] == 0 and ob.ack_failing_since is None
+            assert not Path(f"{path}.reserve").exists()
+        finally:
+            await ob.close()
+
+
+async def test_failed_delete_keeps_rows_delivered_and_retries(tmp_path: Path) -> None:
+    """No reserve left and no room: the ack fails, the rows are not offered again (not even after the
+    session drops), and the next ack deletes them once there is room."""
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+        path = disk / "outbox.db"
+        ob = Outbox(path, sync="normal")
+        await ob.open()
+        await ob.close()
+        Path(f"{path}.reserve").unlink()
+        fill_up(disk / "blocker", leave=600 * 1024)  # no room for a new reserve
+        ob = Outbox(path, sync="normal")
+        await ob.open()
+        try:
+            assert not Path(f"{path}.reserve").exists()
+            seqs = await ob.append([tel(i, size=1000) for i in range(20)])
+            fill_up(disk / "filler")
+            rows = await ob.take(1000)
+            assert await ob.ack([r.seq for r in rows]) is False
+            assert ob.ack_failing_since is not None
+            assert ob.stats()["delivered_undeleted"] == 20
+            ob.release_all()  # the session dropped
+            assert await ob.take(1000) == [], "delivered rows must not be sent again"
+            (disk / "filler").unlink()
+            assert await ob.ack([]) is True
+            assert ob.stats()["depth"] == 0 and ob.stats()["delivered_undeleted"] == 0
+            assert ob.ack_failing_since is None
+            assert len(seqs) == 20
+        finally:
+            await ob.close()
+
+
+async def test_failing_deletes_keep_the_session_and_stop_the_watchdog(tmp_path: Path) -> None:
+    """Fault injection: every delete fails. The session stays up, nothing is republished, the rows behind keep
+    going out, and after the publish budget the watchdog is withheld (systemd restarts a store that is stuck)."""
+    from agent.model import Event
+    from tests.peers.mosquitto import Broker
+
+    from .agentkit import Collector
+
+    broker = Broker(tmp_path).start()
+    try:
+        site = write_site(tmp_path, broker.url)
+        async with Collector(broker.port) as col, running_agent(site) as agent:
+            await asyncio.wait_for(agent.uplink.connected.wait(), 10)
+            real = agent.outbox._ops.ack
+
+            def broken(conn: object, seqs: list[int], **kw: object) -> None:
+                raise StoreFull("outbox ack failed: database or disk is full (injected)")
+
+            agent.outbox._ops.ack = broken  # type: ignore[method-assign, assignment]
+            for i in range(10):
+                agent.event(Event("door-1", "door", {"n": i}))
+                await asyncio.sleep(0.1)
+            await col.wait(lambda: len([m for m in col.of("e") if m["doc"].get("kind") == "door"]) >= 10, 10,
+                           "door events while deletes fail")
+            await asyncio.sleep(1.0)
+            assert agent.outbox.ack_failing_since is not None
+            assert agent.uplink.state.connects == 1
+            doors = [m["doc"]["seq"] for m in col.of("e") if m["doc"].get("kind") == "door"]
+            assert len(doors) == len(set(doors)) == 10, "delivered rows were sent again"
+            assert agent.alive()[0], "within the budget the store may recover"
+            agent.outbox.ack_failing_since -= 1000  # as if the deletes had failed for 1000 s
+            ok, why = agent.alive()
+            assert not ok and "delivered rows cannot be deleted" in why
+            agent.outbox._ops.ack = real  # type: ignore[method-assign]
+            agent.event(Event("door-1", "door", {"n": 10}))
+            for _ in range(100):
+                if agent.outbox.ack_failing_since is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert agent.outbox.ack_failing_since is None and agent.alive()[0]
+            assert agent.outbox.stats()["delivered_undeleted"] == 0
+    finally:
+        broker.stop()

@@ -1,0 +1,91 @@
+"""Disk space for the outbox on a nearly full disk.
+
+In WAL mode even a delete needs room: new WAL frames, and a checkpoint that writes pages into the database
+file. If appends use the last free bytes, the WAL can neither checkpoint nor grow, deletes fail, and
+delivery stops while the queue is full of rows the broker already has. Two guards keep deletes possible:
+
+* a **margin**: below ``MARGIN`` free bytes on the file system an append is refused unless the rows fit into
+  pages the database already owns (its freelist, refilled by every delete); the database stops growing;
+* a **reserve**: a ``<db>.reserve`` file of ``RESERVE`` bytes made while there is room, given back to the file
+  system when a delete fails for lack of space (another program filled the disk), so the delete can go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+from agent.errors import StoreFull
+
+log = logging.getLogger("agent.outbox")
+
+MARGIN = 256 * 1024
+RESERVE = 256 * 1024
+
+
+class SpaceGuard:
+    """Checks room before appends; holds and releases the reserve file."""
+
+    def __init__(self, db_path: Path, margin: int = MARGIN, reserve: int = RESERVE) -> None:
+        self.db_path = db_path
+        self.reserve_path = db_path.with_name(db_path.name + ".reserve")
+        self.margin = margin
+        self.reserve = reserve
+        self.has_reserve = False
+
+    def free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.db_path.parent)
+        except OSError:
+            return 1 << 62  # unknown: do not refuse for it
+        return st.f_bavail * st.f_frsize
+
+    def check_append(self, conn: sqlite3.Connection, need: int) -> None:
+        """Raise :class:`StoreFull` if ``need`` bytes of rows would have to grow the database into the margin."""
+        free = self.free_bytes()
+        if free >= self.margin:
+            return
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        spare = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * page
+        if spare >= 2 * need + 4 * page:
+            return
+        raise StoreFull(
+            f"disk full: {free // 1024} KiB free on {self.db_path.parent}, below the {self.margin // 1024} KiB the "
+            f"outbox keeps so that delivered rows can still be deleted"
+        )
+
+    def make_reserve(self) -> None:
+        """Create the reserve file if it is missing and there is clearly room for it."""
+        if self.reserve_path.exists():
+            self.has_reserve = True
+            return
+        if self.free_bytes() < self.margin + 2 * self.reserve:
+            return
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve)
+            finally:
+                os.close(fd)
+            self.has_reserve = True
+        except OSError as exc:
+            log.debug("outbox reserve %s not made: %s", self.reserve_path, exc)
+            with contextlib.suppress(OSError):
+                self.reserve_path.unlink()
+
+    def release_reserve(self) -> bool:
+        """Give the reserve back to the file system; ``True`` if there was one."""
+        self.has_reserve = False
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("outbox reserve %s cannot be removed: %s", self.reserve_path, exc)
+            return False
+        log.warning("outbox: disk full; released the %d KiB reserve (%s) so delivered rows can be deleted",
+                    self.reserve // 1024, self.reserve_path)
+        return True
