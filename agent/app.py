@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .config import DeviceConfig, Site
 from .driver import DriverContext, check_write, coerce_cli_value
-from .errors import DeviceTimeout, DriverError, EdgeAgentError, StoreFull, WriteRefused
+from .errors import DeviceTimeout, DriverError, EdgeAgentError, StoreError, StoreFull, StoreInUse, WriteRefused
 from .model import DeviceHealth, Event, Sample, Severity, Value
 from .notify import Notifier
 from .outbox import Kind, Outbox, Record, row_size
@@ -41,6 +41,7 @@ DEVICE_STOP = 3.0
 WRITE_TIMEOUT = 30.0  # one local or remote write, queue on the bus included
 UNSTORED_MAX = 5000  # records held in memory while the outbox cannot be written
 EVENT_QUEUE = 1000
+STORE_RETRY = 5.0  # seconds between attempts to open an outbox that could not be opened (full disk...)
 
 
 class Agent:
@@ -75,6 +76,7 @@ class Agent:
         self._unstored: list[Record] = []  # records the outbox refused (store error), retried next flush
         self.unstored_dropped = 0
         self.oversize_dropped = 0
+        self._next_open = 0.0  # monotonic time of the next attempt to open the outbox while it is closed
         self.reload_event = asyncio.Event()
         self.restart = False  # set when a valid new configuration asks for a re-exec
 
@@ -217,6 +219,8 @@ class Agent:
         batch = fits
         if not batch:
             return
+        if not self.outbox.is_open and time.monotonic() >= self._next_open:
+            await self._open_outbox()
         try:
             await self.outbox.append(batch)
             if self.store_error:
@@ -270,12 +274,14 @@ class Agent:
         last_status = ""
         while True:
             ok, why = self.alive()
-            if ok:
+            if ok and self.outbox.is_open:  # a closed outbox (full disk at start) is retried, not a hang
                 try:
                     async with asyncio.timeout(max(tick, 0.5)):
                         await self.outbox.ping()
                 except TimeoutError:
                     ok, why = False, "outbox not responding"
+                except StoreError as exc:
+                    log.warning("outbox ping failed: %s", exc)
             if ok:
                 if interval:
                     self.notifier.watchdog()
@@ -299,9 +305,9 @@ class Agent:
 
     async def run(self) -> None:
         """Run until ``stop_event`` is set; then shut down in bounded time."""
-        self.site.state_dir.mkdir(parents=True, exist_ok=True)
-        await self.outbox.open()
-        self._report_store_incident()
+        with contextlib.suppress(OSError):  # a full disk: the outbox says so below, clearly
+            self.site.state_dir.mkdir(parents=True, exist_ok=True)
+        await self._open_outbox()
         # The alias map of this run travels in the outbox too (events go first), so that telemetry queued now
         # stays decodable even if it is only delivered after a later run has published another birth.
         await self._append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()), time.time())])
@@ -333,7 +339,31 @@ class Agent:
         finally:
             await self._stop_devices(devices)
             await self.status_server.stop()
+            if self._unstored:
+                log.error("%d records held in memory could not be stored (%s) and are lost at exit",
+                          len(self._unstored), self.store_error)
             await self.outbox.close()
+
+    async def _open_outbox(self) -> bool:
+        """Open the outbox. If it cannot be opened (full disk, I/O error, permissions), keep running: polling
+        goes on into memory within ``UNSTORED_MAX`` records, the status socket answers, and the open is retried
+        every ``STORE_RETRY`` seconds. Only another agent holding the outbox stops the start."""
+        try:
+            await self.outbox.open()
+        except StoreInUse:
+            raise
+        except StoreError as exc:
+            self._next_open = time.monotonic() + STORE_RETRY
+            if self.store_error is None:
+                cause = "the disk is full" if isinstance(exc, StoreFull) else "the outbox cannot be opened"
+                log.error("%s: %s; polling goes on into memory (at most %d records) and the outbox is tried again "
+                          "every %g s", cause, exc, UNSTORED_MAX, STORE_RETRY)
+            self.store_error = str(exc)
+            return False
+        if self.store_error is not None:
+            log.info("outbox open now (%s)", self.outbox.path)
+        self._report_store_incident()
+        return True
 
     def _report_store_incident(self) -> None:
         """The outbox restarted its sequence space (new, emptied or damaged file...): say it upstream, with

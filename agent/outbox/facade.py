@@ -105,6 +105,10 @@ class Outbox:
             self._mark.close()
             self._filelock.release()
 
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
     # ------------------------------------------------------------------ queue API
 
     async def append(self, records: Sequence[Record]) -> list[int]:

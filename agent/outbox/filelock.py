@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
 
-from agent.errors import StoreError
+from agent.errors import StoreError, StoreFull, StoreInUse
+
+log = logging.getLogger("agent.outbox")
 
 
 class FileLock:
@@ -23,7 +27,8 @@ class FileLock:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
+            kind = StoreFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
+            raise kind(f"cannot create {self.path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -31,12 +36,15 @@ class FileLock:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
-            raise StoreError(
+            raise StoreInUse(
                 f"outbox {self.db_path} is in use by another process (pid {holder}): is edge-agent already "
                 "running with this state directory?"
             ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the pid is only for the message above: a full disk must not stop the start here
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            log.warning("cannot write the pid into %s: %s", self.path, exc.strerror or exc)
         self._fd = fd
 
     def release(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.errors import StoreError
+from agent.errors import StoreError, StoreFull
 
 from .counters import Counters
 from .records import KINDS, ROW_OVERHEAD, SCHEMA_VERSION, SIZE_SQL, Kind, head_ts
@@ -166,12 +166,14 @@ class Opener:
             except (sqlite3.Error, _Corrupt) as exc:
                 raise StoreError(f"outbox {self.path}: cannot create a fresh database: {exc}") from exc
         except sqlite3.Error as exc:
-            raise StoreError(f"outbox {self.path} cannot be opened: {exc}") from exc
+            full = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+            raise (StoreFull if full else StoreError)(f"outbox {self.path} cannot be opened: {exc}") from exc
         try:
             incident = self.recover(conn, counters, incident, salvage, mark)
         except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"outbox {self.path}: recovery failed: {exc}") from exc
+            full = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+            raise (StoreFull if full else StoreError)(f"outbox {self.path}: recovery failed: {exc}") from exc
         return conn, incident
 
     def _move_aside(self, bad: _Corrupt, mark: int | None) -> tuple[Incident, _Salvage]:

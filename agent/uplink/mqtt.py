@@ -230,6 +230,9 @@ class Uplink:
 
         while True:
             self.progress = time.monotonic()
+            if not self.outbox.is_open:  # not opened yet (full disk at start): the agent retries the open
+                await asyncio.sleep(1.0)
+                continue
             # Small takes: a new event never waits behind more than a few round trips of backlog.
             rows = await self.outbox.take(self.cfg.max_inflight * 4)
             if not rows:

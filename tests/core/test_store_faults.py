@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import struct
 import subprocess
 import time
@@ -385,3 +386,78 @@ async def test_failing_deletes_keep_the_session_and_stop_the_watchdog(tmp_path: 
             assert agent.outbox.stats()["delivered_undeleted"] == 0
     finally:
         broker.stop()
+
+
+async def test_start_on_a_full_disk_says_so_polls_into_memory_and_serves_status(tmp_path: Path) -> None:
+    """A real process on a full tmpfs: no traceback, a clear journal line, the status socket answers, records
+    are held in memory; when room comes back the outbox opens and what was held is stored."""
+    import sys
+
+    from tests.peers.common import stop_process, wait_for
+
+    from .agentkit import ROOT, start_agent_process
+
+    state = tmp_path / "state"
+    site = write_site(tmp_path, BROKER)
+    log = tmp_path / "agent.log"
+    with small_tmpfs(state):
+        fill_up(state / "filler")
+        proc = start_agent_process(site, log)
+        try:
+            def status() -> dict[str, object] | None:
+                r = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--json", "--config", str(site)],
+                                   capture_output=True, text=True, cwd=ROOT, timeout=20)
+                return json.loads(r.stdout)["outbox"] if r.returncode == 0 else None
+
+            wait_for(lambda: proc.poll() is not None or status() is not None, 20, 0.2, "status socket")
+            assert proc.poll() is None, log.read_text()
+            wait_for(lambda: (status() or {}).get("held_in_memory", 0) > 0, 10, 0.2, "records held in memory")
+            snap = status()
+            assert snap is not None and "full" in str(snap["store_error"])
+            text = log.read_text()
+            assert "Traceback" not in text, text
+            assert "the disk is full" in text and "polling goes on into memory" in text
+            (state / "filler").unlink()  # room again: the open is retried and the held records are stored
+            wait_for(lambda: (status() or {}).get("depth", 0) > 0 and (status() or {}).get("store_error") is None,
+                     20, 0.2, "outbox opened and records stored")
+            assert (status() or {}).get("held_in_memory") == 0
+            proc.send_signal(15)
+            assert proc.wait(20) == 0
+        finally:
+            stop_process(proc)
+    assert "outbox open now" in log.read_text()
+
+
+@pytest.mark.parametrize("kind", ["newer", "foreign"])
+async def test_newer_or_foreign_schema_is_moved_aside_and_the_agent_goes_on(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.db"
+    ob = Outbox(path)
+    await ob.open()
+    old = await ob.append([tel(i) for i in range(5)])
+    await ob.close()
+    c = sqlite3.connect(path, isolation_level=None)
+    if kind == "newer":
+        c.execute("PRAGMA user_version = 7")
+    else:
+        c.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, v REAL)")  # somebody else's database
+    c.close()
+    before = path.read_bytes()
+    ob2 = Outbox(path)
+    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+        await ob2.open()
+    try:
+        aside = [p for p in tmp_path.iterdir() if p.name.startswith("outbox.db.schema-") and p.name[-1].isdigit()]
+        assert len(aside) == 1 and aside[0].read_bytes() == before, "the old file is kept, byte for byte"
+        assert "not an outbox this agent can use" in caplog.text and str(aside[0]) in caplog.text
+        assert ob2.incident is not None and ob2.incident.result == "schema"
+        assert ob2.incident.lost == 5  # its rows were countable
+        new = await ob2.append([tel(9)])
+        assert new[0] > max(old)
+    finally:
+        await ob2.close()
+    ob3 = Outbox(path)  # and the next start is a plain one: no restart loop
+    await ob3.open()
+    assert ob3.incident is None
+    await ob3.close()
