@@ -249,7 +249,16 @@ class Agent:
         up = "uplink up" if self.uplink.state.connected else f"uplink {self.uplink.state.state}"
         online = sum(1 for h in self.health.values() if h.available)
         st = self.outbox.stats()
-        return f"{up}; devices {online}/{len(self.health)} online; outbox {st.get('depth', 0)} queued"
+        text = f"{up}; devices {online}/{len(self.health)} online; outbox {st.get('depth', 0)} queued"
+        dropped = (st.get("dropped_total", 0) + self.unstored_dropped + self.oversize_dropped
+                   + self.events_dropped)
+        if dropped:
+            text += f", {dropped} dropped"
+        if st.get("lost_unknown"):
+            text += ", unknown loss after damage"
+        if self.store_error:
+            text += ", store failing" + (" (disk full)" if "full" in self.store_error else "")
+        return text
 
     def alive(self) -> tuple[bool, str]:
         """Liveness for the watchdog: every part that should progress did so recently."""

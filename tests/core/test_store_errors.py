@@ -121,3 +121,39 @@ async def test_row_the_client_refuses_is_set_aside_alone(tmp_path: Path) -> None
         assert ob.stats()["dropped_refused"] == 1
     finally:
         await ob.close()
+
+
+async def test_systemd_status_line_mentions_outbox_drops(tmp_path: Path) -> None:
+    """STATUS= (what `systemctl status` shows) says when messages were dropped, read from a real notify socket."""
+    import socket
+
+    from agent.notify import Notifier
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.setblocking(False)
+    notifier = Notifier(str(sock_path))
+    notifier.watchdog_interval = 0.2  # the status line is refreshed every watchdog tick
+    site = write_site(tmp_path, BROKER, extra_uplink="  max_message_bytes: 4KiB\n")
+
+    def status_lines() -> list[str]:
+        out = []
+        while True:
+            try:
+                msg = sock.recv(65536).decode()
+            except BlockingIOError:
+                return out
+            out += [line[len("STATUS="):] for line in msg.split("\n") if line.startswith("STATUS=")]
+
+    try:
+        async with running_agent(site, notifier=notifier) as agent:
+            await asyncio.sleep(0.5)
+            before = status_lines()
+            assert before and not any("dropped" in s for s in before), before
+            agent.event(Event("agent", "config", {"problems": ["x" * 5000]}))  # over the broker limit: dropped
+            await asyncio.sleep(0.6)
+            after = status_lines()
+            assert any("outbox" in s and "1 dropped" in s for s in after), after
+    finally:
+        sock.close()
