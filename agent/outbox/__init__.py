@@ -41,7 +41,7 @@ Design decisions
   so they survive restarts.
 * **Storage faults** (see ``recovery``, ``seqmark``, ``space``): a damaged or unusable file is moved aside,
   every start that cannot prove continuity of the sequence starts a new space above a clock floor, the WAL
-  is kept small and a margin and a reserve file keep deletes possible on a full disk; a delete that fails
+  is kept small on a low disk and a margin and a reserve file keep deletes possible on a full disk; a delete that fails
   keeps its rows as delivered (never resent) instead of failing the session.
 * **Errors** from SQLite or the file system surface as :class:`agent.errors.StoreError` chained to the
   original exception; a failed call rolls its transaction back, so committed rows are never lost and the

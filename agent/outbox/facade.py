@@ -280,6 +280,8 @@ class Outbox:
         self._trimmer.reset()
         self._conn, self.incident = self._opener.open(self._counters, self._mark_at_open)
         self._mark.write(self._counters.last_seq)
+        self._space.small_wal = None
+        self._space.tune(self._conn)
         self._space.make_reserve()
 
     def _ping_sync(self) -> None:

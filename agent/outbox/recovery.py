@@ -35,11 +35,6 @@ class _Unusable(_Corrupt):
     """Internal: a sound database this agent must not use (newer or foreign schema): moved aside too."""
 
 
-WAL_PAGES = 32
-"""Auto-checkpoint threshold in pages (128 KiB with 4 KiB pages): keeps the WAL small on a nearly full disk."""
-WAL_LIMIT = 256 * 1024
-"""Bytes the WAL file is truncated back to after a checkpoint (``journal_size_limit``)."""
-
 _COLUMNS = {"outbox": ["seq", "kind", "topic", "body", "ts"], "meta": ["key", "value"]}
 
 
@@ -93,10 +88,8 @@ class Opener:
             if str(mode).lower() != "wal":
                 raise StoreError(f"outbox {self.path}: could not enable WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
-            # A small WAL: checkpoint every WAL_PAGES pages (not SQLite's 1000, 4 MiB, which a nearly full disk
-            # cannot hold: then nothing, not even a delete, commits) and truncate it back after a checkpoint.
-            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            # The WAL's checkpoint threshold and size limit follow the free disk space: see ``space``.
+            conn.execute(f"PRAGMA journal_size_limit={8 * 1024 * 1024}")
             conn.execute("PRAGMA temp_store=MEMORY")
             check = conn.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:

@@ -1,5 +1,10 @@
 """Disk space for the outbox on a nearly full disk.
 
+SQLite's WAL checkpoints every 1000 pages (4 MiB), and a WAL that cannot grow or checkpoint stops every
+commit. Below ``LOW_DISK`` free bytes the WAL is kept small (checkpoint every ``SMALL_WAL_PAGES`` pages,
+file truncated back to ``SMALL_WAL_LIMIT``); above it the default stays, because checkpointing every few
+pages costs several times the append and drain throughput (bench/outbox_drain.py).
+
 In WAL mode even a delete needs room: new WAL frames, and a checkpoint that writes pages into the database
 file. If appends use the last free bytes, the WAL can neither checkpoint nor grow, deletes fail, and
 delivery stops while the queue is full of rows the broker already has. Two guards keep deletes possible:
@@ -24,6 +29,11 @@ log = logging.getLogger("agent.outbox")
 
 MARGIN = 256 * 1024
 RESERVE = 256 * 1024
+LOW_DISK = 16 * 1024 * 1024
+SMALL_WAL_PAGES = 32  # 128 KiB with 4 KiB pages
+SMALL_WAL_LIMIT = 256 * 1024
+BIG_WAL_PAGES = 1000  # SQLite's default
+BIG_WAL_LIMIT = 8 * 1024 * 1024
 
 
 class SpaceGuard:
@@ -35,6 +45,7 @@ class SpaceGuard:
         self.margin = margin
         self.reserve = reserve
         self.has_reserve = False
+        self.small_wal: bool | None = None  # the WAL setting in force on the connection (None: not set yet)
 
     def free_bytes(self) -> int:
         try:
@@ -43,9 +54,24 @@ class SpaceGuard:
             return 1 << 62  # unknown: do not refuse for it
         return st.f_bavail * st.f_frsize
 
+    def tune(self, conn: sqlite3.Connection, free: int | None = None) -> None:
+        """Small WAL below ``LOW_DISK`` free bytes, SQLite's default above; logged when it changes."""
+        free = self.free_bytes() if free is None else free
+        small = free < LOW_DISK
+        if small == self.small_wal:
+            return
+        pages, limit = (SMALL_WAL_PAGES, SMALL_WAL_LIMIT) if small else (BIG_WAL_PAGES, BIG_WAL_LIMIT)
+        conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        conn.execute(f"PRAGMA journal_size_limit={limit}")
+        if small or self.small_wal is not None:
+            log.log(logging.WARNING if small else logging.INFO, "outbox: %d KiB free on %s: WAL checkpointed every "
+                    "%d pages", free // 1024, self.db_path.parent, pages)
+        self.small_wal = small
+
     def check_append(self, conn: sqlite3.Connection, need: int) -> None:
         """Raise :class:`StoreFull` if ``need`` bytes of rows would have to grow the database into the margin."""
         free = self.free_bytes()
+        self.tune(conn, free)
         if free >= self.margin:
             return
         page = int(conn.execute("PRAGMA page_size").fetchone()[0])
