@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import Secrets, UplinkConfig
 from ..outbox import Kind, Outbox, Stored
 from .codec import dumps, frame, with_seq
+from .suspects import QUICK, SETTLE, Suspects
 from .topics import Topics
 
 log = logging.getLogger("edge_agent.uplink")
@@ -99,6 +100,7 @@ class Uplink:
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._rebirth = asyncio.Event()
+        self._suspects = Suspects()
         self.progress = time.monotonic()  # watchdog: last time the publisher loop was seen alive
 
     # -------------------------------------------------------------------------------------- session
@@ -206,21 +208,32 @@ class Uplink:
         return with_seq(row.seq, row.body)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
+        session_start = time.monotonic()
         sem = asyncio.Semaphore(self.cfg.max_inflight)
         acked: list[int] = []
         failure: list[BaseException] = []
 
         refused: dict[str, list[Stored]] = {}
 
+        alone: list[int] = []  # the suspect published alone in this batch, if any
+
+        def blamed(started: float, row: Stored) -> bool:
+            return row.seq in alone and time.monotonic() - started < QUICK
+
         async def one(row: Stored) -> None:
+            started = time.monotonic()
             try:
                 await client.publish(row.topic, self.payload(row), qos=1, timeout=self.cfg.publish_timeout)
+            except asyncio.CancelledError:  # the session died while this row was in flight (or shutdown)
+                self._suspects.failed(row.seq, blamed=blamed(started, row))
+                raise
             except REFUSED_FOR_GOOD as exc:  # the client itself refuses this message: it will at every try
                 refused.setdefault(str(exc) or type(exc).__name__, []).append(row)
                 self.state.refused += 1
             except Exception as exc:
                 self.outbox.release([row.seq])
                 self.state.publish_failures += 1
+                self._suspects.failed(row.seq, blamed=blamed(started, row))
                 failure.append(exc)
             else:
                 acked.append(row.seq)
@@ -240,6 +253,18 @@ class Uplink:
                     await self.outbox.ack([])  # retry the deletes of delivered rows
                 await self.outbox.wait(timeout=1.0)
                 continue
+            rows, back, poison = self._suspects.split(rows)
+            self.outbox.release(r.seq for r in back)
+            if poison is not None:
+                n = self._suspects.count(poison.seq)
+                self._suspects.forget(poison.seq)
+                self.state.refused += 1
+                await self.outbox.set_aside([poison], f"the connection was lost at once at {n} publishes of it "
+                                                      "alone: the broker refuses it")
+                continue
+            alone[:] = [rows[0].seq] if self._suspects.is_suspect(rows[0].seq) else []
+            if alone and (wait := SETTLE - (time.monotonic() - session_start)) > 0:
+                await asyncio.sleep(wait)  # a session that dies right after connecting blames no row
             tasks: list[asyncio.Task[None]] = []
             for row in rows:
                 await sem.acquire()
@@ -256,6 +281,7 @@ class Uplink:
             if acked:
                 done = list(acked)
                 acked.clear()
+                self._suspects.delivered(done)
                 await self.outbox.ack(done)  # a failed delete keeps the rows as delivered: no session reset
                 self.state.published += len(done)
                 self.state.last_publish = time.time()

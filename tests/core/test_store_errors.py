@@ -157,3 +157,29 @@ async def test_systemd_status_line_mentions_outbox_drops(tmp_path: Path) -> None
             assert any("outbox" in s and "1 dropped" in s for s in after), after
     finally:
         sock.close()
+
+
+async def test_row_the_broker_refuses_by_disconnecting_is_set_aside(tmp_path: Path) -> None:
+    """Mosquitto closes the connection on a packet over its max_packet_size (the site's max_message_bytes is
+    set higher by mistake): after a few tries, the last ones alone, the row is set aside and the rest flows."""
+    from tests.peers.mosquitto import Broker
+
+    from .agentkit import Collector
+
+    broker = Broker(tmp_path, extra=["max_packet_size 4000"]).start()
+    try:
+        site = write_site(tmp_path, broker.url)
+        async with Collector(broker.port) as col, running_agent(site) as agent:
+            await asyncio.wait_for(agent.uplink.connected.wait(), 10)
+            agent.event(Event("agent", "config", {"problems": ["x" * 6000]}))  # too big for this broker
+            await asyncio.sleep(0.3)
+            agent.event(Event("door-1", "door", {"state": "forced"}))
+            await col.wait(lambda: any(m["doc"].get("kind") == "door" for m in col.of("e")), 30,
+                           "the door event behind the refused row")
+            st = agent.outbox.stats()
+            assert st["dropped_refused"] == 1, st
+            assert 2 <= agent.uplink.state.connects <= 6, agent.uplink.state
+            rows = await agent.outbox.take(1000)
+            assert not any(len(r.body) > 4000 for r in rows)
+    finally:
+        broker.stop()

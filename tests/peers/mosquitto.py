@@ -23,6 +23,7 @@ class Broker:
     port: int = field(default_factory=free_port)
     tls: dict[str, str] | None = None  # {"ca": ..., "cert": ..., "key": ..., "require_certificate": "true"}
     proc: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)  # more mosquitto.conf lines (limits for fault tests)
 
     @property
     def url(self) -> str:
@@ -38,6 +39,7 @@ class Broker:
             "log_type warning",
             "user root",
             f"listener {self.port} 127.0.0.1",
+            *self.extra,
         ]
         if self.tls:
             lines += [
