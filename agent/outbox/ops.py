@@ -51,7 +51,7 @@ class QueueOps:
             added_n[kind] += 1
             added_b[kind] += row_bytes
         try:
-            self.space.check_append(conn, sum(added_b))
+            pages = self.space.pages_if_low(conn)
         except sqlite3.Error as exc:
             raise self.fail(conn, f"append of {len(rows)} records", exc) from exc
         try:
@@ -72,7 +72,11 @@ class QueueOps:
                 ],
             )
             head = head_ts(conn)
+            self.space.check_growth(conn, pages)
             conn.execute("COMMIT")
+        except StoreFull:
+            self.fail(conn, "append", StoreFull())  # roll back
+            raise
         except sqlite3.Error as exc:
             raise self.fail(conn, f"append of {len(rows)} records", exc) from exc
         self.mark.write(seqs[-1])  # before any take can hand these seqs out

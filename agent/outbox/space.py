@@ -9,8 +9,8 @@ In WAL mode even a delete needs room: new WAL frames, and a checkpoint that writ
 file. If appends use the last free bytes, the WAL can neither checkpoint nor grow, deletes fail, and
 delivery stops while the queue is full of rows the broker already has. Two guards keep deletes possible:
 
-* a **margin**: below ``MARGIN`` free bytes on the file system an append is refused unless the rows fit into
-  pages the database already owns (its freelist, refilled by every delete); the database stops growing;
+* a **margin**: below ``MARGIN`` free bytes on the file system an append is rolled back if it grew the
+  database file: rows go only into pages the file already has (its freelist, refilled by every delete);
 * a **reserve**: a ``<db>.reserve`` file of ``RESERVE`` bytes made while there is room, given back to the file
   system when a delete fails for lack of space (another program filled the disk), so the delete can go on.
 """
@@ -46,6 +46,7 @@ class SpaceGuard:
         self.reserve = reserve
         self.has_reserve = False
         self.small_wal: bool | None = None  # the WAL setting in force on the connection (None: not set yet)
+        self._low_free = 0
 
     def free_bytes(self) -> int:
         try:
@@ -68,19 +69,23 @@ class SpaceGuard:
                     "%d pages", free // 1024, self.db_path.parent, pages)
         self.small_wal = small
 
-    def check_append(self, conn: sqlite3.Connection, need: int) -> None:
-        """Raise :class:`StoreFull` if ``need`` bytes of rows would have to grow the database into the margin."""
+    def pages_if_low(self, conn: sqlite3.Connection) -> int | None:
+        """Before an append: ``None`` when there is room, else the database's page count now, which the append
+        must not exceed (it may only fill pages the file already has: its freelist, refilled by deletes)."""
         free = self.free_bytes()
         self.tune(conn, free)
         if free >= self.margin:
-            return
-        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        spare = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * page
-        if spare >= 2 * need + 4 * page:
+            return None
+        self._low_free = free
+        return int(conn.execute("PRAGMA page_count").fetchone()[0])
+
+    def check_growth(self, conn: sqlite3.Connection, pages: int | None) -> None:
+        """Inside the append's transaction: raise :class:`StoreFull` if it grew the file into the margin."""
+        if pages is None or int(conn.execute("PRAGMA page_count").fetchone()[0]) <= pages:
             return
         raise StoreFull(
-            f"disk full: {free // 1024} KiB free on {self.db_path.parent}, below the {self.margin // 1024} KiB the "
-            f"outbox keeps so that delivered rows can still be deleted"
+            f"disk full: {self._low_free // 1024} KiB free on {self.db_path.parent}, below the "
+            f"{self.margin // 1024} KiB the outbox keeps so that delivered rows can still be deleted"
         )
 
     def make_reserve(self) -> None:

@@ -477,3 +477,38 @@ async def test_wal_is_small_only_when_the_disk_is_low(tmp_path: Path) -> None:
     assert await pages(tmp_path) == 1000
     with small_tmpfs(tmp_path / "small") as small:
         assert await pages(small) == 32
+
+
+async def test_disk_filled_by_another_program_while_delivering(tmp_path: Path) -> None:
+    """Broker up, another program takes every last byte: rows go into pages the file already has, so storing
+    and delivering go on with 0 bytes free, in one session, and the WAL stays small."""
+    from tests.peers.mosquitto import Broker
+
+    from .agentkit import Collector
+
+    broker = Broker(tmp_path).start()
+    state = tmp_path / "state"
+    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.05s}}\n" for i in range(3))
+    site = write_site(tmp_path, broker.url, extra=CHATTY + "outbox: {max_bytes: 64MiB, sync: normal}\n",
+                      devices=devices, silence="0.01s")
+    wal = state / "outbox.sqlite-wal"
+    try:
+        with small_tmpfs(state):
+            async with Collector(broker.port) as col, running_agent(site) as agent:
+                await col.wait(lambda: len(col.of("t")) > 20, 10, "telemetry before the disk fills")
+                fill_up(state / "filler")
+                assert os.statvfs(state).f_bavail == 0
+                before, wal_max = len(col.of("t")), 0
+                for _ in range(50):
+                    await asyncio.sleep(0.1)
+                    with contextlib.suppress(OSError):
+                        wal_max = max(wal_max, wal.stat().st_size)
+                delivered = len(col.of("t")) - before
+                print(f"\n0 bytes free: {delivered} telemetry messages delivered in 5 s; WAL max {wal_max} B")
+                assert delivered >= 20
+                assert agent.uplink.state.connects == 1
+                assert agent.snapshot()["outbox"]["held_in_memory"] < 50
+                assert wal_max <= 300 * 1024
+                agent.stop_event.set()
+    finally:
+        broker.stop()
