@@ -188,7 +188,16 @@ class Outbox:
         gone = sorted({r.seq: r for r in rows}.values(), key=lambda r: r.seq)
         if not gone:
             return
-        await self._call(lambda: self._ops.ack(self._db(), [r.seq for r in gone], refused=True))
+        seqs = [r.seq for r in gone]
+        try:
+            await self._call(lambda: self._ops.ack(self._db(), seqs, refused=True))
+        except StoreError as exc:
+            # Not offered again (that would spin on a row the client refuses at once); the next ack that
+            # commits deletes them (then without counting them as refused: the log below says what they were).
+            self._counters.mark_delivered(seqs)
+            if self.ack_failing_since is None:
+                self.ack_failing_since = time.monotonic()
+            log.warning("outbox: cannot delete %d refused rows now (%s); kept aside in memory", len(seqs), exc)
         for r in gone:
             log.error("outbox: set aside %s seq %d to %r (%d B): refused for good (%s); counted in "
                       "dropped_refused", r.kind.name.lower(), r.seq, r.topic, len(r.body), reason)

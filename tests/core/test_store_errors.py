@@ -183,3 +183,26 @@ async def test_row_the_broker_refuses_by_disconnecting_is_set_aside(tmp_path: Pa
             assert not any(len(r.body) > 4000 for r in rows)
     finally:
         broker.stop()
+
+
+def test_suspect_rules_blame_only_a_row_alone_and_at_once() -> None:
+    """A link that drops while rows are in flight makes them suspects (sent alone next), but only failures of
+    a row alone in flight, right after its publish, count towards setting it aside."""
+    from agent.outbox import Kind, Stored
+    from agent.uplink.suspects import LIMIT, Suspects
+
+    rows = [Stored(s, Kind.EVENT, "t", b"", 0.0) for s in (10, 11, 12)]
+    sus = Suspects()
+    assert sus.split(rows) == (rows, [], None)
+    for r in rows:  # the link dropped with all three in flight
+        sus.failed(r.seq, blamed=False)
+    now, back, poison = sus.split(rows)
+    assert now == [rows[0]] and back == rows[1:] and poison is None
+    for _ in range(10):  # a flapping link: row 10 alone, but the drops are not right after its publish
+        sus.failed(10, blamed=False)
+    assert sus.split(rows)[2] is None
+    sus.delivered([10])
+    assert sus.split(rows)[0] == [rows[1]]
+    for _ in range(LIMIT):
+        sus.failed(11, blamed=True)
+    assert sus.split(rows[1:]) == ([], [rows[2]], rows[1])

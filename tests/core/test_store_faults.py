@@ -82,7 +82,7 @@ async def test_fresh_outbox_never_reuses_seqs(tmp_path: Path, how: str, caplog: 
         assert new[0] > (time.time() - 60) * 1e6  # above the clock floor
         assert "is new" in caplog.text and "start above" in caplog.text
         assert ob.incident is not None and ob.incident.result == "fresh"
-        assert ob.epoch == new[0] - 1
+        assert ob.epoch == new[0] - 1  # the first seq of a space is epoch + 1
         if how != "deleted-with-mark":  # the mark proves seqs were handed out before: loss unknown
             assert ob.incident.doc()["lost"] == "unknown" and ob.stats()["lost_unknown"] == 1
             assert ob.stats()["lost_seqs"] == [0, max(seen)]
