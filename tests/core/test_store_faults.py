@@ -512,3 +512,27 @@ async def test_disk_filled_by_another_program_while_delivering(tmp_path: Path) -
                 agent.stop_event.set()
     finally:
         broker.stop()
+
+
+async def test_outbox_without_a_mark_is_kept_but_its_sequence_jumps(tmp_path: Path) -> None:
+    """An outbox written by an agent older than the mark (or whose mark was deleted): its rows stay queued,
+    but continuity cannot be proven, so the sequence continues above the clock floor (once)."""
+    path = tmp_path / "outbox.db"
+    ob = Outbox(path)
+    await ob.open()
+    seqs = await ob.append([tel(i) for i in range(3)])
+    await ob.close()
+    Path(f"{path}.seq").unlink()
+    ob = Outbox(path)
+    await ob.open()
+    try:
+        assert ob.incident is not None and ob.incident.result == "unproven" and ob.incident.lost == 0
+        assert [r.seq for r in await drain(ob)] == seqs, "the queued rows are kept"
+        new = await ob.append([tel(9)])
+        assert new[0] > max(seqs) and new[0] > (time.time() - 60) * 1e6
+    finally:
+        await ob.close()
+    ob = Outbox(path)
+    await ob.open()
+    assert ob.incident is None  # the mark exists again: continuous from now on
+    await ob.close()
