@@ -520,8 +520,15 @@ async def test_outbox_without_a_mark_is_kept_but_its_sequence_jumps(tmp_path: Pa
     path = tmp_path / "outbox.db"
     ob = Outbox(path)
     await ob.open()
-    seqs = await ob.append([tel(i) for i in range(3)])
+    base = ob.stats()["last_seq"]
+    await ob.append([tel(i) for i in range(3)])
     await ob.close()
+    c = sqlite3.connect(path, isolation_level=None)  # as an older agent left it: seqs 1..3, no epoch
+    c.execute("UPDATE outbox SET seq = seq - ?", (base,))
+    c.execute("UPDATE meta SET value = 3 WHERE key = 'last_seq'")
+    c.execute("DELETE FROM meta WHERE key = 'epoch'")
+    c.close()
+    seqs = [1, 2, 3]
     Path(f"{path}.seq").unlink()
     ob = Outbox(path)
     await ob.open()
