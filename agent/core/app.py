@@ -26,7 +26,7 @@ from agent.core.notify import Notifier
 from agent.core.pipeline import Pipeline
 from agent.core.status import StatusServer
 from agent.core.supervisor import DeviceRunner
-from agent.errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
+from agent.errors import DeviceTimeout, DriverError, EdgeAgentError, StoreError, StoreFull, StoreInUse, WriteRefused
 from agent.model import DeviceHealth, Event, Quality, Sample, Severity, Value
 from agent.outbox import Kind, Outbox, Record, row_size
 from agent.uplink import intake
@@ -42,6 +42,7 @@ DEVICE_STOP = 3.0
 WRITE_TIMEOUT = 30.0  # one local or remote write, queue on the bus included
 UNSTORED_MAX = 5000  # records held in memory while the outbox cannot be written
 EVENT_QUEUE = 1000
+STORE_RETRY = 5.0  # seconds between attempts to open an outbox that could not be opened (full disk...)
 
 
 class Agent:
@@ -77,6 +78,7 @@ class Agent:
         self._unstored: list[Record] = []  # records the outbox refused (store error), retried next flush
         self.unstored_dropped = 0
         self.oversize_dropped = 0
+        self._next_open = 0.0  # monotonic time of the next attempt to open the outbox while it is closed
         self.reload_event = asyncio.Event()
         self.restart = False  # set when a valid new configuration asks for a re-exec
 
@@ -275,15 +277,19 @@ class Agent:
         batch = fits
         if not batch:
             return
+        if not self.outbox.is_open and time.monotonic() >= self._next_open:
+            await self._open_outbox()
         try:
             await self.outbox.append(batch)
             if self.store_error:
                 log.info("outbox writable again; %d held records stored", len(batch))
             self.store_error = None
         except EdgeAgentError as exc:
-            # Keep running: devices keep their live state, status shows the problem.
-            if self.store_error != str(exc):
-                log.error("outbox: %s", exc)
+            # Keep running: devices keep their live state, status shows the problem. Logged once per streak.
+            if self.store_error is None:
+                hint = " (the disk is full: records are held in memory until there is room)" \
+                    if isinstance(exc, StoreFull) else ""
+                log.error("outbox: %s%s", exc, hint)
             self.store_error = str(exc)
             while len(batch) > UNSTORED_MAX:
                 victim = next((i for i, r in enumerate(batch) if r.kind == Kind.TELEMETRY), 0)
@@ -301,7 +307,16 @@ class Agent:
         up = "uplink up" if self.uplink.state.connected else f"uplink {self.uplink.state.state}"
         online = sum(1 for h in self.health.values() if h.available)
         st = self.outbox.stats()
-        return f"{up}; devices {online}/{len(self.health)} online; outbox {st.get('depth', 0)} queued"
+        text = f"{up}; devices {online}/{len(self.health)} online; outbox {st.get('depth', 0)} queued"
+        dropped = (st.get("dropped_total", 0) + self.unstored_dropped + self.oversize_dropped
+                   + self.events_dropped)
+        if dropped:
+            text += f", {dropped} dropped"
+        if st.get("lost_unknown"):
+            text += ", unknown loss after damage"
+        if self.store_error:
+            text += ", store failing" + (" (disk full)" if "full" in self.store_error else "")
+        return text
 
     def alive(self) -> tuple[bool, str]:
         """Liveness for the watchdog: every part that should progress did so recently."""
@@ -312,6 +327,9 @@ class Agent:
         publish_budget = self.site.model.uplink.publish_timeout * 3 + 30
         if self.uplink.connected.is_set() and now - self.uplink.progress > publish_budget:
             return False, "uplink publisher stalled"
+        failing = self.outbox.ack_failing_since
+        if self.uplink.connected.is_set() and failing is not None and now - failing > publish_budget:
+            return False, f"outbox makes no progress: delivered rows cannot be deleted for {now - failing:.0f} s"
         for name, r in self.runners.items():
             if now > r.deadline:
                 return False, f"device loop {name} stalled"
@@ -323,12 +341,14 @@ class Agent:
         last_status = ""
         while True:
             ok, why = self.alive()
-            if ok:
+            if ok and self.outbox.is_open:  # a closed outbox (full disk at start) is retried, not a hang
                 try:
                     async with asyncio.timeout(max(tick, 0.5)):
                         await self.outbox.ping()
                 except TimeoutError:
                     ok, why = False, "outbox not responding"
+                except StoreError as exc:
+                    log.warning("outbox ping failed: %s", exc)
             if ok:
                 if interval:
                     self.notifier.watchdog()
@@ -352,8 +372,9 @@ class Agent:
 
     async def run(self) -> None:
         """Run until ``stop_event`` is set; then shut down in bounded time."""
-        self.site.state_dir.mkdir(parents=True, exist_ok=True)
-        await self.outbox.open()
+        with contextlib.suppress(OSError):  # a full disk: the outbox says so below, clearly
+            self.site.state_dir.mkdir(parents=True, exist_ok=True)
+        await self._open_outbox()
         # The alias map of this run travels in the outbox too (events go first), so that telemetry queued now
         # stays decodable even if it is only delivered after a later run has published another birth.
         await self._append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()), time.time())])
@@ -387,6 +408,9 @@ class Agent:
         finally:
             await self._stop_devices(devices)
             await self.status_server.stop()
+            if self._unstored:
+                log.error("%d records held in memory could not be stored (%s) and are lost at exit",
+                          len(self._unstored), self.store_error)
             await self.outbox.close()
 
     def _announce_config_problems(self) -> None:
@@ -413,6 +437,34 @@ class Agent:
         data = load_file(self.site.file).data
         entries = data.get("devices") if isinstance(data, dict) else None
         return entries if isinstance(entries, list) else []
+    async def _open_outbox(self) -> bool:
+        """Open the outbox. If it cannot be opened (full disk, I/O error, permissions), keep running: polling
+        goes on into memory within ``UNSTORED_MAX`` records, the status socket answers, and the open is retried
+        every ``STORE_RETRY`` seconds. Only another agent holding the outbox stops the start."""
+        try:
+            await self.outbox.open()
+        except StoreInUse:
+            raise
+        except StoreError as exc:
+            self._next_open = time.monotonic() + STORE_RETRY
+            if self.store_error is None:
+                cause = "the disk is full" if isinstance(exc, StoreFull) else "the outbox cannot be opened"
+                log.error("%s: %s; polling goes on into memory (at most %d records) and the outbox is tried again "
+                          "every %g s", cause, exc, UNSTORED_MAX, STORE_RETRY)
+            self.store_error = str(exc)
+            return False
+        if self.store_error is not None:
+            log.info("outbox open now (%s)", self.outbox.path)
+        self._report_store_incident()
+        return True
+
+    def _report_store_incident(self) -> None:
+        """The outbox restarted its sequence space (new, emptied or damaged file...): say it upstream, with
+        what is known of the loss (docs/mqtt.md, event kind ``store``)."""
+        inc = self.outbox.incident
+        if inc is not None:
+            sev = Severity.WARNING if inc.result in ("fresh", "unproven") and inc.lost == 0 else Severity.ALARM
+            self.event(Event("agent", "store", inc.doc(), sev))
 
     async def _reloader(self) -> None:
         """SIGHUP: load the site file again. It is applied (clean stop, the caller re-execs) unless it would

@@ -426,7 +426,11 @@ def render_status(st: dict[str, Any], only: str | None = None, points: bool = Fa
         + ("  INSECURE: credentials in cleartext (allow_insecure)" if u.get("cleartext_credentials") else ""),
         f"outbox   {o.get('depth', 0)} queued ({_bytes(o.get('bytes', 0))} of {_bytes(o.get('max_bytes', 0))}), "
         f"oldest {_age(o.get('oldest_age'))}, dropped {o.get('dropped_total', 0)} "
-        f"(telemetry {o.get('dropped_telemetry', 0)}, events {o.get('dropped_events', 0)})"
+        f"(telemetry {o.get('dropped_telemetry', 0)}, events {o.get('dropped_events', 0)}, "
+        f"refused {o.get('dropped_refused', 0)})"
+        + (f", plus an unknown number lost to {o['lost_unknown']} damaged/emptied file(s) (last: seqs "
+           f"{(o.get('lost_seqs') or ['?', '?'])[0] or '?'}-{(o.get('lost_seqs') or ['?', '?'])[1]})"
+           if o.get("lost_unknown") else "")
         + (f"  STORE ERROR: {o['store_error']}" if o.get("store_error") else ""),
     ]
     for p in a.get("config_problems") or []:

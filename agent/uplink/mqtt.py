@@ -24,6 +24,7 @@ from agent import __version__
 from agent.config import Secrets, UplinkConfig
 from agent.outbox import Kind, Outbox, Stored
 from agent.uplink.codec import dumps, frame, with_seq
+from agent.uplink.suspects import QUICK, SETTLE, Suspects
 from agent.uplink.topics import Topics
 
 log = logging.getLogger("edge_agent.uplink")
@@ -45,6 +46,9 @@ def reconnect_delay(initial: float, longest: float, rnd: random.Random | None = 
     again. A fixed random window spreads 2,000 sites over it (at most ~12 % of them in any second) and bounds
     the added downtime: median ~5 s, at most ``longest``. Retries against a dead broker cost one TCP SYN."""
     return (rnd or random).uniform(initial, max(initial, longest))
+REFUSED_FOR_GOOD = (ValueError, TypeError)
+"""What paho raises from ``publish`` for a message it will never send (a wildcard or empty topic, an
+oversized payload): such a row is set aside alone instead of failing the session and coming back first."""
 
 
 @dataclass
@@ -56,6 +60,7 @@ class UplinkState:
     connects: int = 0
     published: int = 0
     publish_failures: int = 0
+    refused: int = 0  # rows set aside because the client refuses them (wildcard topic, ...)
     last_publish: float | None = None
     next_retry: float | None = None
 
@@ -116,6 +121,7 @@ class Uplink:
         self.on_reset = on_reset
         self._last_birth = -REBIRTH_MIN_INTERVAL  # monotonic time of the last birth published
         self.retained_ignored = 0
+        self._suspects = Suspects()
         self.progress = time.monotonic()  # watchdog: last time the publisher loop was seen alive
 
     # -------------------------------------------------------------------------------------- session
@@ -192,7 +198,8 @@ class Uplink:
                                                         "agent": __version__}), qos=1, retain=True, timeout=t)
 
     def birth_doc(self) -> dict[str, Any]:
-        return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3), **self.birth()}
+        return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3),
+                "epoch": self.outbox.epoch, **self.birth()}
 
     def rebirth(self, reset: bool = False, urgent: bool = False) -> None:
         """Publish the birth again, coalesced unless ``urgent`` (a new generation); ``reset``: then send every
@@ -240,16 +247,32 @@ class Uplink:
         return with_seq(row.seq, row.body)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
+        session_start = time.monotonic()
         sem = asyncio.Semaphore(self.cfg.max_inflight)
         acked: list[int] = []
         failure: list[BaseException] = []
 
+        refused: dict[str, list[Stored]] = {}
+
+        alone: list[int] = []  # the suspect published alone in this batch, if any
+
+        def blamed(started: float, row: Stored) -> bool:
+            return row.seq in alone and time.monotonic() - started < QUICK
+
         async def one(row: Stored) -> None:
+            started = time.monotonic()
             try:
                 await client.publish(row.topic, self.payload(row), qos=1, timeout=self.cfg.publish_timeout)
+            except asyncio.CancelledError:  # the session died while this row was in flight (or shutdown)
+                self._suspects.failed(row.seq, blamed=blamed(started, row))
+                raise
+            except REFUSED_FOR_GOOD as exc:  # the client itself refuses this message: it will at every try
+                refused.setdefault(str(exc) or type(exc).__name__, []).append(row)
+                self.state.refused += 1
             except Exception as exc:
                 self.outbox.release([row.seq])
                 self.state.publish_failures += 1
+                self._suspects.failed(row.seq, blamed=blamed(started, row))
                 failure.append(exc)
             else:
                 acked.append(row.seq)
@@ -259,11 +282,28 @@ class Uplink:
 
         while True:
             self.progress = time.monotonic()
+            if not self.outbox.is_open:  # not opened yet (full disk at start): the agent retries the open
+                await asyncio.sleep(1.0)
+                continue
             # Small takes: a new event never waits behind more than a few round trips of backlog.
             rows = await self.outbox.take(self.cfg.max_inflight * 4)
             if not rows:
+                if self.outbox.ack_failing_since is not None:
+                    await self.outbox.ack([])  # retry the deletes of delivered rows
                 await self.outbox.wait(timeout=1.0)
                 continue
+            rows, back, poison = self._suspects.split(rows)
+            self.outbox.release(r.seq for r in back)
+            if poison is not None:
+                n = self._suspects.count(poison.seq)
+                self._suspects.forget(poison.seq)
+                self.state.refused += 1
+                await self.outbox.set_aside([poison], f"the connection was lost at once at {n} publishes of it "
+                                                      "alone: the broker refuses it")
+                continue
+            alone[:] = [rows[0].seq] if self._suspects.is_suspect(rows[0].seq) else []
+            if alone and (wait := SETTLE - (time.monotonic() - session_start)) > 0:
+                await asyncio.sleep(wait)  # a session that dies right after connecting blames no row
             tasks: list[asyncio.Task[None]] = []
             for row in rows:
                 await sem.acquire()
@@ -274,10 +314,14 @@ class Uplink:
                 tasks.append(asyncio.create_task(one(row)))
             if tasks:
                 await asyncio.gather(*tasks)
+            for reason, bad in list(refused.items()):
+                del refused[reason]
+                await self.outbox.set_aside(bad, reason)
             if acked:
                 done = list(acked)
                 acked.clear()
-                await self.outbox.ack(done)
+                self._suspects.delivered(done)
+                await self.outbox.ack(done)  # a failed delete keeps the rows as delivered: no session reset
                 self.state.published += len(done)
                 self.state.last_publish = time.time()
             if failure:

@@ -158,4 +158,4 @@ def test_drivers_see_only_the_contract() -> None:
 
 def test_agent_top_level_holds_only_packages_and_vocabulary() -> None:
     flat = sorted(p.name for p in (ROOT / "agent").glob("*.py"))
-    assert set(flat) <= {"__init__.py", "errors.py", "model.py", "types.py", "outbox.py"}
+    assert flat == ["__init__.py", "errors.py", "model.py", "types.py"]
