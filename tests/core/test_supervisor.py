@@ -98,9 +98,9 @@ async def _collect(ns: NotifySocket, seconds: float) -> None:
 
 async def test_sd_notify_ready_status_watchdog_and_wedged_loop(tmp_path: Path, fake_profiles: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.core import app as app_mod
+    from agent.core import liveness
 
-    monkeypatch.setattr(app_mod, "READY_GRACE", 0.5)
+    monkeypatch.setattr(liveness, "READY_GRACE", 0.5)
     ns = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # systemd would kill us after 0.4 s without WATCHDOG=1
