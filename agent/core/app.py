@@ -29,6 +29,8 @@ from agent.core.status import StatusServer
 from agent.core.supervisor import DeviceRunner
 from agent.errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
 from agent.model import DeviceHealth, Event, Quality, Sample, Severity, Value
+from agent.obs.metrics import Metrics, config_version
+from agent.obs.serve import MetricsServer
 from agent.outbox import Kind, Outbox, Record, row_size
 from agent.uplink.codec import dumps
 from agent.uplink.mqtt import Uplink
@@ -65,6 +67,12 @@ class Agent:
             self.runners[d.name] = DeviceRunner(d, self.ctx, self, h)
         self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self.pipeline.birth,
                              self.handle_command)
+        self.metrics = Metrics(self.snapshot, config_version(site.file))
+        mc = site.model.metrics
+        self.metrics_server = MetricsServer(self.metrics, mc.listen, mc.textfile, mc.textfile_interval)
+        self.uplink.on_puback = self.metrics.on_puback
+        for r in self.runners.values():
+            r.on_cycle, r.on_failure = self.metrics.on_cycle, self.metrics.on_failure
         self._events: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(EVENT_QUEUE)
         self.events_dropped = 0
         self.started = time.time()
@@ -85,6 +93,7 @@ class Agent:
         self.pipeline.offer(device, samples)
 
     def event(self, event: Event) -> None:
+        self.metrics.on_event(event.kind)
         body = dumps({"ts": round(event.ts, 3), "src": event.source, "kind": event.kind,
                       "sev": event.severity.name.lower(), "data": event.data})
         self._queue_event(self.topics.event(event.source), body, event.ts)
@@ -346,6 +355,7 @@ class Agent:
         devices = [asyncio.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
         try:
             await self.status_server.start()
+            await self.metrics_server.start()
             async with asyncio.TaskGroup() as tg:
                 flusher = tg.create_task(self._flusher(), name="flusher")
                 others = [
@@ -354,6 +364,8 @@ class Agent:
                     tg.create_task(self._ready(), name="ready"),
                     tg.create_task(self._reloader(), name="reloader"),
                 ]
+                if self.metrics_server.textfile is not None:
+                    others.append(tg.create_task(self.metrics_server.run_textfile(), name="metrics:textfile"))
                 await self.stop_event.wait()
                 log.info("stopping: %s", self.summary())
                 self.notifier.stopping()
@@ -367,6 +379,7 @@ class Agent:
         finally:
             await self._stop_devices(devices)
             await self.status_server.stop()
+            await self.metrics_server.stop()
             await self.outbox.close()
 
     async def _reloader(self) -> None:

@@ -95,6 +95,7 @@ class Uplink:
         self._client: aiomqtt.Client | None = None
         self._rebirth = asyncio.Event()
         self.progress = time.monotonic()  # watchdog: last time the publisher loop was seen alive
+        self.on_puback: Callable[[float, int], None] | None = None  # metrics: (seconds to PUBACK, payload bytes)
 
     # -------------------------------------------------------------------------------------- session
 
@@ -205,8 +206,10 @@ class Uplink:
         failure: list[BaseException] = []
 
         async def one(row: Stored) -> None:
+            payload = self.payload(row)
+            t0 = time.monotonic()
             try:
-                await client.publish(row.topic, self.payload(row), qos=1, timeout=self.cfg.publish_timeout)
+                await client.publish(row.topic, payload, qos=1, timeout=self.cfg.publish_timeout)
             except Exception as exc:
                 self.outbox.release([row.seq])
                 self.state.publish_failures += 1
@@ -214,6 +217,8 @@ class Uplink:
             else:
                 acked.append(row.seq)
                 self.progress = time.monotonic()  # watchdog: every PUBACK is progress, however slow the link
+                if self.on_puback is not None:
+                    self.on_puback(self.progress - t0, len(payload))
             finally:
                 sem.release()
 

@@ -1,0 +1,176 @@
+"""Prometheus metrics of the running agent: scraped over real HTTP and from the node-exporter textfile, parsed
+with prometheus_client's own parser, every documented metric present, figures consistent with status."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config import load_site
+from agent.errors import ConfigError
+from tests.peers.common import free_port
+from tests.peers.modbus import ModbusPeer
+from tests.peers.mosquitto import Broker
+
+from . import fakedrivers
+from .agentkit import ROOT, running_agent, write_site
+
+DOCUMENTED = re.findall(r"^\| `([a-z_]+)` \|", (ROOT / "docs" / "observability.md").read_text(), re.M)
+
+
+def _meter_tables() -> dict[int, dict[str, dict[int, int | bool]]]:
+    from agent.config import load_profile
+
+    regs: dict[int, int | bool] = {}
+    for p in load_profile(ROOT / "profiles" / "socomec-countis-e34.yaml").points:
+        regs.update({a: 1 for a in range(p.address, p.address + 2)})  # type: ignore[attr-defined]
+    return {1: {"holding": regs}}
+
+
+def _scrape(url: str) -> dict[str, Any]:
+    """{family name: family} from a real HTTP GET, parsed by the library's parser."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=")
+        text = resp.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _value(fams: dict[str, Any], family: str, sample: str | None = None, **labels: str) -> float:
+    for s in fams[family].samples:
+        if s.name == (sample or family) and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    raise AssertionError(f"no sample {sample or family} {labels}")
+
+
+def test_documented_list_is_not_empty() -> None:
+    assert len(DOCUMENTED) >= 30
+
+
+async def test_scrape_over_http_and_textfile_matches_status(broker: Broker, tmp_path: Path) -> None:
+    port = free_port()
+    textfile = tmp_path / "tc" / "edge_agent.prom"
+    textfile.parent.mkdir()
+    peer = await ModbusPeer(_meter_tables()).start()
+    dead = free_port()  # nothing listens: that device goes offline
+    devices = (
+        "  - {name: box, type: edge-box, interval: 0.2s}\n"
+        f"  - {{name: meter, type: socomec-countis-e34, interval: 0.3s, timeout: 0.5s, retries: 0, "
+        f"connection: {{host: 127.0.0.1, port: {peer.port}, unit: 1}}}}\n"
+        f"  - {{name: gone, type: socomec-countis-e34, interval: 0.3s, timeout: 0.3s, retries: 0, "
+        f"connection: {{host: 127.0.0.1, port: {dead}, unit: 1}}}}\n"
+    )
+    extra = f"metrics: {{listen: '127.0.0.1:{port}', textfile: {textfile}, textfile_interval: 0.2s}}\n"
+    site = write_site(tmp_path, broker.url, devices=devices, extra=extra)
+    try:
+        async with running_agent(site) as agent:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                snap = agent.snapshot()
+                d = snap["devices"]
+                if (d["meter"]["state"] == "online" and d["gone"]["state"] in ("offline", "backoff")
+                        and snap["uplink"]["published"] > 3 and snap["outbox"]["depth"] == 0):
+                    break
+                await asyncio.sleep(0.1)
+            # quiet moment: stop the uplink from moving figures between the scrape and the snapshot
+            broker.stop()
+            await asyncio.sleep(0.5)
+            fams = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
+            snap = agent.snapshot()
+            await asyncio.sleep(0.5)
+            filed = {f.name: f for f in text_string_to_metric_families(textfile.read_text())}
+    finally:
+        await peer.stop()
+
+    for fams_ in (fams, filed):
+        names = {s.name for f in fams_.values() for s in f.samples} | set(fams_)
+        missing = [m for m in DOCUMENTED if m not in names]
+        assert not missing, f"documented but not exposed: {missing}"
+
+    o = snap["outbox"]
+    assert _value(fams, "edge_agent_outbox_backlog_messages") == o["depth"]
+    assert _value(fams, "edge_agent_outbox_backlog_bytes") == o["bytes"]
+    assert _value(fams, "edge_agent_outbox_dropped_messages", "edge_agent_outbox_dropped_messages_total",
+                  kind="telemetry") == o["dropped_telemetry"]
+    assert _value(fams, "edge_agent_outbox_dropped_messages", "edge_agent_outbox_dropped_messages_total",
+                  kind="event") == o["dropped_events"]
+    online = sum(1 for d in snap["devices"].values() if d["available"])
+    assert online == 2  # box and meter
+    assert sum(s.value for s in fams["edge_agent_device_up"].samples) == online
+    assert _value(fams, "edge_agent_device_state", state="online", device="meter") == 1
+    assert _value(fams, "edge_agent_device_state", state="online", device="gone") == 0
+    assert _value(fams, "edge_agent_device_points", device="meter") == snap["devices"]["meter"]["points_total"] == 21
+    assert _value(fams, "edge_agent_device_points_good", device="meter") == 21
+    assert _value(fams, "edge_agent_uplink_connected") == 0  # the broker was stopped before the scrape
+    assert _value(fams, "edge_agent_uplink_published_messages", "edge_agent_uplink_published_messages_total") \
+        == snap["uplink"]["published"]
+    # instruments fed by the hooks
+    assert _value(fams, "edge_agent_uplink_puback_latency_seconds",
+                  "edge_agent_uplink_puback_latency_seconds_count") == snap["uplink"]["published"]
+    assert _value(fams, "edge_agent_uplink_sent_bytes", "edge_agent_uplink_sent_bytes_total") > 0
+    assert _value(fams, "edge_agent_device_cycle_duration_seconds",
+                  "edge_agent_device_cycle_duration_seconds_count", device="meter") >= 2
+    reqs = _value(fams, "edge_agent_device_requests_per_cycle", "edge_agent_device_requests_per_cycle_sum",
+                  device="meter")
+    cycles = _value(fams, "edge_agent_device_requests_per_cycle", "edge_agent_device_requests_per_cycle_count",
+                    device="meter")
+    assert cycles >= 2 and reqs >= cycles  # at least one request per cycle
+    gone_errors = [s for s in fams["edge_agent_device_errors"].samples
+                   if s.labels.get("device") == "gone" and s.name.endswith("_total")]
+    assert gone_errors and {s.labels["kind"] for s in gone_errors} <= {"unreachable", "timeout"}
+    assert _value(fams, "edge_agent_events", "edge_agent_events_total", kind="availability") >= 3
+    assert _value(fams, "process_resident_memory_bytes") > 1e6
+    info = next(s for f in fams.values() for s in f.samples if s.name == "edge_agent_config_info")
+    assert info.labels["site"] == "t1" and re.fullmatch(r"[0-9a-f]{12}", info.labels["version"])
+    assert _value(fams, "edge_agent_config_generation") == snap["pipeline"]["gen"]
+
+
+def _series(fams: dict[str, Any]) -> int:
+    return sum(len(f.samples) for n, f in fams.items() if n.startswith("edge_agent_"))
+
+
+async def _series_with_points(tmp_path: Path, n: int) -> tuple[int, int]:
+    profiles = tmp_path / "profiles"
+    fakedrivers.install(str(profiles))
+    pts = "".join(f"  - {{name: p{i:03d}}}\n" for i in range(n))
+    (profiles / "many.yaml").write_text(f"driver: fake\npoints:\n{pts}")
+    port = free_port()
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", devices=(
+        "  - {name: big, type: many, interval: 0.1s, connection: {behaviour: ok}}\n"
+        "  - {name: bad, type: many, interval: 0.1s, timeout: 0.1s, retries: 0, connection: {behaviour: dead}}\n"),
+        extra=f"profiles_dirs: [{profiles}]\nmetrics: {{listen: 'localhost:{port}'}}\n")
+    async with running_agent(site) as agent:
+        deadline = time.monotonic() + 10
+        while agent.health["big"].state != "online" or agent.health["bad"].state not in ("offline", "backoff"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        fams = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
+    assert _value(fams, "edge_agent_device_points", device="big") == n
+    return _series(fams), len(fams)
+
+
+async def test_series_do_not_grow_with_points(tmp_path: Path) -> None:
+    few = await _series_with_points(tmp_path / "a", 2)
+    many = await _series_with_points(tmp_path / "b", 200)
+    assert few == many, f"2 points: {few} (series, families); 200 points: {many}"
+
+
+@pytest.mark.parametrize("listen", ["10.0.0.5:9464", "0.0.0.0:9464", "203.0.113.7:9464", "127.0.0.1", "unix:x"])
+def test_listen_must_be_loopback_and_is_a_located_error(tmp_path: Path, listen: str) -> None:
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", extra=f"metrics: {{listen: '{listen}'}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_site(site)
+    assert re.search(rf"{re.escape(str(site))}:\d+: metrics\.listen: ", str(err.value)), str(err.value)
+
+
+def test_textfile_must_end_in_prom(tmp_path: Path) -> None:
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", extra="metrics: {textfile: /tmp/x.txt}\n")
+    with pytest.raises(ConfigError, match=r"metrics\.textfile: .*\.prom"):
+        load_site(site)
