@@ -42,10 +42,16 @@ def _first(exc: BaseException) -> BaseException:
 
 
 def _requests(driver: Driver) -> int | None:
-    """The driver's count of protocol requests sent so far, if it keeps one (``stats["requests"]``)."""
+    """The driver's count of protocol requests sent so far, if it keeps one: ``stats["requests"]`` (Modbus) or
+    per service in ``facts.requests`` (BACnet)."""
     stats = getattr(driver, "stats", None)
     n = stats.get("requests") if isinstance(stats, dict) else None
-    return n if isinstance(n, int) else None
+    if isinstance(n, int):
+        return n
+    per_service = getattr(getattr(driver, "facts", None), "requests", None)
+    if isinstance(per_service, dict) and all(isinstance(v, int) for v in per_service.values()):
+        return sum(per_service.values())
+    return None
 
 
 class DeviceRunner:
