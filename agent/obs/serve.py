@@ -59,6 +59,9 @@ class MetricsServer:
                 async with asyncio.timeout(2):
                     await self._server.wait_closed()
             self._server = None
+            if self.address and self.address.startswith("unix:"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.address[len("unix:"):])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -174,3 +174,38 @@ def test_textfile_must_end_in_prom(tmp_path: Path) -> None:
     site = write_site(tmp_path, "mqtt://127.0.0.1:9", extra="metrics: {textfile: /tmp/x.txt}\n")
     with pytest.raises(ConfigError, match=r"metrics\.textfile: .*\.prom"):
         load_site(site)
+
+
+async def test_unix_socket_listener_and_a_textfile_that_cannot_be_written(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """unix: listener answers GET /metrics (404 elsewhere); an unwritable textfile is logged once and the
+    agent keeps running; both stop with the agent (socket closed)."""
+    import socket
+
+    sock = tmp_path / "run" / "metrics.sock"
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the directory should be")
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", extra=(
+        f"metrics: {{listen: 'unix:{sock}', textfile: {blocked / 'x.prom'}, textfile_interval: 0.1s}}\n"))
+
+    def get(path: str) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(sock))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            buf = b""
+            while chunk := s.recv(65536):
+                buf += chunk
+        return buf
+
+    async with running_agent(site) as agent:
+        await asyncio.sleep(0.6)  # several textfile attempts
+        ok = await asyncio.to_thread(get, "/metrics")
+        missing = await asyncio.to_thread(get, "/nope")
+        assert agent.snapshot()["devices"]["box"]["state"] in ("starting", "online")
+    head, _, body = ok.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"edge_agent_outbox_backlog_messages" in body
+    assert missing.startswith(b"HTTP/1.1 404")
+    errors = [r for r in caplog.records if "metrics textfile" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].levelname == "ERROR", [r.getMessage() for r in errors]
+    assert not sock.exists()  # removed with the agent
