@@ -82,6 +82,7 @@ class Bridge:
     seen: dict[str, OrderedDict[int, None]] = field(default_factory=lambda: defaultdict(OrderedDict))
     pending: dict[str, deque[tuple[str, bytes]]] = field(default_factory=lambda: defaultdict(deque))
     births: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> latest birth document
+    waiting: set[tuple[str, int]] = field(default_factory=set)  # (site, gen) already said to be waiting
 
     def handle(self, topic: str, payload: bytes) -> list[Out]:
         self.stats.received += 1
@@ -104,7 +105,10 @@ class Bridge:
             return []
         gen = int(doc["gen"])
         out: list[Out] = []
-        if self.births.get(site, {}).get("gen") != gen:
+        last = self.births.get(site, {})
+        # A birth of an older configuration replayed from the agent's outbox decodes its telemetry but does not
+        # replace the newer units in the retained meta messages.
+        if last.get("gen") != gen and float(doc.get("ts") or 0) >= float(last.get("ts") or 0):
             log.info("%s: birth gen %d, %d device(s)", site, gen, len(doc.get("devices", {})))
             self.births[site] = doc
             for dev, d in doc.get("devices", {}).items():
@@ -128,6 +132,10 @@ class Bridge:
             return []
         amap = self.decoder.maps.get((site, d.gen), {}).get(device)
         if amap is None:
+            if (site, d.gen) not in self.waiting:
+                self.waiting.add((site, d.gen))
+                log.warning("%s: telemetry of generation %d before its birth: held until the birth arrives",
+                            site, d.gen)
             q = self.pending[site]
             q.append((device, payload))
             if len(q) > PENDING_MAX:

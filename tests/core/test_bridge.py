@@ -161,3 +161,10 @@ def test_telemetry_before_its_birth_waits_and_quality_is_carried() -> None:
     assert docs == [{"ts": 100.0, "t": 21.5, "h": None, "quality": {"h": "error"}, "error": {"h": "timeout"}},
                     {"ts": 101.0, "t": 21.7, "quality": {"t": "stale"}}]
     assert b.handle("ea/v1/s/t/d", payload) == [] and b.stats.duplicates == 1
+    # a newer configuration, then the older birth replayed from the outbox: decodes, but the meta stays new
+    newer = {"gen": 7, "ts": 50.0, "devices": {"d": {"type": "y", "points": [{"a": 0, "n": "t", "u": "K"}]}}}
+    assert [t for t, _, _ in b.handle("ea/v1/s/birth", json.dumps(newer).encode())] == ["j/s/d/meta"]
+    older = {**birth, "ts": 10.0}
+    assert b.handle("ea/v1/s/birth", json.dumps(older).encode()) == []
+    late = frame(8, encode_samples([Sample("d", "t", 1.5, ts=102.0)], aliases, gen))
+    assert [json.loads(p) for _, p, _ in b.handle("ea/v1/s/t/d", late)] == [{"ts": 102.0, "t": 1.5}]
