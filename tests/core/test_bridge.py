@@ -168,3 +168,21 @@ def test_telemetry_before_its_birth_waits_and_quality_is_carried() -> None:
     assert b.handle("ea/v1/s/birth", json.dumps(older).encode()) == []
     late = frame(8, encode_samples([Sample("d", "t", 1.5, ts=102.0)], aliases, gen))
     assert [json.loads(p) for _, p, _ in b.handle("ea/v1/s/t/d", late)] == [{"ts": 102.0, "t": 1.5}]
+
+
+def test_garbage_in_is_counted_never_raised(caplog: Any) -> None:
+    """Whatever arrives on the subscribed topics, the bridge logs it and goes on (no traceback, no stop)."""
+    import random
+
+    b = Bridge("ea/v1", "j")
+    b.handle("ea/v1/s/birth", json.dumps({"gen": 1, "devices": {"d": {"points": [{"a": 0, "n": "t"}]}}}).encode())
+    good = frame(5, encode_samples([Sample("d", "t", 1.5, ts=1.0)], {"t": 0}, 1))
+    rnd = random.Random(14)
+    for _ in range(5000):
+        p = bytearray(good)
+        for _ in range(rnd.randint(1, 3)):
+            p[rnd.randrange(len(p))] = rnd.randrange(256)
+        b.handle("ea/v1/s/t/d", bytes(p[:rnd.randint(0, len(p))]))
+    for junk in (b"", b"[]", b"{}", b'{"gen":"x"}', b'{"gen":1,"devices":[1]}', b"\xff"):
+        assert b.handle("ea/v1/s/birth", junk) == []
+    assert b.stats.undecodable > 1000
