@@ -129,7 +129,8 @@ class Bundle:
             try:
                 data = fn()
             except Exception as exc:  # one part failing never costs the others
-                self.missing[name] = f"{type(exc).__name__}: {exc}"
+                why = str(exc) if isinstance(exc, OSError) and not exc.errno else f"{type(exc).__name__}: {exc}"
+                self.missing[name] = " ".join(why.split())
                 continue
             self._put(name, data)
         with contextlib.suppress(Exception):
@@ -175,7 +176,11 @@ class Bundle:
     def _status(self) -> str:
         from agent.core.status import request
 
-        ans = request(self._socket(), {"op": "status"})
+        path = self._socket()
+        try:
+            ans = request(path, {"op": "status"})
+        except OSError as exc:
+            raise OSError(f"no agent answering on {path}: {exc.strerror or exc}") from None
         if not ans.get("ok"):
             raise OSError(f"the agent answered with an error: {ans.get('error')}")
         self.status = ans["status"]
