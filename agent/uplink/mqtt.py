@@ -206,9 +206,10 @@ class Uplink:
         failure: list[BaseException] = []
 
         async def one(row: Stored) -> None:
-            payload = self.payload(row)
             t0 = time.monotonic()
+            payload = b""
             try:
+                payload = self.payload(row)
                 await client.publish(row.topic, payload, qos=1, timeout=self.cfg.publish_timeout)
             except Exception as exc:
                 self.outbox.release([row.seq])
