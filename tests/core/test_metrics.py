@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import load_site
-from agent.errors import ConfigError
+from agent.errors import ConfigError, WriteRefused
 from tests.peers.common import free_port
 from tests.peers.modbus import ModbusPeer
 from tests.peers.mosquitto import Broker
@@ -85,12 +85,17 @@ async def test_scrape_over_http_and_textfile_matches_status(broker: Broker, tmp_
         f"connection: {{host: 127.0.0.1, port: {dead}, unit: 1}}}}\n"
     )
     extra = f"metrics: {{listen: '127.0.0.1:{port}', textfile: {textfile}, textfile_interval: 0.2s}}\n"
-    site = write_site(tmp_path, broker.url, devices=devices, extra=extra)
+    site = write_site(tmp_path, broker.url, devices=devices, extra=extra, extra_uplink="  max_message_bytes: 4KiB\n")
     try:
         async with running_agent(site) as agent:
             await _quiet(agent, lambda s: s["devices"]["meter"]["state"] == "online"
                          and s["devices"]["gone"]["state"] in ("offline", "backoff")
                          and s["uplink"]["published"] > 3 and s["outbox"]["depth"] == 0, "first data delivered")
+            # a drop of a kind status counts: an event too large for the broker (a refused write echoing a huge
+            # value) is dropped alone and counted as oversize
+            with pytest.raises(WriteRefused):
+                await agent.write("no-such-device", "x", "v" * 6000)
+            await _quiet(agent, lambda s: s["outbox"]["dropped_oversize"] == 1, "the oversize drop")
             # broker gone, then every point reported again: a backlog that stays put
             broker.stop()
             await _quiet(agent, lambda s: not s["uplink"]["connected"], "uplink down")
@@ -119,6 +124,8 @@ async def test_scrape_over_http_and_textfile_matches_status(broker: Broker, tmp_
                   kind="telemetry") == o["dropped_telemetry"]
     assert _value(fams, "edge_agent_outbox_dropped_messages", "edge_agent_outbox_dropped_messages_total",
                   kind="event") == o["dropped_events"]
+    assert _value(fams, "edge_agent_outbox_dropped_messages", "edge_agent_outbox_dropped_messages_total",
+                  kind="oversize") == o["dropped_oversize"] == 1
     online = sum(1 for d in snap["devices"].values() if d["available"])
     assert online == 1  # meter
     assert sum(s.value for s in fams["edge_agent_device_up"].samples) == online
@@ -144,6 +151,7 @@ async def test_scrape_over_http_and_textfile_matches_status(broker: Broker, tmp_
                    if s.labels.get("device") == "gone" and s.name.endswith("_total")]
     assert gone_errors and {s.labels["kind"] for s in gone_errors} <= {"unreachable", "timeout"}
     assert _value(fams, "edge_agent_events", "edge_agent_events_total", kind="availability") == 2  # on, off
+    assert _value(fams, "edge_agent_events", "edge_agent_events_total", kind="write") == 1
     assert _value(fams, "process_resident_memory_bytes") > 1e6
     info = next(s for f in fams.values() for s in f.samples if s.name == "edge_agent_config_info")
     assert info.labels["site"] == "t1" and re.fullmatch(r"[0-9a-f]{12}", info.labels["version"])
