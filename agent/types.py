@@ -104,3 +104,28 @@ PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Deadband = Annotated[tuple[float, bool] | None, BeforeValidator(parse_deadband)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def parse_listen(v: str) -> tuple[str, int] | str:
+    """``127.0.0.1:9464`` / ``[::1]:9464`` / ``localhost:9464`` → (host, port); ``unix:/path`` → the path.
+    Only loopback: the metrics listener is not meant to be reachable from the building's network."""
+    import ipaddress
+
+    if v.startswith("unix:"):
+        path = v[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {v!r}")
+        return path
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9464) or unix:/path, got {v!r}")
+    host = host.strip("[]")
+    if host != "localhost":
+        try:
+            ok = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{host} is not a loopback address: use 127.0.0.1, ::1 or a unix: socket "
+                             "(scrape remote boxes through node exporter's textfile or an SSH tunnel)")
+    return host, int(port)

@@ -26,7 +26,7 @@ from agent.contract.device import DeviceConfig, DeviceConfigModel, Profile, Prof
 from agent.contract.points import STRICT, PointBase
 from agent.contract.registry import DriverSpec, get_spec, known_drivers
 from agent.errors import ConfigError, Problem
-from agent.types import ByteSize, Duration, Name, PositiveDuration
+from agent.types import ByteSize, Duration, Name, PositiveDuration, parse_listen
 
 # --------------------------------------------------------------------------------------------- profiles
 
@@ -369,6 +369,34 @@ class PipelineConfig(BaseModel):
 
 
 
+class MetricsConfig(BaseModel):
+    """Prometheus metrics (docs/observability.md); both outputs are off unless set."""
+
+    model_config = STRICT
+    listen: str | None = Field(
+        None, description="serve /metrics on a loopback address (127.0.0.1:9464, [::1]:9464) or a Unix "
+        "socket (unix:/run/edge-agent/metrics.sock); off when unset",
+    )
+    textfile: str | None = Field(
+        None, description="write the metrics to this .prom file for node exporter's textfile collector",
+    )
+    textfile_interval: PositiveDuration = Field(15.0, description="how often the textfile is rewritten")
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback_only(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_listen(v)
+        return v
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom_file(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith(".prom"):
+            raise ValueError("node exporter reads only files ending in .prom")
+        return v
+
+
 class StatusConfig(BaseModel):
     model_config = STRICT
     socket: str | None = Field(
@@ -387,6 +415,7 @@ class SiteModel(BaseModel):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="durable queue")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="report-by-exception")
     status: StatusConfig = Field(default_factory=StatusConfig, description="local status socket")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")
     devices: list[DeviceConfigModel] = Field(default_factory=list, description="devices of this building")
 
 

@@ -39,6 +39,8 @@ from agent.core.supervisor import DeviceRunner
 from agent.core.writing import Writer
 from agent.errors import DriverError
 from agent.model import DeviceHealth, Event, Sample, Severity, Value
+from agent.obs.metrics import Metrics, config_version
+from agent.obs.serve import MetricsServer
 from agent.outbox import Kind, Outbox, Record
 from agent.uplink.codec import dumps
 from agent.uplink.mqtt import Uplink
@@ -72,6 +74,12 @@ class Agent:
         self.flusher = Flusher(site, self.outbox, self.pipeline, self.topics, self._report_store_incident)
         self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self.pipeline.birth,
                              self.handle_command, on_reset=self.pipeline.forget)
+        self.metrics = Metrics(self.snapshot, config_version(site.file))
+        mc = site.model.metrics
+        self.metrics_server = MetricsServer(self.metrics, mc.listen, mc.textfile, mc.textfile_interval)
+        self.uplink.on_puback = self.metrics.on_puback
+        for r in self.runners.values():
+            r.on_cycle, r.on_failure = self.metrics.on_cycle, self.metrics.on_failure
         self.commands = CommandChannel(self.topics, self.uplink, self.pipeline, self.flusher.queue, self.started)
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
@@ -90,6 +98,7 @@ class Agent:
         self.pipeline.offer(device, samples)
 
     def event(self, event: Event) -> None:
+        self.metrics.on_event(event.kind)
         body = dumps({"ts": round(event.ts, 3), "src": event.source, "kind": event.kind,
                       "sev": event.severity.name.lower(), "data": event.data})
         self.flusher.queue(self.topics.event(event.source), body, event.ts)
@@ -176,6 +185,7 @@ class Agent:
         devices = [asyncio.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
         try:
             await self.status_server.start()
+            await self.metrics_server.start()
             async with asyncio.TaskGroup() as tg:
                 flusher = tg.create_task(self.flusher.run(), name="flusher")
                 others = [
@@ -184,6 +194,8 @@ class Agent:
                     tg.create_task(self.liveness.ready(), name="ready"),
                     tg.create_task(self.reloader.run(), name="reloader"),
                 ]
+                if self.metrics_server.textfile is not None:
+                    others.append(tg.create_task(self.metrics_server.run_textfile(), name="metrics:textfile"))
                 await self.stop_event.wait()
                 log.info("stopping: %s", self.summary())
                 self.notifier.stopping()
@@ -197,6 +209,7 @@ class Agent:
         finally:
             await self._stop_devices(devices)
             await self.status_server.stop()
+            await self.metrics_server.stop()
             if self.flusher.unstored:
                 log.error("%d records held in memory could not be stored (%s) and are lost at exit",
                           len(self.flusher.unstored), self.flusher.store_error)

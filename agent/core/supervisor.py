@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agent.contract.device import DeviceConfig
 from agent.contract.driver import Driver, DriverContext, Sink, driver_class
@@ -41,6 +41,19 @@ def _first(exc: BaseException) -> BaseException:
     return exc
 
 
+def _requests(driver: Driver) -> int | None:
+    """The driver's count of protocol requests sent so far, if it keeps one: ``stats["requests"]`` (Modbus) or
+    per service in ``facts.requests`` (BACnet)."""
+    stats = getattr(driver, "stats", None)
+    n = stats.get("requests") if isinstance(stats, dict) else None
+    if isinstance(n, int):
+        return n
+    per_service = getattr(getattr(driver, "facts", None), "requests", None)
+    if isinstance(per_service, dict) and all(isinstance(v, int) for v in per_service.values()):
+        return sum(per_service.values())
+    return None
+
+
 class DeviceRunner:
     def __init__(self, device: DeviceConfig, ctx: DriverContext, sink: Sink, health: DeviceHealth) -> None:
         self.device = device
@@ -60,6 +73,10 @@ class DeviceRunner:
         self._attempts = 0  # attempts begun
         self._urgent = False  # the current start was asked for by retry(): poll at once, no stagger
         self._finished = 0  # attempts with an outcome
+        # Observability hooks (agent.obs), set by the Agent: (device, seconds, requests or None, samples) after
+        # each answered cycle; (device, reason) after each failed attempt.
+        self.on_cycle: Callable[[str, float, int | None, Sequence[Sample]], None] | None = None
+        self.on_failure: Callable[[str, str], None] | None = None
 
     # ----------------------------------------------------------------------------------- availability
 
@@ -106,6 +123,8 @@ class DeviceRunner:
                                   Severity.WARNING))
 
     def _failed(self, reason: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(self.device.name, reason)
         h = self.health
         h.consecutive_failures += 1
         h.last_error, h.last_error_ts = reason, time.time()
@@ -293,9 +312,14 @@ class DeviceRunner:
 
     async def _cycle(self, driver: Driver, pts: Sequence[PointBase]) -> None:
         t0 = time.monotonic()
+        sent = _requests(driver)
         async with self.lock, asyncio.timeout(self.cycle_timeout):
             samples = await driver.read(pts)
-        self.health.cycle_ms = round((time.monotonic() - t0) * 1000.0, 2)
+        took = time.monotonic() - t0
+        self.health.cycle_ms = round(took * 1000.0, 2)
+        if self.on_cycle is not None:
+            after = _requests(driver)
+            self.on_cycle(self.device.name, took, None if sent is None or after is None else after - sent, samples)
         self.sink.samples(self.device.name, samples)  # updates the live point states first
         self._answered(samples)
         self._end()

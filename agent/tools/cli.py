@@ -15,7 +15,8 @@ from agent import __version__
 from agent.tools.helptext import EXIT_CODES
 
 # Modules that add sub-commands: each exposes register(subparsers: argparse._SubParsersAction) -> None.
-COMMAND_MODULES: list[str] = ["agent.tools.commands", "agent.tools.diag", "drivers.bacnet.cli", "agent.tools.provision"]
+COMMAND_MODULES: list[str] = ["agent.tools.commands", "agent.tools.diag", "drivers.bacnet.cli", "agent.tools.provision",
+                              "agent.tools.bundle", "agent.tools.bridge"]
 
 # Exit codes every command shares (docs/cli.md, "Exit codes"); a command may add its own (run: 78).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
@@ -33,7 +34,8 @@ EPILOG = "\n".join([
     *(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
     "",
     "files: /etc/edge-agent/site.yaml (site), /opt/edge-agent/profiles and /etc/edge-agent/profiles (profiles)",
-    "docs:  /usr/share/doc/edge-agent/ (cli.md, profiles.md, mqtt.md, modbus.md, bacnet.md, operations.md),",
+    "docs:  /usr/share/doc/edge-agent/ (cli.md, profiles.md, mqtt.md, modbus.md, bacnet.md, operations.md,",
+    "       observability.md),",
     "       man edge-agent",
 ])
 

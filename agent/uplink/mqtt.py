@@ -123,6 +123,7 @@ class Uplink:
         self.retained_ignored = 0
         self._suspects = Suspects()
         self.progress = time.monotonic()  # watchdog: last time the publisher loop was seen alive
+        self.on_puback: Callable[[float, int], None] | None = None  # metrics: (seconds to PUBACK, payload bytes)
 
     # -------------------------------------------------------------------------------------- session
 
@@ -261,8 +262,10 @@ class Uplink:
 
         async def one(row: Stored) -> None:
             started = time.monotonic()
+            payload = b""
             try:
-                await client.publish(row.topic, self.payload(row), qos=1, timeout=self.cfg.publish_timeout)
+                payload = self.payload(row)
+                await client.publish(row.topic, payload, qos=1, timeout=self.cfg.publish_timeout)
             except asyncio.CancelledError:  # the session died while this row was in flight (or shutdown)
                 self._suspects.failed(row.seq, blamed=blamed(started, row))
                 raise
@@ -277,6 +280,8 @@ class Uplink:
             else:
                 acked.append(row.seq)
                 self.progress = time.monotonic()  # watchdog: every PUBACK is progress, however slow the link
+                if self.on_puback is not None:
+                    self.on_puback(self.progress - started, len(payload))
             finally:
                 sem.release()
 

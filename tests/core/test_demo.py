@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,12 @@ def test_stop_and_restart_one_simulated_device_while_the_rest_runs(tmp_path: Pat
             _, err = proc.communicate(timeout=60)
             pytest.fail(f"demo ended before the devices came back (rc {proc.returncode}):\n{err[-3000:]}")
         assert proc.poll() is None, "the demo still runs after a simulator was stopped"
+        # The demo turns the metrics listener on: scrape it while everything runs.
+        listen = re.search(r"listen: '([^']+)'", (work / "site.yaml").read_text())
+        assert listen, "no metrics.listen in the demo's site file"
+        with urllib.request.urlopen(f"http://{listen.group(1)}/metrics", timeout=5) as resp:
+            scrape = resp.read().decode()
+        assert re.search(r'^edge_agent_device_up\{device="tgbt-main"\} 1\.0$', scrape, re.M), scrape[:2000]
     finally:
         proc.terminate()  # the demo stops its broker, simulators, agent and monitor on SIGTERM
         try:

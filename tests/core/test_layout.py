@@ -119,8 +119,9 @@ ALLOWED = {
     "agent.config": {"agent.contract"},
     "agent.outbox": set(),
     "agent.uplink": {"agent.config", "agent.outbox"},
-    "agent.core": {"agent.contract", "agent.config", "agent.outbox", "agent.uplink"},
-    "agent.tools": {"agent.contract", "agent.config", "agent.outbox", "agent.uplink", "agent.core"},
+    "agent.obs": set(),
+    "agent.core": {"agent.contract", "agent.config", "agent.outbox", "agent.uplink", "agent.obs"},
+    "agent.tools": {"agent.contract", "agent.config", "agent.outbox", "agent.uplink", "agent.core", "agent.obs"},
 }
 
 
