@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__
 from .config import DeviceConfig, Site
 from .driver import DriverContext, check_write, coerce_cli_value
-from .errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
+from .errors import ConfigError, DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
 from .model import DeviceHealth, Event, Sample, Severity, Value
 from .notify import Notifier
 from .outbox import Kind, Outbox, Record, row_size
@@ -367,15 +367,21 @@ class Agent:
         from .config import load_site
         from .yamlloc import load_file
 
-        new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
-        data = load_file(self.site.file).data
+        try:
+            problems, refused = load_site(self.site.file, strict=False).problems, False
+        except ConfigError as exc:  # site-level problems, listed with every other problem of the file
+            problems, refused = exc.problems, True
+        try:
+            data = load_file(self.site.file).data
+        except ConfigError:
+            data = None
         entries = data.get("devices") if isinstance(data, dict) else None
         if not isinstance(entries, list):
             entries = []
         running = {d.name for d in self.site.devices if d.name in self.runners}
         blocking: list[str] = []
         other: list[str] = []
-        for p in new.problems:
+        for p in problems:
             if p.file != str(self.site.file):  # a broken profile: devices using it show up as entries below
                 other.append(str(p))
                 continue
@@ -386,6 +392,8 @@ class Agent:
                     raw = entries[idx].get("name")
                     name = raw if isinstance(raw, str) else None  # a name that is a list or a number: blocking
             (blocking if name is None or name in running else other).append(str(p))
+        if refused and not blocking:
+            blocking = other
         return blocking, other
 
     async def _stop_devices(self, tasks: list[asyncio.Task[None]]) -> None:
