@@ -9,6 +9,7 @@ them together and turns every problem into ``FILE:LINE: key.path: message``.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, Problem
 from .registry import DriverSpec, get_spec, known_drivers
@@ -108,7 +109,7 @@ def _problems_from(exc: ValidationError, doc: LocatedDoc, prefix: Loc = ()) -> l
         loc = (*prefix, *err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _unknown_key_hint(exc.title, err["loc"])
         elif err["type"] == "missing":
             msg = "required key missing"
         elif err["type"] == "string_pattern_mismatch" and loc and loc[-1] in ("id", "name"):
@@ -121,6 +122,57 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``"; did you mean X?"`` when a choice is close to ``word``, else ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=2, cutoff=0.7)
     return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    stack = [annotation]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+        stack.extend(getattr(t, "__args__", ()))
+    return None
+
+
+@functools.cache
+def _models() -> dict[str, type[BaseModel]]:
+    """Every configuration model by name (a ValidationError's title), for a did-you-mean on unknown keys."""
+    out: dict[str, type[BaseModel]] = {}
+
+    def walk(model: type[BaseModel]) -> None:
+        if model.__name__ in out:
+            return
+        out[model.__name__] = model
+        for f in model.model_fields.values():
+            stack = [f.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    walk(t)
+                stack.extend(getattr(t, "__args__", ()))
+
+    models: list[type[BaseModel]] = [SiteModel, ProfileHeader, DeviceConfigModel]
+    for name in known_drivers():
+        spec = get_spec(name)
+        models += [m for m in (spec.point_model, spec.connection_model, spec.device_model) if m is not None]
+    for m in models:
+        walk(m)
+    return out
+
+
+def _unknown_key_hint(title: str, loc: Sequence[str | int]) -> str:
+    """did-you-mean among the keys of the mapping that holds the unknown key."""
+    model = _models().get(title)
+    for part in loc[:-1]:
+        if model is None:
+            return ""
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(str(part))
+        model = _submodel(f.annotation) if f is not None else None
+    if model is None or not loc:
+        return ""
+    return did_you_mean(str(loc[-1]), [f.alias or n for n, f in model.model_fields.items()])
 
 
 def parse_profile(doc: LocatedDoc, default_id: str) -> Profile:
@@ -271,7 +323,14 @@ class BackoffConfig(BaseModel):
     initial: PositiveDuration = Field(1.0, description="first reconnect delay")
     max: PositiveDuration = Field(60.0, description="cap of the reconnect delay")
 
+    @model_validator(mode="after")
+    def _order(self) -> BackoffConfig:
+        if self.initial > self.max:
+            raise ValueError(f"initial ({self.initial:g} s) is longer than max ({self.max:g} s)")
+        return self
 
+
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path holds 108 with the final NUL)
 MQTT_MAX_STRING = 65535  # bytes of a UTF-8 string or binary field in an MQTT packet
 MQTT_MAX_PACKET = 268_435_455  # the largest MQTT packet (remaining length field)
 MAX_CLIENT_ID = 256  # bytes; MQTT allows 65535, brokers commonly far less (AWS IoT: 128)
@@ -386,9 +445,12 @@ class UplinkConfig(BaseModel):
         if host == "localhost" or host.endswith(".localhost"):
             return True
         try:
-            return ipaddress.ip_address(host).is_loopback
+            ip = ipaddress.ip_address(host.split("%")[0])
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped.is_loopback
+        return ip.is_loopback
 
     @property
     def cleartext_credentials(self) -> bool:
@@ -439,6 +501,15 @@ class StatusConfig(BaseModel):
     socket: str | None = Field(
         None, description="Unix socket for `edge-agent status` (default: $RUNTIME_DIRECTORY or state_dir)"
     )
+
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, v: str | None) -> str | None:
+        if v is not None:
+            n = len(os.fsencode(v))
+            if not v or n > MAX_SOCKET_PATH:
+                raise ValueError(f"a Unix socket path is 1 to {MAX_SOCKET_PATH} bytes long (this one: {n})")
+        return v
 
 
 class SiteModel(BaseModel):
