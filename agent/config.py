@@ -518,7 +518,8 @@ class SiteModel(BaseModel):
     state_dir: str | None = Field(
         None, description="where the outbox lives (default: $STATE_DIRECTORY or /var/lib/edge-agent)"
     )
-    profiles_dirs: list[str] = Field(default_factory=list, description="extra profile directories, first wins")
+    profiles_dirs: list[str] = Field(default_factory=list, max_length=16,
+                                     description="extra profile directories, first wins (at most 16)")
     uplink: UplinkConfig = Field(description="MQTT broker connection")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="durable queue")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="report-by-exception")
@@ -699,12 +700,18 @@ def load_site(path: str | Path, *, strict: bool = True) -> Site:
             dev_problems.extend(exc.problems)
     # A broken profile matters to validate only if a device of this site would have used it.
     used = prof_problems_for(prof_problems, [dm for _, dm in dmodels], profiles)
-    if strict and (fatal or dev_problems or used):
+    site: Site | None = None
+    if model is not None and not fatal:
+        model = model.model_copy(update={"devices": [dm for _, dm in dmodels]})
+        site = Site(str(doc.file), model, devices, profiles, secrets, _dedupe([*dev_problems, *prof_problems]))
+        from .sitechecks import birth_problem  # here: the pipeline imports this module
+
+        too_big = birth_problem(site, doc.line_of(("devices",)))
+        if too_big is not None:
+            fatal.append(too_big)
+    if site is None or fatal or (strict and (dev_problems or used)):
         raise ConfigError(_dedupe([*fatal, *dev_problems, *used]))
-    if fatal or model is None:
-        raise ConfigError(_dedupe([*fatal, *dev_problems, *used]))
-    model = model.model_copy(update={"devices": [dm for _, dm in dmodels]})
-    return Site(str(doc.file), model, devices, profiles, secrets, _dedupe([*dev_problems, *prof_problems]))
+    return site
 
 
 def _check_uplink(doc: LocatedDoc, up: UplinkConfig, secrets: Secrets, problems: list[Problem]) -> None:

@@ -66,7 +66,7 @@ GENERATED: dict[str, tuple[Callable[[], bytes], str]] = {
     "devices-2001-near-1mib": (lambda: _devices(2001, "x" * 440), ":4: devices: 2001 devices; the limit is 2000"),
     "client-id-70000": (lambda: (HEAD + f"  client_id: {'c' * 70000}\n" + DEV).encode(),
                         ":4: uplink.client_id: client_id is 70000 bytes long; the limit is 256"),
-    "billion-laughs": (_laughs, ":6: aliases expand to more than 200000 values"),
+    "billion-laughs": (_laughs, ":6: aliases expand to more than 100000 values"),
     "deep-flow-3000": (lambda: (HEAD + "labels: " + "[" * 3000 + "]" * 3000 + "\n" + DEV).encode(),
                        ":4: YAML syntax error: exceeded maximum nesting depth"),
     "deep-block-3000": (lambda: (HEAD + DEV + "".join(" " * i + f"k{i}:\n" for i in range(3000))).encode(),
@@ -149,6 +149,24 @@ def test_run_and_validate_refuse_with_a_located_error(case: str, tmp_path: Path,
     got = capsys.readouterr()
     assert "Traceback" not in got.out + got.err
     assert got.out.splitlines()[0] == first
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("fifo", "not a regular file"), ("dev-zero", "not a regular file"), ("directory", "is a directory, not a file"),
+    ("missing", "file not found"),
+])
+def test_special_files_are_refused_without_blocking(kind: str, message: str, tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    if kind == "fifo":
+        os.mkfifo(site)  # no writer: opening it for reading the usual way would block forever
+    elif kind == "dev-zero":
+        site.symlink_to("/dev/zero")  # endless
+    elif kind == "directory":
+        site.mkdir()
+    rc, out, secs, rss = run_once(site, tmp_path, timeout=10)
+    assert rc == 78 and out.splitlines()[0] == f"{site}: {message}" + (
+        " (a FIFO or device?)" if message.startswith("not a") else ""), out
+    assert secs < MAX_SECONDS and rss < MAX_RSS_KB
 
 
 @pytest.mark.parametrize("case", SKIPPED)
