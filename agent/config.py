@@ -25,7 +25,7 @@ from .errors import ConfigError, Problem
 from .registry import DriverSpec, get_spec, known_drivers
 from .secrets import SecretRef
 from .types import ByteSize, Deadband, Duration, Name, PositiveDuration
-from .yamlloc import Loc, LocatedDoc, load_file
+from .yamlloc import Loc, LocatedDoc, clip, load_file
 
 STRICT = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
@@ -113,7 +113,7 @@ def _problems_from(exc: ValidationError, doc: LocatedDoc, prefix: Loc = ()) -> l
         elif err["type"] == "missing":
             msg = "required key missing"
         elif err["type"] == "string_pattern_mismatch" and loc and loc[-1] in ("id", "name"):
-            msg = f"{err['input']!r} is not allowed: use letters, digits, '-', '_' (site id: lower case)"
+            msg = f"{clip(err['input'])} is not allowed: use letters, digits, '-', '_' (site id: lower case)"
         out.append(doc.problem(loc, msg))
     return out
 
@@ -194,7 +194,7 @@ def parse_profile(doc: LocatedDoc, default_id: str) -> Profile:
             spec = get_spec(driver)
         except KeyError:
             hint = did_you_mean(driver, known_drivers())
-            problems.append(doc.problem(("driver",), f"unknown driver {driver!r}{hint}; "
+            problems.append(doc.problem(("driver",), f"unknown driver {clip(driver)}{hint}; "
                                         f"known: {', '.join(known_drivers())}"))
     if spec is None:
         raise ConfigError(problems)
@@ -617,7 +617,7 @@ def build_device(doc: LocatedDoc, index: int, dm: DeviceConfigModel,
     prof = profiles.get(dm.type)
     if prof is None:
         known = ", ".join(sorted(profiles)) or "none found"
-        raise ConfigError(doc.problem((*loc, "type"), f"unknown device type {dm.type!r}"
+        raise ConfigError(doc.problem((*loc, "type"), f"unknown device type {clip(dm.type)}"
                                       f"{did_you_mean(dm.type, profiles)} (known: {known})"))
     spec = get_spec(prof.driver)
     problems: list[Problem] = []
@@ -630,7 +630,7 @@ def build_device(doc: LocatedDoc, index: int, dm: DeviceConfigModel,
     by_name = {p.name: p for p in prof.points}
     for pname in dm.overrides:
         if pname not in by_name:
-            problems.append(doc.problem((*loc, "overrides", pname), f"no point {pname!r} in profile {prof.id}"))
+            problems.append(doc.problem((*loc, "overrides", pname), f"no point {clip(pname)} in profile {prof.id}"))
     for p in prof.points:
         ov = dm.overrides.get(p.name)
         if ov:

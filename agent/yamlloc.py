@@ -24,6 +24,7 @@ Loc = tuple[str | int, ...]
 MAX_FILE_BYTES = 1024 * 1024  # site files and profiles; documented in docs/profiles.md
 MAX_DEPTH = 32  # nested mappings/sequences; real files use fewer than 8
 MAX_NODES = 100_000  # values in the document once every alias is expanded (a 2000-device site: ~40,000)
+MAX_MESSAGE = 500  # characters of one problem message
 MAX_NUMBER_DIGITS = 1000  # a plain scalar this long made of digits is refused (Python refuses > 4300 anyway)
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -53,6 +54,8 @@ class LocatedDoc:
 
     def problem(self, loc: Iterable[str | int], message: str) -> Problem:
         path = tuple(loc)
+        if len(message) > MAX_MESSAGE:  # a message may quote what the file holds: never echo a huge value
+            message = message[:MAX_MESSAGE - 3] + "..."
         return Problem(self.file, self.line_of(path), dotted(path), message)
 
     def not_a_mapping(self, what: str) -> Problem:
@@ -71,8 +74,15 @@ def dotted(loc: Iterable[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            key = str(part)
+            out += ("." if out else "") + (key if len(key) <= 64 else key[:61] + "...")
     return out
+
+
+def clip(value: object, limit: int = 60) -> str:
+    """``repr`` of a value from a file, shortened for a message."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 def _where(text: str | bytes, index: int) -> tuple[int, int]:

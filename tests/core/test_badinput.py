@@ -87,6 +87,13 @@ GENERATED: dict[str, tuple[Callable[[], bytes], str]] = {
                            ":4: a number with 5000 characters"),
     "control-char": (lambda: (HEAD + DEV).encode().replace(b"corpus", b"cor\x07pus"),
                      ":1: YAML error: column 15: character '\\x07' (U+0007) is not allowed in YAML"),
+    "site-id-70000": (lambda: (f"site: {{id: {'x' * 70000}}}\n" + HEAD[19:] + DEV).encode(),
+                      f":1: site.id: '{'x' * 56}... is not allowed"),
+    "key-70000": (lambda: (HEAD + DEV + f"{'k' * 70000}: 1\n").encode(),
+                  ":6: YAML syntax error: could not find expected ':'"),  # YAML: a plain key is at most 1024
+    "key-1000": (lambda: (HEAD + DEV + f"{'k' * 1000}: 1\n").encode(), f":6: {'k' * 61}...: unknown key"),
+    "prefix-70000-wildcard": (lambda: (HEAD + f"  topic_prefix: {'+' * 70000}\n" + DEV).encode(),
+                              ":4: uplink.topic_prefix: topic_prefix '+++"),
     "binary-garbage": (lambda: bytes(range(1, 256)) * 64, ":2: not UTF-8: byte 0x80 at column 118"),
 }
 
@@ -149,6 +156,7 @@ def test_run_and_validate_refuse_with_a_located_error(case: str, tmp_path: Path,
     got = capsys.readouterr()
     assert "Traceback" not in got.out + got.err
     assert got.out.splitlines()[0] == first
+    assert len(first) < 700  # a message never echoes a huge value
 
 
 @pytest.mark.parametrize(("kind", "message"), [
