@@ -177,6 +177,7 @@ def load_text(text: str, file: str) -> LocatedDoc:
         return LocatedDoc(file, None, {(): 1}, "empty")
     _precheck(text, file)
     loader = _Loader(text)
+    node = None
     try:
         node = loader.get_single_node()
         lines: dict[Loc, int] = {}
@@ -191,10 +192,28 @@ def load_text(text: str, file: str) -> LocatedDoc:
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, text, file) from None
     except (ValueError, OverflowError, RecursionError) as exc:  # a value Python cannot represent
-        raise ConfigError(Problem(file, None, "", f"YAML value cannot be read: {exc}")) from None
+        line = _failing_scalar_line(loader, node) if node is not None else None
+        raise ConfigError(Problem(file, line, "", f"YAML value cannot be read: {str(exc)[:200]}")) from None
     finally:
         loader.dispose()
     return LocatedDoc(file, data, lines)
+
+
+def _failing_scalar_line(loader: Any, root: yaml.Node) -> int | None:
+    """Line of the first scalar Python cannot build (a date out of range, a float overflow...)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                loader.construct_object(node)
+            except (ValueError, OverflowError, yaml.YAMLError):
+                return int(node.start_mark.line) + 1
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(v for pair in reversed(node.value) for v in reversed(pair))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+    return None
 
 
 def _only_comments(text: str) -> bool:

@@ -78,7 +78,8 @@ def test_the_scheme_alone_decides_tls(tmp_path: Path) -> None:
     (f"client_id: {'x' * 70000}", "client_id is 70000 bytes long; the limit is 256"),
     ("client_id: ''", "client_id must not be empty"),
     ("max_message_bytes: 300MB", "less than or equal to 268369904"),
-    ("connect_timeout: .inf", "longer than the limit of 366d"),
+    ("connect_timeout: .inf", "duration inf is infinite: give a finite duration, at most 366d"),
+    ("connect_timeout: 367d", "duration '367d' is longer than the limit of 366d"),
     ("publish_timeout: .nan", "got nan"),
 ])
 def test_uplink_fields_the_protocol_cannot_carry_are_refused(tmp_path: Path, setting: str, message: str) -> None:
@@ -104,5 +105,5 @@ def test_device_interval_inf_is_refused(tmp_path: Path) -> None:
                     "devices:\n  - {name: box, type: edge-box, interval: .inf}\n")
     s = load_site(site, strict=False)
     assert not s.devices
-    assert [str(p) for p in s.problems] == [f"{site}:4: devices[0].interval: duration inf is longer than the "
-                                            "limit of 366d"]
+    assert [str(p) for p in s.problems] == [f"{site}:4: devices[0].interval: duration inf is infinite: give a "
+                                            "finite duration, at most 366d"]
