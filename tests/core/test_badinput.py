@@ -313,3 +313,25 @@ async def test_a_running_agent_refuses_the_whole_corpus_by_reload(broker: Broker
             rc = proc.wait(15)
     text = (tmp_path / "agent.log").read_text()
     assert rc == 0 and "Traceback" not in text, text[-3000:]
+
+
+def test_the_size_limit_is_exact_and_a_file_at_the_limits_loads_in_bounded_time(tmp_path: Path) -> None:
+    """1 MiB loads; one byte more is refused before parsing. The largest accepted structure (just under the
+    100,000-value budget) loads in bounded time."""
+    from agent.yamlloc import MAX_FILE_BYTES, MAX_NODES, load_file
+
+    body = (HEAD + DEV).encode()
+    site = tmp_path / "site.yaml"
+    site.write_bytes(body + b"#" * (MAX_FILE_BYTES - len(body)))
+    assert load_site(site, strict=True).devices[0].name == "box"
+    site.write_bytes(body + b"#" * (MAX_FILE_BYTES - len(body) + 1))
+    with pytest.raises(ConfigError, match=r"site.yaml: file too large: 1048577 bytes, the limit is 1048576 bytes"):
+        load_site(site)
+    values = tmp_path / "values.yaml"
+    values.write_text("v: [" + ", ".join("1" for _ in range(MAX_NODES - 3)) + "]\n")
+    t0 = time.monotonic()
+    assert len(load_file(values).data["v"]) == MAX_NODES - 3
+    assert time.monotonic() - t0 < MAX_SECONDS
+    values.write_text("v: [" + ", ".join("1" for _ in range(MAX_NODES)) + "]\n")
+    with pytest.raises(ConfigError, match=r"values.yaml:1: the document expands to more than 100000 values"):
+        load_file(values)
