@@ -234,7 +234,7 @@ def test_validate_reports_each_broken_profile_located(case: str, tmp_path: Path,
 def test_broken_profiles_and_a_stray_site_file_never_stop_the_site(tmp_path: Path, broker: Broker,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 8 item 12: every broken profile of the corpus (a site backup, keys starting with site/uplink/
-    outbox...) in the site's profile folder: validate says ok, run starts and publishes, plan works."""
+    outbox...) in the site's profile folder: validate says ok, run starts, plan and diag work."""
     shutil.copytree(CORPUS / "profiles", tmp_path / "profiles")
     site = write_site(tmp_path, broker.url, extra="profiles_dirs: [profiles]\n",
                       devices="  - {name: box, type: edge-box, interval: 0.1s}\n"
@@ -243,6 +243,7 @@ def test_broken_profiles_and_a_stray_site_file_never_stop_the_site(tmp_path: Pat
     capsys.readouterr()
     assert main(["plan", "meter", "--config", str(site)]) == 0
     assert "request(s) per cycle" in capsys.readouterr().out
+    assert main(["diag", "broker", "--config", str(site), "--timeout", "5"]) == 0, capsys.readouterr()
     s = load_site(site, strict=False)
     assert [d.name for d in s.devices] == ["box", "meter"]
     assert {Path(p.file).name for p in s.problems} == {Path(c).name for c in PROFILES}
