@@ -351,8 +351,7 @@ class Agent:
             if blocking:
                 for p in blocking:
                     log.error("reload refused: %s", p)
-                self.event(Event("agent", "config", {"result": "refused", "problems": blocking[:50]},
-                                 Severity.WARNING))
+                self.event(Event("agent", "config", self._refusal(blocking), Severity.WARNING))
                 continue
             for p in other:
                 log.warning("reload: %s (that device stays off)", p)
@@ -361,6 +360,23 @@ class Agent:
             self.restart = True
             self.stop_event.set()
             return
+
+    def _refusal(self, problems: list[str]) -> dict[str, Any]:
+        """The data of a refused-reload event, cut to fit the largest message the uplink sends (else the
+        refusal itself would be dropped as oversize): as many problems as fit, and how many more there are."""
+        budget = min(self.site.model.uplink.max_message_bytes, self.outbox.max_bytes // 4) - 1024
+        shown: list[str] = []
+        used = 0
+        for p in problems[:50]:
+            cost = len(dumps(p)) + 1
+            if used + cost > budget:
+                break
+            shown.append(p)
+            used += cost
+        data: dict[str, Any] = {"result": "refused", "problems": shown}
+        if len(shown) < len(problems):
+            data["more"] = len(problems) - len(shown)
+        return data
 
     def _check_reload(self) -> tuple[list[str], list[str]]:
         """(problems that block the reload, problems that only keep a not-running device off)."""

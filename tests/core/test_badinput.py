@@ -338,3 +338,26 @@ def test_the_size_limit_is_exact_and_a_file_at_the_limits_loads_in_bounded_time(
     values.write_text("v: [" + ", ".join("1" for _ in range(MAX_NODES)) + "]\n")
     with pytest.raises(ConfigError, match=r"values.yaml:1: the document expands to more than 100000 values"):
         load_file(values)
+
+
+async def test_a_refusal_with_many_problems_still_fits_the_uplink(broker: Broker, tmp_path: Path) -> None:
+    """With a 4 KiB message limit, a refusal listing 60 problems is cut to what fits (and says how many more)
+    instead of being dropped as oversize: the platform always learns that a reload was refused."""
+    site = write_site(tmp_path, broker.url, extra_uplink="  max_message_bytes: 4KiB\n")
+    good = site.read_text()
+    async with Collector(broker.port) as col:
+        proc = start_agent_process(site, tmp_path / "agent.log")
+        try:
+            await col.wait(lambda: any(m["doc"]["state"] == "online" for m in col.of("status")), 15, "online")
+            site.write_text(good + "".join(f"unknown_setting_number_{i:03d}_{'x' * 40}: 1\n" for i in range(60)))
+            proc.send_signal(signal.SIGHUP)
+            await col.wait(lambda: any(m["doc"].get("kind") == "config" for m in col.of("e")), 10, "refusal")
+            msg = next(m for m in col.of("e") if m["doc"].get("kind") == "config")
+            data = msg["doc"]["data"]
+            assert data["result"] == "refused" and len(msg["raw"]) <= 4096
+            assert data["problems"] and data["more"] == 60 - len(data["problems"])
+            assert all(p.startswith(f"{site}:") and ": unknown key" in p for p in data["problems"])
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(15)
