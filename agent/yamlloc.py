@@ -121,6 +121,9 @@ def _precheck(text: str, file: str) -> None:
                 if not ev.style and len(v) > MAX_NUMBER_DIGITS and _NUMBERISH.match(v):
                     raise ConfigError(Problem(file, line, "", f"a number with {len(v)} characters"))
             elif isinstance(ev, yaml.AliasEvent):
+                if any(anchor == ev.anchor for anchor, _ in open_):
+                    raise ConfigError(Problem(file, line, "", f"recursive alias *{ev.anchor} inside &{ev.anchor}: "
+                                              "a value cannot contain itself"))
                 total += sizes.get(ev.anchor or "", 1)
             else:
                 continue
