@@ -24,6 +24,7 @@ Loc = tuple[str | int, ...]
 MAX_FILE_BYTES = 1024 * 1024  # site files and profiles; documented in docs/profiles.md
 MAX_DEPTH = 32  # nested mappings/sequences; real files use fewer than 8
 MAX_NODES = 100_000  # values in the document once every alias is expanded (a 2000-device site: ~40,000)
+MAX_PROBLEMS = 100  # duplicate keys listed per file
 MAX_MESSAGE = 500  # characters of one problem message
 MAX_NUMBER_DIGITS = 1000  # a plain scalar this long made of digits is refused (Python refuses > 4300 anyway)
 
@@ -142,7 +143,7 @@ def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str, problems
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
             line = key_node.start_mark.line + 1
-            if key in seen:
+            if key in seen and len(problems) < MAX_PROBLEMS:
                 problems.append(
                     Problem(file, line, dotted((*path, key)), f"duplicate key (first at line {seen[key]})")
                 )
