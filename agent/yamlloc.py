@@ -147,7 +147,7 @@ def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str, problems
                 problems.append(
                     Problem(file, line, dotted((*path, key)), f"duplicate key (first at line {seen[key]})")
                 )
-            seen[key] = line
+            seen.setdefault(key, line)
             lines[(*path, key)] = line
             _walk(value_node, (*path, key), lines, file, problems)
     elif isinstance(node, yaml.SequenceNode):
