@@ -35,6 +35,8 @@ def parse_duration(v: Any) -> float:
         raise ValueError(f"expected a duration such as 10s, 500ms, 5m, got {_short(v)}")
     if math.isnan(secs):
         raise ValueError("expected a duration such as 10s, got nan (not a number)")
+    if math.isinf(secs) and isinstance(v, float):
+        raise ValueError(f"duration {_short(v)} is infinite: give a finite duration, at most 366d")
     if not math.isfinite(secs) or secs > MAX_DURATION:
         raise ValueError(f"duration {_short(v)} is longer than the limit of 366d")
     return secs

@@ -9,6 +9,7 @@ them together and turns every problem into ``FILE:LINE: key.path: message``.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from agent.config.secrets import SecretRef
-from agent.config.yamlloc import Loc, LocatedDoc, load_file
+from agent.config.yamlloc import Loc, LocatedDoc, clip, load_file
 from agent.contract.device import DeviceConfig, DeviceConfigModel, Profile, ProfileMetadata
 from agent.contract.points import STRICT, PointBase
 from agent.contract.registry import DriverSpec, get_spec, known_drivers
@@ -59,11 +60,11 @@ def _problems_from(exc: ValidationError, doc: LocatedDoc, prefix: Loc = ()) -> l
         loc = (*prefix, *err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _unknown_key_hint(exc.title, err["loc"])
         elif err["type"] == "missing":
             msg = "required key missing"
         elif err["type"] == "string_pattern_mismatch" and loc and loc[-1] in ("id", "name"):
-            msg = f"{err['input']!r} is not allowed: use letters, digits, '-', '_' (site id: lower case)"
+            msg = f"{clip(err['input'])} is not allowed: use letters, digits, '-', '_' (site id: lower case)"
         out.append(doc.problem(loc, msg))
     return out
 
@@ -72,6 +73,57 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``"; did you mean X?"`` when a choice is close to ``word``, else ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=2, cutoff=0.7)
     return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    stack = [annotation]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+        stack.extend(getattr(t, "__args__", ()))
+    return None
+
+
+@functools.cache
+def _models() -> dict[str, type[BaseModel]]:
+    """Every configuration model by name (a ValidationError's title), for a did-you-mean on unknown keys."""
+    out: dict[str, type[BaseModel]] = {}
+
+    def walk(model: type[BaseModel]) -> None:
+        if model.__name__ in out:
+            return
+        out[model.__name__] = model
+        for f in model.model_fields.values():
+            stack = [f.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    walk(t)
+                stack.extend(getattr(t, "__args__", ()))
+
+    models: list[type[BaseModel]] = [SiteModel, ProfileHeader, DeviceConfigModel]
+    for name in known_drivers():
+        spec = get_spec(name)
+        models += [m for m in (spec.point_model, spec.connection_model, spec.device_model) if m is not None]
+    for m in models:
+        walk(m)
+    return out
+
+
+def _unknown_key_hint(title: str, loc: Sequence[str | int]) -> str:
+    """did-you-mean among the keys of the mapping that holds the unknown key."""
+    model = _models().get(title)
+    for part in loc[:-1]:
+        if model is None:
+            return ""
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(str(part))
+        model = _submodel(f.annotation) if f is not None else None
+    if model is None or not loc:
+        return ""
+    return did_you_mean(str(loc[-1]), [f.alias or n for n, f in model.model_fields.items()])
 
 
 def parse_profile(doc: LocatedDoc, default_id: str) -> Profile:
@@ -93,7 +145,7 @@ def parse_profile(doc: LocatedDoc, default_id: str) -> Profile:
             spec = get_spec(driver)
         except KeyError:
             hint = did_you_mean(driver, known_drivers())
-            problems.append(doc.problem(("driver",), f"unknown driver {driver!r}{hint}; "
+            problems.append(doc.problem(("driver",), f"unknown driver {clip(driver)}{hint}; "
                                         f"known: {', '.join(known_drivers())}"))
     if spec is None:
         raise ConfigError(problems)
@@ -222,7 +274,14 @@ class BackoffConfig(BaseModel):
     initial: PositiveDuration = Field(1.0, description="shortest wait before a reconnect attempt")
     max: PositiveDuration = Field(15.0, description="longest wait before a reconnect attempt (random in between)")
 
+    @model_validator(mode="after")
+    def _order(self) -> BackoffConfig:
+        if self.initial > self.max:
+            raise ValueError(f"initial ({self.initial:g} s) is longer than max ({self.max:g} s)")
+        return self
 
+
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path holds 108 with the final NUL)
 MQTT_MAX_STRING = 65535  # bytes of a UTF-8 string or binary field in an MQTT packet
 MQTT_MAX_PACKET = 268_435_455  # the largest MQTT packet (remaining length field)
 MAX_CLIENT_ID = 256  # bytes; MQTT allows 65535, brokers commonly far less (AWS IoT: 128)
@@ -337,9 +396,12 @@ class UplinkConfig(BaseModel):
         if host == "localhost" or host.endswith(".localhost"):
             return True
         try:
-            return ipaddress.ip_address(host).is_loopback
+            ip = ipaddress.ip_address(host.split("%")[0])
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped.is_loopback
+        return ip.is_loopback
 
     @property
     def cleartext_credentials(self) -> bool:
@@ -403,6 +465,15 @@ class StatusConfig(BaseModel):
         None, description="Unix socket for `edge-agent status` (default: $RUNTIME_DIRECTORY or state_dir)"
     )
 
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, v: str | None) -> str | None:
+        if v is not None:
+            n = len(os.fsencode(v))
+            if not v or n > MAX_SOCKET_PATH:
+                raise ValueError(f"a Unix socket path is 1 to {MAX_SOCKET_PATH} bytes long (this one: {n})")
+        return v
+
 
 class SiteModel(BaseModel):
     model_config = STRICT
@@ -410,7 +481,8 @@ class SiteModel(BaseModel):
     state_dir: str | None = Field(
         None, description="where the outbox lives (default: $STATE_DIRECTORY or /var/lib/edge-agent)"
     )
-    profiles_dirs: list[str] = Field(default_factory=list, description="extra profile directories, first wins")
+    profiles_dirs: list[str] = Field(default_factory=list, max_length=16,
+                                     description="extra profile directories, first wins (at most 16)")
     uplink: UplinkConfig = Field(description="MQTT broker connection")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="durable queue")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="report-by-exception")
@@ -489,7 +561,7 @@ def build_device(doc: LocatedDoc, index: int, dm: DeviceConfigModel,
     prof = profiles.get(dm.type)
     if prof is None:
         known = ", ".join(sorted(profiles)) or "none found"
-        raise ConfigError(doc.problem((*loc, "type"), f"unknown device type {dm.type!r}"
+        raise ConfigError(doc.problem((*loc, "type"), f"unknown device type {clip(dm.type)}"
                                       f"{did_you_mean(dm.type, profiles)} (known: {known})"))
     spec = get_spec(prof.driver)
     problems: list[Problem] = []
@@ -502,7 +574,7 @@ def build_device(doc: LocatedDoc, index: int, dm: DeviceConfigModel,
     by_name = {p.name: p for p in prof.points}
     for pname in dm.overrides:
         if pname not in by_name:
-            problems.append(doc.problem((*loc, "overrides", pname), f"no point {pname!r} in profile {prof.id}"))
+            problems.append(doc.problem((*loc, "overrides", pname), f"no point {clip(pname)} in profile {prof.id}"))
     for p in prof.points:
         ov = dm.overrides.get(p.name)
         if ov:
@@ -572,12 +644,13 @@ def load_site(path: str | Path, *, strict: bool = True) -> Site:
             dev_problems.extend(exc.problems)
     # A broken profile matters to validate only if a device of this site would have used it.
     used = prof_problems_for(prof_problems, [dm for _, dm in dmodels], profiles)
-    if strict and (fatal or dev_problems or used):
+    site: Site | None = None
+    if model is not None and not fatal:
+        model = model.model_copy(update={"devices": [dm for _, dm in dmodels]})
+        site = Site(str(doc.file), model, devices, profiles, secrets, _dedupe([*dev_problems, *prof_problems]))
+    if site is None or fatal or (strict and (dev_problems or used)):
         raise ConfigError(_dedupe([*fatal, *dev_problems, *used]))
-    if fatal or model is None:
-        raise ConfigError(_dedupe([*fatal, *dev_problems, *used]))
-    model = model.model_copy(update={"devices": [dm for _, dm in dmodels]})
-    return Site(str(doc.file), model, devices, profiles, secrets, _dedupe([*dev_problems, *prof_problems]))
+    return site
 
 
 def _check_uplink(doc: LocatedDoc, up: UplinkConfig, secrets: Secrets, problems: list[Problem]) -> None:

@@ -8,7 +8,9 @@ located by line and column, nesting deeper than ``MAX_DEPTH`` and documents whos
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ Loc = tuple[str | int, ...]
 
 MAX_FILE_BYTES = 1024 * 1024  # site files and profiles; documented in docs/profiles.md
 MAX_DEPTH = 32  # nested mappings/sequences; real files use fewer than 8
-MAX_NODES = 200_000  # values in the document once every alias is expanded
+MAX_NODES = 100_000  # values in the document once every alias is expanded (a 2000-device site: ~40,000)
+MAX_PROBLEMS = 100  # duplicate keys listed per file
+MAX_MESSAGE = 500  # characters of one problem message
 MAX_NUMBER_DIGITS = 1000  # a plain scalar this long made of digits is refused (Python refuses > 4300 anyway)
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -51,6 +55,8 @@ class LocatedDoc:
 
     def problem(self, loc: Iterable[str | int], message: str) -> Problem:
         path = tuple(loc)
+        if len(message) > MAX_MESSAGE:  # a message may quote what the file holds: never echo a huge value
+            message = message[:MAX_MESSAGE - 3] + "..."
         return Problem(self.file, self.line_of(path), dotted(path), message)
 
     def not_a_mapping(self, what: str) -> Problem:
@@ -69,8 +75,15 @@ def dotted(loc: Iterable[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            key = str(part)
+            out += ("." if out else "") + (key if len(key) <= 64 else key[:61] + "...")
     return out
+
+
+def clip(value: object, limit: int = 60) -> str:
+    """``repr`` of a value from a file, shortened for a message."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 def _where(text: str | bytes, index: int) -> tuple[int, int]:
@@ -109,6 +122,9 @@ def _precheck(text: str, file: str) -> None:
                 if not ev.style and len(v) > MAX_NUMBER_DIGITS and _NUMBERISH.match(v):
                     raise ConfigError(Problem(file, line, "", f"a number with {len(v)} characters"))
             elif isinstance(ev, yaml.AliasEvent):
+                if any(anchor == ev.anchor for anchor, _ in open_):
+                    raise ConfigError(Problem(file, line, "", f"recursive alias *{ev.anchor} inside &{ev.anchor}: "
+                                              "a value cannot contain itself"))
                 total += sizes.get(ev.anchor or "", 1)
             else:
                 continue
@@ -127,11 +143,11 @@ def _walk(node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str, problems
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
             line = key_node.start_mark.line + 1
-            if key in seen:
+            if key in seen and len(problems) < MAX_PROBLEMS:
                 problems.append(
                     Problem(file, line, dotted((*path, key)), f"duplicate key (first at line {seen[key]})")
                 )
-            seen[key] = line
+            seen.setdefault(key, line)
             lines[(*path, key)] = line
             _walk(value_node, (*path, key), lines, file, problems)
     elif isinstance(node, yaml.SequenceNode):
@@ -165,6 +181,7 @@ def load_text(text: str, file: str) -> LocatedDoc:
         return LocatedDoc(file, None, {(): 1}, "empty")
     _precheck(text, file)
     loader = _Loader(text)
+    node = None
     try:
         node = loader.get_single_node()
         lines: dict[Loc, int] = {}
@@ -179,10 +196,28 @@ def load_text(text: str, file: str) -> LocatedDoc:
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, text, file) from None
     except (ValueError, OverflowError, RecursionError) as exc:  # a value Python cannot represent
-        raise ConfigError(Problem(file, None, "", f"YAML value cannot be read: {exc}")) from None
+        line = _failing_scalar_line(loader, node) if node is not None else None
+        raise ConfigError(Problem(file, line, "", f"YAML value cannot be read: {str(exc)[:200]}")) from None
     finally:
         loader.dispose()
     return LocatedDoc(file, data, lines)
+
+
+def _failing_scalar_line(loader: Any, root: yaml.Node) -> int | None:
+    """Line of the first scalar Python cannot build (a date out of range, a float overflow...)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                loader.construct_object(node)
+            except (ValueError, OverflowError, yaml.YAMLError):
+                return int(node.start_mark.line) + 1
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(v for pair in reversed(node.value) for v in reversed(pair))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+    return None
 
 
 def _only_comments(text: str) -> bool:
@@ -208,21 +243,30 @@ def decode(raw: bytes, file: str) -> str:
 
 
 def read_limited(p: Path) -> bytes:
-    """The bytes of a file, refused without reading it whole when it is larger than MAX_FILE_BYTES."""
+    """The bytes of a regular file, refused without reading it when it is larger than MAX_FILE_BYTES.
+    A FIFO, a device or a directory is refused without blocking on it."""
+    where = str(p)
     try:
-        with p.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-            if len(raw) > MAX_FILE_BYTES:
-                f.seek(0, 2)
-                size = f.tell()
-                raise ConfigError(Problem(str(p), None, "", f"file too large: {size} bytes, the limit is "
-                                          f"{MAX_FILE_BYTES} bytes (1 MiB)"))
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise ConfigError(Problem(str(p), None, "", "file not found")) from exc
-    except IsADirectoryError as exc:
-        raise ConfigError(Problem(str(p), None, "", "is a directory, not a file")) from exc
+        raise ConfigError(Problem(where, None, "", "file not found")) from exc
     except OSError as exc:
-        raise ConfigError(Problem(str(p), None, "", f"cannot read: {exc.strerror or exc}")) from exc
+        raise ConfigError(Problem(where, None, "", f"cannot read: {exc.strerror or exc}")) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        what = "is a directory, not a file" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO or device?)"
+        raise ConfigError(Problem(where, None, "", what))
+    with os.fdopen(fd, "rb") as f:
+        too_large = f"file too large: {{}} bytes, the limit is {MAX_FILE_BYTES} bytes (1 MiB)"
+        if st.st_size > MAX_FILE_BYTES:
+            raise ConfigError(Problem(where, None, "", too_large.format(st.st_size)))
+        try:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(Problem(where, None, "", f"cannot read: {exc.strerror or exc}")) from exc
+        if len(raw) > MAX_FILE_BYTES:  # it grew while being read
+            raise ConfigError(Problem(where, None, "", too_large.format(f"more than {MAX_FILE_BYTES}")))
     return raw
 
 

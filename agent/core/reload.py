@@ -9,8 +9,9 @@ from typing import Any
 
 from agent.config import Site
 from agent.core.notify import Notifier
-from agent.errors import EdgeAgentError
+from agent.errors import ConfigError, EdgeAgentError
 from agent.model import Event, Severity
+from agent.uplink.codec import dumps
 
 log = logging.getLogger("edge_agent")
 
@@ -69,8 +70,7 @@ class Reloader:
             if blocking:
                 for p in blocking:
                     log.error("reload refused: %s", p)
-                self.event(Event("agent", "config", {"result": "refused", "problems": blocking[:50]},
-                                 Severity.WARNING))
+                self.event(Event("agent", "config", self._refusal(blocking), Severity.WARNING))
                 continue
             for p in other:
                 log.warning("reload: %s (that device stays off)", p)
@@ -79,16 +79,39 @@ class Reloader:
             self.apply()
             return
 
+    def _refusal(self, problems: list[str]) -> dict[str, Any]:
+        """The data of a refused-reload event, cut to fit the largest message the uplink sends (else the
+        refusal itself would be dropped as oversize): as many problems as fit, and how many more there are."""
+        budget = min(self.site.model.uplink.max_message_bytes, self.site.model.outbox.max_bytes // 4) - 1024
+        shown: list[str] = []
+        used = 0
+        for p in problems[:50]:
+            cost = len(dumps(p)) + 1
+            if used + cost > budget:
+                break
+            shown.append(p)
+            used += cost
+        data: dict[str, Any] = {"result": "refused", "problems": shown}
+        if len(shown) < len(problems):
+            data["more"] = len(problems) - len(shown)
+        return data
+
     def check(self) -> tuple[list[str], list[str]]:
         """(problems that block the reload, problems that only keep a not-running device off)."""
-        from agent.config import load_site
+        from agent.core.sitechecks import load_site_checked
 
-        new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
-        entries = self._device_entries()
+        try:
+            problems, refused = load_site_checked(self.site.file, strict=False).problems, False
+        except ConfigError as exc:  # site-level problems, listed with every other problem of the file
+            problems, refused = exc.problems, True
+        try:
+            entries = self._device_entries()
+        except ConfigError:
+            entries = []
         running = self.running()
         blocking: list[str] = []
         other: list[str] = []
-        for p in new.problems:
+        for p in problems:
             if p.file != str(self.site.file):  # a broken profile: devices using it show up as entries below
                 other.append(str(p))
                 continue
@@ -99,4 +122,6 @@ class Reloader:
                     raw = entries[idx].get("name")
                     name = raw if isinstance(raw, str) else None  # a name that is a list or a number: blocking
             (blocking if name is None or name in running else other).append(str(p))
+        if refused and not blocking:
+            blocking = other
         return blocking, other

@@ -195,13 +195,13 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.config import load_site
     from agent.core.app import Agent, install_signal_handlers
+    from agent.core.sitechecks import load_site_checked
 
     setup_logging(args.log_level)
     log = logging.getLogger("edge_agent")
     try:
-        site = load_site(args.config, strict=False)
+        site = load_site_checked(args.config, strict=False)
     except ConfigError as exc:
         for p in exc.problems:
             print(p, file=sys.stderr)
@@ -237,8 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _check_path(path: Path) -> tuple[list[Problem], bool]:
     """(problems, whether `run` would refuse this file as its site file)."""
-    from agent.config import load_profiles, load_site, parse_profile
+    from agent.config import load_profiles, parse_profile
     from agent.config.yamlloc import load_file
+    from agent.core.sitechecks import load_site_checked as load_site
 
     if path.is_dir():
         return load_profiles([path])[1], False
