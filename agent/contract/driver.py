@@ -69,6 +69,10 @@ class DriverContext:
 class Driver(abc.ABC):
     """Base class of every driver. Subclasses set nothing up in ``__init__`` beyond parsing config."""
 
+    # Longest wait before a failed device is tried again (None: the supervisor's default). A driver whose
+    # device must be followed again quickly once it answers (camera events) sets a short one.
+    backoff_max: float | None = None
+
     def __init__(self, device: DeviceConfig, ctx: DriverContext) -> None:
         self.device = device
         self.ctx = ctx
