@@ -42,6 +42,7 @@ DEVICE_STOP = 3.0
 WRITE_TIMEOUT = 30.0  # one local or remote write, queue on the bus included
 UNSTORED_MAX = 5000  # records held in memory while the outbox cannot be written
 EVENT_QUEUE = 1000
+SNAPSHOT_TIMEOUT = 30.0  # one snapshot command: fetch, downscale
 
 
 class Agent:
@@ -89,6 +90,9 @@ class Agent:
                       "sev": event.severity.name.lower(), "data": event.data})
         self._queue_event(self.topics.event(event.source), body, event.ts)
 
+    def picture(self, device: str, ref: str, jpeg: bytes) -> None:
+        self._queue_event(self.topics.snapshot(device, ref), jpeg, time.time())
+
     def points_changed(self, device: str) -> None:
         ch = self.pipeline.channels.get(device)
         if ch is not None and ch.refresh():
@@ -121,12 +125,28 @@ class Agent:
                 self.pipeline.forget()
                 self.uplink.rebirth()
                 result = {"gen": self.pipeline.gen}
+            elif cmd == "snapshot":
+                result = await self._snapshot_command(msg.get("device"))
             else:
-                raise EdgeAgentError(f"unknown command {cmd!r}; known: ping, rebirth")
+                raise EdgeAgentError(f"unknown command {cmd!r}; known: ping, rebirth, snapshot")
         except EdgeAgentError as exc:
             self._ack(cid, False, error=str(exc), cmd=cmd)
         else:
             self._ack(cid, True, result=result, cmd=cmd)
+
+    async def _snapshot_command(self, name: Any) -> dict[str, Any]:
+        """A camera picture now, on its own topic; the ack says where (docs/mqtt.md)."""
+        runner = self.runners.get(name) if isinstance(name, str) else None
+        take = getattr(runner.driver, "snapshot", None) if runner is not None else None
+        if take is None:
+            raise EdgeAgentError(f"no running camera named {name!r}")
+        try:
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT):
+                ref, jpeg = await take()
+        except (DriverError, TimeoutError) as exc:
+            raise EdgeAgentError(f"snapshot of {name}: {exc or 'no answer'}") from None
+        self.picture(name, ref, jpeg)
+        return {"device": name, "ref": ref, "bytes": len(jpeg), "topic": self.topics.snapshot(name, ref)}
 
     def _ack(self, cid: Any, ok: bool, *, cmd: Any = None, result: Any = None, error: str | None = None) -> None:
         doc: dict[str, Any] = {"id": cid, "cmd": cmd, "ok": ok, "ts": round(time.time(), 3)}

@@ -123,11 +123,30 @@ class OnvifEvents(BaseModel):
     topics: list[TopicRule] = Field(default_factory=list, description="vendor topics beyond the built-in table")
 
 
+class OnvifSnapshots(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="allow snapshots (on events and on the snapshot command)")
+    kinds: list[Literal["motion", "tamper", "input", "other"]] = Field(
+        ["motion", "tamper"], description="event kinds that take a snapshot when they become active"
+    )
+    stream: Literal["main", "sub"] = Field("main", description="media profile whose snapshot URI is used")
+    width: int = Field(640, ge=16, le=4096, description="downscale to at most this width (aspect kept)")
+    quality: int = Field(70, ge=10, le=95, description="JPEG quality of the published picture")
+    max_bytes: int = Field(
+        150_000, ge=2_000, le=2_000_000, description="bound of the published JPEG (quality, then size lowered)"
+    )
+    min_interval: PositiveDuration = Field(10.0, description="at most one snapshot per camera this often")
+    auth: Literal["auto", "digest", "basic"] = Field(
+        "auto", description="HTTP authentication of the snapshot URI; auto tries digest, then basic"
+    )
+
+
 class OnvifDeviceQuirks(BaseModel):
     """Profile ``device:`` section: what this camera model needs."""
 
     model_config = ConfigDict(extra="forbid")
     events: OnvifEvents = Field(default_factory=OnvifEvents, description="event subscription settings")
+    snapshots: OnvifSnapshots = Field(default_factory=OnvifSnapshots, description="snapshot settings")
     adjust_time: bool = Field(
         True, description="sign requests with the camera's clock (cameras refuse tokens too far from it)"
     )
@@ -142,4 +161,6 @@ SPEC = DriverSpec(
     description="ONVIF IP cameras: device and media facts, PullPoint events that survive reboots",
 )
 
-__all__ = ["FACTS", "KINDS", "SPEC", "OnvifConnection", "OnvifDeviceQuirks", "OnvifPoint", "SecretSource"]
+__all__ = [
+    "FACTS", "KINDS", "SPEC", "OnvifConnection", "OnvifDeviceQuirks", "OnvifPoint", "OnvifSnapshots", "SecretSource",
+]

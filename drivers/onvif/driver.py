@@ -6,6 +6,7 @@ operator runs ``edge-agent retry``: cameras lock accounts after a few failures, 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -13,11 +14,13 @@ from typing import TYPE_CHECKING
 
 from agent.contract.driver import Driver, DriverContext, Sink
 from agent.contract.points import PointBase
+from agent.errors import DeviceBusy
 from agent.model import Quality, Sample, Value
 
 from . import OnvifConnection, OnvifDeviceQuirks, OnvifPoint
 from .events import EventFollower
 from .session import CameraSession, DeviceAuthFailed
+from .snapshots import SnapshotQueue, Snapshotter
 
 if TYPE_CHECKING:
     from agent.contract.device import DeviceConfig
@@ -40,6 +43,7 @@ class OnvifDriver(Driver):
         self.quirks = OnvifDeviceQuirks.model_validate(self.device.profile.device or {})
         self.session: CameraSession | None = None
         self.follower: EventFollower | None = None
+        self.snapshotter: Snapshotter | None = None
 
     def _password(self) -> str:
         if self.conn.password is None:
@@ -111,7 +115,19 @@ class OnvifDriver(Driver):
 
     async def follow(self, sink: Sink) -> None:
         s = self.session
-        if s is None or not self.quirks.events.enabled or not s.facts.events:
+        if s is None:
             return
-        self.follower = EventFollower(self.name, s, self.quirks.events)
-        await self.follower.run(sink)
+        self.snapshotter = Snapshotter(s, self.quirks.snapshots)
+        if not self.quirks.events.enabled or not s.facts.events:
+            return
+        snaps = SnapshotQueue(self.name, self.snapshotter, sink.picture)
+        self.follower = EventFollower(self.name, s, self.quirks.events, snaps.offer)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(snaps.run(), name=f"{self.name}:snapshots")
+            await self.follower.run(sink)
+
+    async def snapshot(self) -> tuple[str, bytes]:
+        """A snapshot now (operator command): (ref, jpeg). DeviceBusy when rate-limited or not running."""
+        if self.snapshotter is None:
+            raise DeviceBusy(f"{self.name} is not running")
+        return await self.snapshotter.take()

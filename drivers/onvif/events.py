@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from onvif.managers import PullPointManager
@@ -47,9 +48,9 @@ class EventFollower:
     """Follows one camera's events into the sink until cancelled."""
 
     def __init__(self, device: str, session: CameraSession, cfg: OnvifEvents,
-                 on_event: Any | None = None) -> None:
+                 snapshot: Callable[[str, str], bool] | None = None) -> None:
         self.device, self.session, self.cfg = device, session, cfg
-        self.on_event = on_event  # callback(event, notification) after publishing (snapshots)
+        self.snapshot = snapshot  # (kind, event id) -> a snapshot of this event is queued
         self.lost_reason: str | None = None
         self.lost_since: float | None = None
         self.subscriptions = 0
@@ -137,8 +138,8 @@ class EventFollower:
             "id": secrets.token_hex(8), "topic": n.topic, "state": n.state, "operation": n.operation,
             "camera_time": n.utc, "source": n.source, "data": n.data,
         }
+        if self.snapshot is not None and n.state is True and n.operation != "Initialized":
+            data["snapshot"] = self.snapshot(n.kind, data["id"])
         ev = Event(self.device, n.kind, data, n.severity)
         sink.event(ev)
-        if self.on_event is not None:
-            self.on_event(ev, n)
         return ev

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -142,3 +143,61 @@ async def test_wrong_password_says_so_without_retry_storm(onvif_camera: OnvifCam
         assert "wrong user or password" in ev["data"]["reason"]
         await asyncio.sleep(8)
     assert onvif_camera.stats()["auth_failures"] <= 2
+
+
+def _pictures(col: Collector, device: str) -> list[dict[str, Any]]:
+    return [m for m in col.messages if m["kind"] == "s" and m.get("device") == device]
+
+
+@pytest.mark.parametrize("auth", ["digest", "basic"])
+async def test_snapshot_on_event_and_on_command(tmp_path: Path, broker: Any, auth: str) -> None:
+    import io
+
+    import aiomqtt
+    from PIL import Image
+
+    cam = OnvifCamera(tmp_path, extra=["--snapshot-auth", auth, "--snapshot-width", "1920",
+                                       "--snapshot-height", "1080"]).start()
+    try:
+        profile = (Path(__file__).resolve().parents[2] / "profiles" / "generic-onvif-camera.yaml").read_text()
+        profile = profile.replace("device:\n", "device:\n  snapshots: {width: 320, quality: 80, max_bytes: 12000, "
+                                  "min_interval: 3s, kinds: [motion]}\n")
+        site = _site(tmp_path, broker, {"cam1": cam}, extra=profile)
+        async with Collector(broker.port) as col, running_agent(site):
+            await col.wait(lambda: cam.stats()["subscriptions_live"] == 1, 15, "subscription")
+            cam.motion(True)
+            await col.wait(lambda: len(_pictures(col, "cam1")) == 1, 5, "snapshot of the motion event")
+            ev = next(e for e in _events(col, "cam1", "motion") if e["data"]["state"] is True
+                      and e["data"]["operation"] == "Changed")
+            pic = _pictures(col, "cam1")[0]
+            assert ev["data"]["snapshot"] is True
+            assert pic["topic"] == f"ea/v1/t1/s/cam1/{ev['data']['id']}"
+            assert pic["retain"] is False
+            img = Image.open(io.BytesIO(pic["raw"]))
+            assert (img.format, img.width, img.height) == ("JPEG", 320, 180)
+            assert len(pic["raw"]) <= 12000
+            # rate limit: a second motion within min_interval takes none
+            cam.motion(False)
+            cam.motion(True)
+            await asyncio.sleep(1.0)
+            assert len(_pictures(col, "cam1")) == 1
+            await asyncio.sleep(2.5)
+            async with aiomqtt.Client("127.0.0.1", broker.port) as op:
+                await op.publish("ea/v1/t1/cmd", json.dumps({"id": "s1", "cmd": "snapshot", "device": "cam1"}), qos=1)
+                await col.wait(lambda: any(isinstance(m.get("doc"), dict) and m["doc"].get("id") == "s1"
+                                           for m in col.of("ack")), 10, "ack")
+                ack = next(m["doc"] for m in col.of("ack") if m["doc"].get("id") == "s1")
+                assert ack["ok"], ack
+                await col.wait(lambda: any(m["topic"] == ack["result"]["topic"] for m in _pictures(col, "cam1")), 5,
+                               "snapshot of the command")
+                await op.publish("ea/v1/t1/cmd", json.dumps({"id": "s2", "cmd": "snapshot", "device": "cam1"}), qos=1)
+                await op.publish("ea/v1/t1/cmd", json.dumps({"id": "s3", "cmd": "snapshot", "device": "nope"}), qos=1)
+                await col.wait(lambda: {"s2", "s3"} <= {m["doc"].get("id") for m in col.of("ack")}, 10, "acks")
+                acks = {m["doc"]["id"]: m["doc"] for m in col.of("ack")}
+                assert not acks["s2"]["ok"] and "rate limit" in acks["s2"]["error"]
+                assert not acks["s3"]["ok"] and "no running camera" in acks["s3"]["error"]
+        assert cam.stats()["snapshots"] == 2
+        for m in col.messages:
+            assert cam.password.encode() not in m["raw"]
+    finally:
+        cam.stop()
