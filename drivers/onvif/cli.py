@@ -1,4 +1,4 @@
-"""``edge-agent onvif scan``: commissioning aid. onvif-zeep-async is imported only when the command runs."""
+"""``edge-agent onvif discover|scan``: commissioning aids. onvif-zeep-async is imported only when the command runs."""
 
 from __future__ import annotations
 
@@ -23,14 +23,29 @@ def _progress(msg: str) -> None:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "onvif", help="ONVIF cameras commissioning: scan one camera into a site snippet and a profile",
-        description="Commissioning of ONVIF IP cameras from this box: connect to one camera, read what it is and "
+        "onvif", help="ONVIF cameras commissioning: discover cameras, scan one into a site snippet and a profile",
+        description="Commissioning of ONVIF IP cameras from this box: find the cameras on the site LAN "
+                    "(WS-Discovery), then connect to one camera, read what it is and "
                     "offers (identity, clock, media profiles, events, PTZ) and write the site-file entry and a "
                     "device-type profile skeleton to review. Works without the agent.",
-        epilog=epilog(["edge-agent onvif scan 192.0.2.10 --password-file /etc/credstore/cam-hall-password"],
-                      {0: "done", 1: "failed (the message says why)", 3: "the camera did not answer"}))
+        epilog=epilog(["edge-agent onvif discover",
+                       "edge-agent onvif scan 192.0.2.10 --password-file /etc/credstore/cam-hall-password"],
+                      {0: "done", 1: "failed (the message says why)", 3: "no camera answered"}))
     sub = p.add_subparsers(dest="onvif_command", metavar="ACTION")
     p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
+    d = sub.add_parser(
+        "discover", help="WS-Discovery probe: list the cameras that answer",
+        description="Send a WS-Discovery Probe for video transmitters to the multicast group 239.255.255.250:3702 on "
+                    "the local network and list the cameras that answer: address, port, model, name and location "
+                    "from their scopes. Accepts the answers of cameras that leave out the ProbeMatches wrapper.",
+        epilog=epilog(["edge-agent onvif discover",
+                       "edge-agent onvif discover --interface 192.0.2.5 --timeout 5 --json"],
+                      {0: "cameras listed", 1: "failed (e.g. no multicast route)", 3: "no camera answered"}))
+    d.add_argument("--interface", metavar="IP", help="send the probe from this local address (default: the route's)")
+    d.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                   help="seconds to wait for answers (default 3)")
+    d.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    d.set_defaults(func=cmd_discover)
     s = sub.add_parser(
         "scan", help="connect to a camera; write a site-file snippet and a profile skeleton",
         description="Connect to the camera at HOST, read its device information, clock, media profiles (resolution, "
@@ -57,6 +72,27 @@ def register(subparsers: Any) -> None:
                    help="budget of one request (default 5)")
     s.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     s.set_defaults(func=cmd_scan)
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from .discovery import discover
+
+    try:
+        found = asyncio.run(discover(args.timeout, args.interface))
+    except OSError as exc:
+        print(f"edge-agent onvif discover: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0 if found else 3
+    if not found:
+        print("no camera answered", file=sys.stderr)
+        return 3
+    print(f"{'address':<21} {'model':<20} {'name':<24} scopes")
+    for c in found:
+        print(f"{c['address'] + ':' + str(c['port']):<21} {(c['model'] or '')[:20]:<20} {(c['name'] or '')[:24]:<24} "
+              + " ".join(c["scopes"]))
+    return 0
 
 
 def _slug(text: str) -> str:

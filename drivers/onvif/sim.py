@@ -462,6 +462,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-auth", choices=("digest", "basic"), default="digest")
     p.add_argument("--snapshot-width", type=int, default=1280)
     p.add_argument("--snapshot-height", type=int, default=720)
+    p.add_argument("--discovery", action="store_true",
+                   help="answer WS-Discovery probes on 239.255.255.250:3702 (only inside a network namespace)")
+    p.add_argument("--discovery-bare", action="store_true", help="answer without the ProbeMatches wrapper")
+    p.add_argument("--model", default="EA-CAM-1", help="model named in the discovery scopes")
     p.add_argument("--motion-every", type=float, default=0.0, help="motion on/off every N seconds (demo)")
     return p
 
@@ -471,6 +475,12 @@ async def _serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
+    if args.discovery:
+        from drivers.onvif.discovery import serve_responder
+
+        scopes = ["onvif://www.onvif.org/type/video_encoder", f"onvif://www.onvif.org/hardware/{args.model}",
+                  f"onvif://www.onvif.org/name/EdgeSim-{args.serial}", "onvif://www.onvif.org/location/hall"]
+        await serve_responder(f"http://{args.host}:{args.port}/onvif/device_service", scopes, args.discovery_bare)
     print(f"onvif-sim ready on {args.host}:{args.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
