@@ -7,6 +7,7 @@ operator runs ``edge-agent retry``: cameras lock accounts after a few failures, 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from agent.contract.driver import Driver, DriverContext, Sink
 from agent.contract.points import PointBase
-from agent.errors import DeviceBusy
+from agent.errors import DeviceBusy, DriverError
 from agent.model import Quality, Sample, Value
 
 from . import OnvifConnection, OnvifDeviceQuirks, OnvifPoint
@@ -125,6 +126,35 @@ class OnvifDriver(Driver):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(snaps.run(), name=f"{self.name}:snapshots")
             await self.follower.run(sink)
+
+    async def diag_steps(self) -> list[tuple[str, bool, str]]:
+        """Camera checks beyond one read, for ``edge-agent diag device``: events subscription, snapshot."""
+        s = self.session
+        assert s is not None, "diag before start"
+        out: list[tuple[str, bool, str]] = []
+        if s.facts.events:
+            follower = EventFollower(self.name, s, self.quirks.events)
+            try:
+                manager = await follower._subscribe()
+                try:
+                    req = {"MessageLimit": 100, "Timeout": dt.timedelta(seconds=1)}
+                    res = await s.call("PullMessages", manager.get_service().PullMessages(req), s.timeout + 1)
+                    n = len(getattr(res, "NotificationMessage", None) or [])
+                    out.append(("events subscription", True, f"PullPoint created, {n} message(s) in the first pull"))
+                finally:
+                    await follower._drop(manager)
+            except DriverError as exc:
+                out.append(("events subscription", False, f"{exc.code}: {exc}"))
+        else:
+            out.append(("events subscription", False, "the camera lists no events service"))
+        snap = Snapshotter(s, self.quirks.snapshots.model_copy(update={"min_interval": 0.001}))
+        try:
+            _, jpeg = await snap.take()
+            out.append(("snapshot", True, f"{len(jpeg)} bytes after downscale ({'basic' if snap.basic else 'digest'} "
+                                          "auth)"))
+        except DriverError as exc:
+            out.append(("snapshot", False, f"{exc.code}: {exc}"))
+        return out
 
     async def snapshot(self) -> tuple[str, bytes]:
         """A snapshot now (operator command): (ref, jpeg). DeviceBusy when rate-limited or not running."""

@@ -32,6 +32,7 @@ for _name in ("onvif", "zeep", "httpx"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 NS_PTZ = "http://www.onvif.org/ver20/ptz/wsdl"
 NS_EVENTS = "http://www.onvif.org/ver10/events/wsdl"
+CLOCK_SUSPECT = 60.0  # seconds: cameras refuse WS-Security tokens created further from their clock
 CREDENTIAL_KEYS = {"user", "username", "usr", "pwd", "password", "passwd", "pass", "auth", "token", "key"}
 
 
@@ -90,6 +91,8 @@ def map_error(exc: BaseException, what: str, host: str) -> DriverError:
         return DeviceTimeout(f"{what}: no answer from {host}")
     if isinstance(cause, aiohttp.ClientConnectorError | ConnectionError | OSError):
         return DeviceUnreachable(f"{what}: cannot connect to {host}")
+    if isinstance(cause, TransportError) and cause.status_code in (404, 405):
+        return NoSuchService(f"{what}: no ONVIF service at {host} (HTTP {cause.status_code}): wrong port or path?")
     if isinstance(cause, TransportError):
         return ProtocolError(f"{what}: HTTP {cause.status_code} from {host}")
     if isinstance(cause, aiohttp.ClientError):
@@ -151,10 +154,24 @@ class CameraSession:
             raise map_error(exc, what, self.where) from exc
 
     async def connect(self) -> None:
-        await self.call("connect", self.cam.update_xaddrs(), self.timeout * 3)
+        try:
+            await self.call("connect", self.cam.update_xaddrs(), self.timeout * 3)
+        except DeviceAuthFailed as exc:
+            raise DeviceAuthFailed(await self._why_refused(str(exc))) from exc
         xaddrs = self.cam.xaddrs
         self.facts.ptz = NS_PTZ in xaddrs
         self.facts.events = NS_EVENTS in xaddrs
+
+    async def _why_refused(self, message: str) -> str:
+        """Tell a wrong password from a clock too far off: the camera's time is readable without login."""
+        try:
+            offset = await self.clock_offset()
+        except DriverError:
+            return message
+        if abs(offset) > CLOCK_SUSPECT:
+            return (f"connect: the camera refused the login and its clock is {offset:+.0f} s off the box's: "
+                    "probably clock skew (set the camera's NTP), else wrong user or password")
+        return f"connect: the camera refused the login: wrong user or password (clocks agree within {offset:+.0f} s)"
 
     async def close(self) -> None:
         try:
