@@ -17,7 +17,8 @@ def _diag(tmp_path: Path, cam: OnvifCamera, password: str, adjust_time: bool = T
     prof_dir = tmp_path / "profiles"
     prof_dir.mkdir(exist_ok=True)
     text = (ROOT / "profiles" / "generic-onvif-camera.yaml").read_text()
-    (prof_dir / "cam.yaml").write_text(text.replace("device:\n", f"device:\n  adjust_time: {str(adjust_time).lower()}\n"))
+    quirk = f"device:\n  adjust_time: {str(adjust_time).lower()}\n"
+    (prof_dir / "cam.yaml").write_text(text.replace("device:\n", quirk))
     devices = (f"  - {{name: cam1, type: cam, timeout: 2s, connection: {{host: 127.0.0.1, port: {cam.port}, "
                f"password: {{file: {pw}}}}}}}\n")
     site = write_site(tmp_path, "mqtt://127.0.0.1:9", devices=devices)
