@@ -58,6 +58,7 @@ class DriverError(EdgeAgentError):
     """A device or bus failed; ``device`` names it when known."""
 
     code = "driver"
+    retry_after: float | None = None  # the device must not be asked again sooner (seconds), e.g. a refused login
 
     def __init__(self, message: str, *, device: str | None = None) -> None:
         self.device = device

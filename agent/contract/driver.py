@@ -37,6 +37,9 @@ class Sink(Protocol):
     def points_changed(self, device: str) -> None:
         """The driver learned point metadata at start (e.g. units read from the device)."""
 
+    def picture(self, device: str, ref: str, jpeg: bytes) -> None:
+        """A camera picture, published on its own topic; ``ref`` is the id of the event that asked for it."""
+
 
 class DriverContext:
     """Services shared by all drivers of one agent: per-bus shared objects, agent statistics, paths."""
@@ -68,6 +71,10 @@ class DriverContext:
 
 class Driver(abc.ABC):
     """Base class of every driver. Subclasses set nothing up in ``__init__`` beyond parsing config."""
+
+    # Longest wait before a failed device is tried again (None: the supervisor's default). A driver whose
+    # device must be followed again quickly once it answers (camera events) sets a short one.
+    backoff_max: float | None = None
 
     def __init__(self, device: DeviceConfig, ctx: DriverContext) -> None:
         self.device = device

@@ -22,6 +22,7 @@ DRIVERS: dict[str, str] = {
     "system": "drivers.system",
     "modbus": "drivers.modbus",
     "bacnet": "drivers.bacnet",
+    "onvif": "drivers.onvif",
 }
 
 ProfileCheck = Callable[[Sequence[PointBase], dict[str, Any]], list[tuple[tuple[str | int, ...], str]]]

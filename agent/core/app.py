@@ -42,6 +42,7 @@ from agent.model import DeviceHealth, Event, Sample, Severity, Value
 from agent.obs.metrics import Metrics, config_version
 from agent.obs.serve import MetricsServer
 from agent.outbox import Kind, Outbox, Record
+from agent.uplink import intake
 from agent.uplink.codec import dumps
 from agent.uplink.mqtt import Uplink
 from agent.uplink.topics import Topics
@@ -50,6 +51,7 @@ log = logging.getLogger("edge_agent")
 
 SHUTDOWN_FLUSH = 5.0
 DEVICE_STOP = 3.0
+SNAPSHOT_TIMEOUT = 30.0  # one snapshot command: fetch, downscale
 
 
 class Agent:
@@ -80,7 +82,8 @@ class Agent:
         self.uplink.on_puback = self.metrics.on_puback
         for r in self.runners.values():
             r.on_cycle, r.on_failure = self.metrics.on_cycle, self.metrics.on_failure
-        self.commands = CommandChannel(self.topics, self.uplink, self.pipeline, self.flusher.queue, self.started)
+        self.commands = CommandChannel(self.topics, self.uplink, self.pipeline, self.flusher.queue, self.started,
+                                       self._snapshot_command)
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
         self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)
@@ -102,6 +105,9 @@ class Agent:
         body = dumps({"ts": round(event.ts, 3), "src": event.source, "kind": event.kind,
                       "sev": event.severity.name.lower(), "data": event.data})
         self.flusher.queue(self.topics.event(event.source), body, event.ts)
+
+    def picture(self, device: str, ref: str, jpeg: bytes) -> None:
+        self.flusher.queue(self.topics.snapshot(device, ref), jpeg, time.time())
 
     def points_changed(self, device: str) -> None:
         ch = self.pipeline.channels.get(device)
@@ -144,6 +150,20 @@ class Agent:
         if driver is None:
             raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
         return driver.plan()
+
+    async def _snapshot_command(self, name: Any) -> dict[str, Any]:
+        """A camera picture now, on its own topic; the ack says where (docs/mqtt.md)."""
+        runner = self.runners.get(name) if isinstance(name, str) else None
+        take = getattr(runner.driver, "snapshot", None) if runner is not None else None
+        if take is None:
+            raise intake.CommandRefused(f"no running camera named {str(name)[:64]!r}", None, "snapshot")
+        try:
+            async with asyncio.timeout(SNAPSHOT_TIMEOUT):
+                ref, jpeg = await take()
+        except (DriverError, TimeoutError) as exc:
+            raise intake.CommandRefused(f"snapshot of {name}: {exc or 'no answer'}"[:200], None, "snapshot") from None
+        self.picture(name, ref, jpeg)
+        return {"device": name, "ref": ref, "bytes": len(jpeg), "topic": self.topics.snapshot(name, ref)}
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self.site, self.started, self.health, self.uplink, self.outbox, self.flusher,

@@ -3,9 +3,10 @@ answered on the ack topic. Remote operations (signed pushes, writes) grow here."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent import __version__
@@ -18,16 +19,20 @@ from agent.uplink.topics import Topics
 log = logging.getLogger("edge_agent")
 
 Queue = Callable[[str, bytes, float], None]
+Snapshot = Callable[[Any], Awaitable[dict[str, Any]]]  # device name -> where the picture went
 
 
 class CommandChannel:
-    def __init__(self, topics: Topics, uplink: Uplink, pipeline: Pipeline, queue: Queue, started: float) -> None:
+    def __init__(self, topics: Topics, uplink: Uplink, pipeline: Pipeline, queue: Queue, started: float,
+                 snapshot: Snapshot | None = None) -> None:
         self.topics = topics
         self.uplink = uplink
         self.pipeline = pipeline
         self.queue = queue  # where acks go: the event queue of the outbox
         self.started = started
         self.gate = intake.Gate()
+        self.snapshot = snapshot
+        self._slow: set[asyncio.Task[None]] = set()  # commands that take long (snapshots): answered when done
 
     async def handle(self, payload: bytes) -> None:
         """Every command is answered on the ack topic unless answers themselves are over their rate (a flood)."""
@@ -37,11 +42,26 @@ class CommandChannel:
         try:
             c = intake.parse(payload)
             self.gate.admit(c)
+            if c.cmd == "snapshot" and self.snapshot is not None:
+                # a camera may take seconds: answered when done, without holding up the commands behind it
+                task = asyncio.create_task(self._slow_command(c, self.snapshot), name="command:snapshot")
+                self._slow.add(task)
+                task.add_done_callback(self._slow.discard)
+                return
             result = self._run(c)
         except intake.CommandRefused as exc:
             self.gate.refused += 1
             if self.ack(exc.cid, False, error=exc.error, cmd=exc.cmd):
                 log.warning("command refused: %s", exc.error)
+        else:
+            self.ack(c.id, True, result=result, cmd=c.cmd)
+
+    async def _slow_command(self, c: intake.Command, run: Snapshot) -> None:
+        try:
+            result = await run(c.args.get("device"))
+        except intake.CommandRefused as exc:
+            self.gate.refused += 1
+            self.ack(c.id, False, error=exc.error, cmd=c.cmd)
         else:
             self.ack(c.id, True, result=result, cmd=c.cmd)
 
@@ -51,7 +71,8 @@ class CommandChannel:
         if c.cmd == "rebirth":
             self.uplink.rebirth(reset=True)  # coalesced: at most one birth per REBIRTH_MIN_INTERVAL
             return {"gen": self.pipeline.gen}
-        raise intake.CommandRefused(f"unknown command {c.cmd!r}; known: ping, rebirth", c.id, c.cmd)
+        known = "ping, rebirth" + (", snapshot" if self.snapshot is not None else "")
+        raise intake.CommandRefused(f"unknown command {c.cmd!r}; known: {known}", c.id, c.cmd)
 
     def ack(self, cid: str | int | None, ok: bool, *, cmd: str | None = None, result: Any = None,
             error: str | None = None) -> bool:

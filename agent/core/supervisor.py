@@ -238,8 +238,10 @@ class DeviceRunner:
                 elif self._crashed(leaf):
                     return
                 self._end()
-                delay = min(self._backoff * random.uniform(0.8, 1.2), BACKOFF_MAX)
-                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                cap = getattr(cls, "backoff_max", None) or BACKOFF_MAX
+                delay = min(self._backoff * random.uniform(0.8, 1.2), cap)
+                self._backoff = min(self._backoff * 2, cap)
+                delay = max(delay, getattr(leaf, "retry_after", None) or 0.0)  # e.g. a refused login
 
     def _crashed(self, exc: Exception) -> bool:
         """Count an unexpected crash against the budget; True when the device is now disabled."""

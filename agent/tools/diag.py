@@ -266,6 +266,13 @@ async def diag_device(site: Any, dev: Any, budget: float) -> Report:
         units = {p.name: p.unit for p in dev.points}
         r.points = [{"point": s.point, "value": s.value, "unit": units.get(s.point),
                      "quality": s.quality.name.lower(), "error": s.error} for s in samples]
+        extra = getattr(driver, "diag_steps", None)  # driver-specific checks (cameras: events, snapshot)
+        if extra is not None:
+            t0 = time.monotonic()
+            async with asyncio.timeout(budget * 2):
+                for name, ok, detail in await extra():
+                    r.add(name, t0, ok, detail)
+                    t0 = time.monotonic()
     except TimeoutError:
         r.add("read" if r.steps[-1].name == "start" else "start", t0, False, f"no answer within {budget:g} s")
     except EdgeAgentError as exc:

@@ -52,7 +52,9 @@ def handle(dec: Decoder, topic: str, payload: bytes, prefix: str) -> dict[str, A
     kind = rest[1] if len(rest) > 1 else ""
     out: dict[str, Any] = {"topic": topic, "site": site, "kind": kind, "bytes": len(payload)}
     try:
-        if kind == "t" and len(rest) > 2:
+        if kind == "s" and len(rest) > 3:  # a camera picture: JPEG bytes, not JSON
+            out["device"], out["ref"] = rest[2], rest[3]
+        elif kind == "t" and len(rest) > 2:
             out["device"] = rest[2]
             out.update(dec.telemetry(site, rest[2], payload))
         else:
@@ -81,6 +83,8 @@ def render(m: dict[str, Any]) -> str:
         devs = doc.get("devices", {})
         return (f"{clock} {m['site']} birth gen={doc.get('gen')} ({m['bytes']} B): "
                 + ", ".join(f"{k}[{len(v.get('points', []))}]" for k, v in devs.items()))
+    if m["kind"] == "s":
+        return f"{clock} {m['site']}/{m['device']} snapshot ref={m.get('ref')} ({m['bytes']} B JPEG)"
     return f"{clock} {m['topic']} ({m['bytes']} B) {json.dumps(m.get('doc'), ensure_ascii=False)}"
 
 

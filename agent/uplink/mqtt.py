@@ -245,6 +245,8 @@ class Uplink:
     def payload(self, row: Stored) -> bytes:
         if row.kind == Kind.TELEMETRY:
             return frame(row.seq, row.body)
+        if row.topic.startswith(self.topics.pictures):
+            return row.body  # a camera picture (JPEG) as it is: the event id in its topic identifies it
         return with_seq(row.seq, row.body)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:

@@ -29,6 +29,14 @@ class Topics:
         return f"{self.base}/e/{source}"
 
     @property
+    def pictures(self) -> str:
+        """Prefix of camera pictures: JPEG payloads, published as they are (no seq)."""
+        return f"{self.base}/s/"
+
+    def snapshot(self, device: str, ref: str) -> str:
+        return f"{self.pictures}{device}/{ref}"
+
+    @property
     def command(self) -> str:
         return f"{self.base}/cmd"
 

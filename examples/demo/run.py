@@ -232,7 +232,7 @@ def main() -> int:
     ap.add_argument("--fail", type=failure, action="append", default=[], metavar="DEVICE:AT:FOR",
                     help="stop DEVICE's simulator AT after the start and restart it FOR later (repeat)")
     ap.add_argument("--interval", default="5s", help="poll interval of the simulated meters (default 5s)")
-    ap.add_argument("--sims", default="modbus,bacnet", help="simulators to run (default modbus,bacnet)")
+    ap.add_argument("--sims", default="modbus,bacnet,onvif", help="simulators to run (default modbus,bacnet,onvif)")
     ap.add_argument("--workdir", type=Path, default=ROOT / ".demo", help="working files (default .demo)")
     args = ap.parse_args()
     work: Path = args.workdir.resolve()
@@ -363,7 +363,23 @@ def _bacnet(work: Path, procs: Processes, interval: str) -> list[str]:
     return lines
 
 
-SIMULATORS: dict[str, Callable[[Path, Processes, str], list[str]]] = {"modbus": _modbus, "bacnet": _bacnet}
+def _onvif(work: Path, procs: Processes, interval: str) -> list[str]:
+    """A simulated ONVIF camera (facts, motion every 15 s with a snapshot of each), password from a file."""
+    port = free_port()
+    pw = work / "cam-hall-password"
+    pw.write_text("demo-camera-pw\n")
+    pw.chmod(0o600)
+    p = procs.start("sim-cam-hall", [PY, "-m", "drivers.onvif.sim", "--host", "127.0.0.1", "--port", str(port),
+                                     "--password", "demo-camera-pw", "--motion-every", "15"])
+    procs.all[-1].devices.append("cam-hall")
+    wait_port(port, p, "sim-cam-hall", work)
+    return [f"  - {{name: cam-hall, type: generic-onvif-camera, interval: 10s, slow_interval: 5m, timeout: 3s, "
+            f"connection: {{host: 127.0.0.1, port: {port}, user: admin, password: {{file: {pw}}}}}}}"]
+
+
+SIMULATORS: dict[str, Callable[[Path, Processes, str], list[str]]] = {
+    "modbus": _modbus, "bacnet": _bacnet, "onvif": _onvif,
+}
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -1,0 +1,1 @@
+from tests.peers.onvif import onvif_camera  # noqa: F401  (fixture)
