@@ -18,21 +18,23 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
-from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack, RejectPDU
+from bacpypes3.apdu import AbortPDU, ErrorPDU, ErrorRejectAbortNack
 from bacpypes3.app import Application
 from bacpypes3.basetypes import PropertyIdentifier, PropertyReference, Segmentation
 from bacpypes3.pdu import Address
 from bacpypes3.primitivedata import Null, ObjectIdentifier
-from bacpypes3.service.cov import SubscriptionContextManager
 
 from agent.contract.driver import Driver, DriverContext, Sink
 from agent.contract.points import PointBase
 from agent.errors import DeviceTimeout, DeviceUnreachable, ProtocolError, WriteRefused
-from agent.model import Event, Quality, Sample, Severity, Value
+from agent.model import Quality, Sample, Value
 
 from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+from .cov import CovFollower
 from .localif import other_stack, resolve_local
 from .restart import EdgeApplication, RestartWatch
+from .values import err_text as _err_text
+from .values import to_value
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,48 +48,6 @@ STRING_PROPS = {
     "object-name", "description", "model-name", "vendor-name", "firmware-revision", "location",
     "application-software-version", "profile-name", "inactive-text", "active-text", "device-type",
 }
-
-
-def _err_text(exc: BaseException) -> str:
-    """A short, stable reason: ``unknown-object``, ``unknown-property``, ``segmentation-not-supported``."""
-    if isinstance(exc, ErrorPDU):
-        return str(getattr(exc, "errorCode", None) or exc.reason)
-    if isinstance(exc, RejectPDU | AbortPDU):
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__
-
-
-def to_value(v: Any) -> Value:
-    """bacpypes3 value → what a Sample carries: float, int, bool (binary PVs), str, None."""
-    from bacpypes3.basetypes import BinaryPV
-    from bacpypes3.constructeddata import Choice
-    from bacpypes3.primitivedata import Boolean, CharacterString, Enumerated, Real
-
-    if v is None or isinstance(v, Null):
-        return None
-    if isinstance(v, Choice):  # e.g. a priority-array slot: the one element that is set
-        for name in getattr(v, "_elements", {}):
-            element = getattr(v, name, None)
-            if element is not None:
-                return to_value(element)
-        return None
-    if isinstance(v, BinaryPV):
-        return int(v) == 1
-    if isinstance(v, Boolean):
-        return bool(v)
-    if isinstance(v, Enumerated):
-        return str(v)
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, Real):  # single precision: 17.14, not 17.139999389648438
-        return float(f"{float(v):.7g}")
-    if isinstance(v, float):
-        return float(v)
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, CharacterString | str):
-        return str(v)
-    return str(v)
 
 
 def _bus_args(conn: BACnetConnection, local: str) -> SimpleNamespace:
@@ -258,13 +218,6 @@ def plan_batches(points: Sequence[BACnetPoint], *, max_apdu: int, segmented_repl
     return batches
 
 
-class _Subscription(SubscriptionContextManager):
-    """bacpypes3's subscription, with renewal driven by the driver (its own timer swallows failures)."""
-
-    def create_refresh_task(self) -> None:
-        return None
-
-
 @dataclass
 class DeviceFacts:
     max_apdu: int = OWN_MAX_APDU
@@ -290,13 +243,10 @@ class BACnetDriver(Driver):
         self.app: Application | None = None
         self._bus: BACnetBus | None = None
         self._sem: asyncio.Semaphore | None = None
-        self._subscribed: set[str] = set()
         self.local = ""  # this box's IP/prefix, resolved at start
         self._max_points = self.quirks.max_points_per_request
         self.units: dict[str, str | None] = {}
-        self.restarts = 0  # controller restarts noticed (each resubscribes every COV point at once)
-        self._resubscribe = asyncio.Event()
-        self._forgotten = False  # the controller forgot the subscriptions: do not unsubscribe
+        self.cov = CovFollower(self)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -315,7 +265,7 @@ class BACnetDriver(Driver):
             raise
 
     async def stop(self) -> None:
-        self._subscribed.clear()
+        self.cov.subscribed.clear()
         bus, self._bus = self._bus, None
         self.app = None
         if bus is not None:
@@ -577,11 +527,16 @@ class BACnetDriver(Driver):
     # ------------------------------------------------------------------------------------- COV
 
     def polled_points(self) -> list[PointBase]:
-        return [p for p in self.device.enabled_points if p.name not in self._subscribed]
+        return [p for p in self.device.enabled_points if p.name not in self.cov.subscribed]
 
     @property
     def subscribed(self) -> set[str]:
-        return set(self._subscribed)
+        return set(self.cov.subscribed)
+
+    @property
+    def restarts(self) -> int:
+        """Controller restarts noticed (each resubscribes every COV point at once)."""
+        return self.cov.restarts
 
     async def follow(self, sink: Sink) -> None:
         """Hold the COV subscriptions and watch for controller restarts, which resubscribe them at once."""
@@ -589,33 +544,10 @@ class BACnetDriver(Driver):
         if not cov:
             return
         watch = RestartWatch(self, float(self.device.model.interval),
-                             lambda reason, evident: self._on_restart(reason, evident, cov, sink))
+                             lambda reason, evident: self.cov.on_restart(reason, evident, cov, sink))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(watch.run(), name=f"{self.name}.restart-watch")
-            tg.create_task(self._follow_cov(cov, sink), name=f"{self.name}.cov")
-
-    async def _follow_cov(self, cov: list[BACnetPoint], sink: Sink) -> None:
-        while True:
-            self._resubscribe = flag = asyncio.Event()
-            self._forgotten = False
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    for p in cov:
-                        tg.create_task(self._follow_point(p, sink), name=f"{self.name}.{p.name}.cov")
-                    tg.create_task(_raise_when(flag), name=f"{self.name}.resubscribe")
-            except* _Resubscribe:
-                pass  # every point task was cancelled: subscribe them all again
-
-    def _on_restart(self, reason: str, evident: bool, cov: list[BACnetPoint], sink: Sink) -> None:
-        names = [p.name for p in cov]
-        if evident:
-            self.restarts += 1
-            log.warning("%s: controller restarted (%s); resubscribing %d COV point(s)", self.name, reason, len(cov))
-            sink.event(Event(self.name, "restart", {"reason": reason, "resubscribed": names}, Severity.WARNING))
-        else:
-            log.info("%s: %s; resubscribing %d COV point(s)", self.name, reason, len(cov))
-        self._forgotten = True
-        self._resubscribe.set()
+            tg.create_task(self.cov.run(cov, sink), name=f"{self.name}.cov")
 
     def heard_from(self, source: Address) -> None:
         """An I-Am from this device: follow it to a new address when the site names none (DHCP)."""
@@ -623,82 +555,3 @@ class BACnetDriver(Driver):
             log.warning("%s: device %s now answers from %s (was %s)", self.name, self.conn.device_instance,
                         source, self.address)
             self.address = source
-
-    async def _follow_point(self, p: BACnetPoint, sink: Sink) -> None:
-        backoff = 1.0
-        while True:
-            try:
-                await self._subscription(p, sink)
-                backoff = 1.0
-            except (ErrorRejectAbortNack, TimeoutError, DeviceTimeout, DeviceUnreachable, ProtocolError) as exc:
-                reason = _err_text(exc)
-                refused = isinstance(exc, ErrorPDU | RejectPDU)
-                log.info("%s.%s: COV %s (%s); polled until retry", self.name, p.name,
-                         "refused" if refused else "lost", reason)
-                self._subscribed.discard(p.name)
-                wait = max(p.cov_lifetime, 60.0) if refused else backoff
-                backoff = min(backoff * 2, p.cov_lifetime)
-                await asyncio.sleep(wait)
-
-    async def _subscription(self, p: BACnetPoint, sink: Sink) -> None:
-        """Hold one subscription: (re)subscribe, expect a notification each time, renew at half lifetime."""
-        app, addr = self._app(), self.address
-        assert addr is not None
-        lifetime = max(2, int(p.cov_lifetime))
-        base = app.change_of_value(addr, ObjectIdentifier(p.object_id), None, p.cov_confirmed, lifetime)
-        scm = _Subscription(app, addr, base.monitored_object_identifier, base.subscriber_process_identifier,
-                            p.cov_confirmed, lifetime)
-        key = (addr, scm.subscriber_process_identifier)
-        if p.cov_increment is not None:
-            await self._set_cov_increment(p)
-        app._cov_contexts[key] = scm  # before subscribing: the first notification may beat the ack
-        try:
-            while True:
-                await self._call("subscribe-cov", scm.refresh_subscription)
-                if scm.refresh_subscription_handle is not None:
-                    scm.refresh_subscription_handle.cancel()
-                # every (re)subscription is answered by a notification: silence means it did not take
-                async with asyncio.timeout(self.timeout):
-                    await self._next_value(scm, p, sink)
-                self._subscribed.add(p.name)
-                renew_at = asyncio.get_running_loop().time() + lifetime / 2
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(renew_at):
-                        while True:
-                            await self._next_value(scm, p, sink)
-        except asyncio.CancelledError:
-            self._subscribed.discard(p.name)
-            if not self._forgotten:
-                with contextlib.suppress(BaseException):
-                    async with asyncio.timeout(1.0):
-                        await scm.__aexit__(None, None, None)  # unsubscribe, best effort
-            raise
-        finally:
-            app._cov_contexts.pop(key, None)
-
-    async def _set_cov_increment(self, p: BACnetPoint) -> None:
-        app, addr = self._app(), self.address
-        assert addr is not None and p.cov_increment is not None
-        inc = float(p.cov_increment)
-        try:
-            await self._call("write-property", lambda: app.write_property(addr, p.object_id, "cov-increment", inc))
-        except ErrorRejectAbortNack as exc:
-            log.warning("%s.%s: cannot set cov-increment %g: %s (the device's own increment applies)",
-                        self.name, p.name, inc, _err_text(exc))
-
-    async def _next_value(self, scm: _Subscription, p: BACnetPoint, sink: Sink) -> None:
-        """Wait for the next present-value of this subscription and hand it to the sink."""
-        while True:
-            prop, value = await scm.get_value()
-            if str(prop) == "present-value":
-                sink.samples(self.name, [Sample(self.name, p.name, to_value(value), Quality.GOOD, time.time())])
-                return
-
-
-class _Resubscribe(Exception):
-    """The controller restarted: every subscription is made again."""
-
-
-async def _raise_when(flag: asyncio.Event) -> None:
-    await flag.wait()
-    raise _Resubscribe

@@ -160,3 +160,17 @@ def test_drivers_see_only_the_contract() -> None:
 def test_agent_top_level_holds_only_packages_and_vocabulary() -> None:
     flat = sorted(p.name for p in (ROOT / "agent").glob("*.py"))
     assert flat == ["__init__.py", "errors.py", "model.py", "types.py"]
+
+
+CLASS_LINES = 350  # "keep a class under ~300 lines": a class past this is doing more than one job
+
+
+def test_no_class_holds_several_responsibilities() -> None:
+    big = []
+    for mod, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                n = node.end_lineno - node.lineno + 1
+                if n > CLASS_LINES:
+                    big.append(f"{mod}.{node.name}: {n} lines")
+    assert big == []

@@ -1,0 +1,52 @@
+"""bacpypes3 values and errors in the agent's terms (shared by the driver, COV following, scan and the CLI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bacpypes3.apdu import AbortPDU, ErrorPDU, RejectPDU
+from bacpypes3.primitivedata import Null
+
+from agent.model import Value
+
+
+def err_text(exc: BaseException) -> str:
+    """A short, stable reason: ``unknown-object``, ``unknown-property``, ``segmentation-not-supported``."""
+    if isinstance(exc, ErrorPDU):
+        return str(getattr(exc, "errorCode", None) or exc.reason)
+    if isinstance(exc, RejectPDU | AbortPDU):
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+def to_value(v: Any) -> Value:
+    """bacpypes3 value → what a Sample carries: float, int, bool (binary PVs), str, None."""
+    from bacpypes3.basetypes import BinaryPV
+    from bacpypes3.constructeddata import Choice
+    from bacpypes3.primitivedata import Boolean, CharacterString, Enumerated, Real
+
+    if v is None or isinstance(v, Null):
+        return None
+    if isinstance(v, Choice):  # e.g. a priority-array slot: the one element that is set
+        for name in getattr(v, "_elements", {}):
+            element = getattr(v, name, None)
+            if element is not None:
+                return to_value(element)
+        return None
+    if isinstance(v, BinaryPV):
+        return int(v) == 1
+    if isinstance(v, Boolean):
+        return bool(v)
+    if isinstance(v, Enumerated):
+        return str(v)
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, Real):  # single precision: 17.14, not 17.139999389648438
+        return float(f"{float(v):.7g}")
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, CharacterString | str):
+        return str(v)
+    return str(v)
