@@ -11,79 +11,15 @@ Baseline in the same run: the same agent with only the box's own health device (
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"port {port} did not open")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
-
-
-def run_agent(work: Path, broker_port: int, devices: str, seconds: float, label: str) -> dict[str, float]:
-    site = work / f"site-{label}.yaml"
-    site.write_text(f"site: {{id: soak}}\nstate_dir: {work / ('state-' + label)}\n"
-                    f"status: {{socket: {work / ('agent-' + label + '.sock')}}}\n"
-                    f"uplink: {{broker: 'mqtt://127.0.0.1:{broker_port}'}}\n"
-                    f"outbox: {{sync: full}}\ndevices:\n  - {{name: box, type: edge-box, interval: 5s}}\n{devices}")
-    log = open(work / f"agent-{label}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.tools.cli", "run", "--config", str(site)], cwd=ROOT,
-                            stdout=log, stderr=log)
-    try:
-        time.sleep(5)  # start-up and first polls
-        rss0, cpu0, t0 = rss_kib(proc.pid), cpu_s(proc.pid), time.monotonic()
-        peak = rss0
-        while time.monotonic() - t0 < seconds:
-            time.sleep(2)
-            if proc.poll() is not None:
-                raise SystemExit(f"agent exited: {(work / f'agent-{label}.log').read_text()[-2000:]}")
-            peak = max(peak, rss_kib(proc.pid))
-        rss1, cpu1, t1 = rss_kib(proc.pid), cpu_s(proc.pid), time.monotonic()
-        status = subprocess.run([sys.executable, "-m", "agent.tools.cli", "status", "--json", "--config", str(site)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=20)
-        snap = json.loads(status.stdout)
-        return {"rss0": rss0 / 1024, "rss1": rss1 / 1024, "peak": peak / 1024,
-                "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0), "offered": snap["pipeline"]["offered"],
-                "reported": snap["pipeline"]["reported"], "published": snap["uplink"]["published"],
-                "depth": snap["outbox"]["depth"], "uptime": snap["agent"]["uptime"]}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
-        log.close()
+sys.path.insert(0, str(ROOT / "bench"))
+from agent_soak import free_port, run_agent, wait_port  # noqa: E402  (the same measurement as the soak bench)
 
 
 def main() -> int:
