@@ -112,7 +112,7 @@ async def stop_proc(p: asyncio.subprocess.Process) -> None:
 
 async def py_spy(pid: int, seconds: float, out: Path) -> None:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    p = await asyncio.create_subprocess_exec(exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100",
+    p = await asyncio.create_subprocess_exec(exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "1000",
                                              "-f", "raw", "-o", str(out), "--nonblocking",
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await p.wait()

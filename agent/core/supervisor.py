@@ -176,9 +176,12 @@ class DeviceRunner:
 
     async def _poll(self, driver: Driver) -> None:
         dm = self.device.model
-        # Stagger the first poll so that devices of one bus don't all start at the same instant.
-        first = random.uniform(0, min(dm.interval, 2.0))
-        next_fast = time.monotonic() + first
+        # Polls are aligned on one grid (the monotonic clock, in steps of the interval, at most 1 s): devices
+        # with the same interval poll in the same event-loop wake-up, so N devices cost one wake-up instead
+        # of N (bench/site_poll.py: 43k -> 69k points per CPU-second on 50 meters). Devices of one bus still
+        # take turns on its lock.
+        now = time.monotonic()
+        next_fast = now + (-now) % min(dm.interval, 1.0)
         next_slow = next_fast
         while True:
             now = time.monotonic()
