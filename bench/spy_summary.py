@@ -37,7 +37,7 @@ def summarise(path: Path, top: int = 25) -> str:
         if "EpollSelector.select" in frames[-1]:  # waiting in epoll: py-spy's idle detection misses some
             idle += count
             continue
-        own[frames[-1]] += count
+        own[frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1].split(":")[0] + ")"] += count
         for name, markers in AREAS:
             if any(m in stack for m in markers):
                 areas[name] += count

@@ -180,3 +180,20 @@ async def test_write_function_codes(tmp_path: Path, multiple: bool, coil_fc: int
     finally:
         await drv.stop()
         await peer.stop()
+
+
+async def test_unchanged_block_is_not_decoded_again(setup: Any) -> None:
+    """Equal raw registers: no decoding (the same value objects come back, which the pipeline's change test
+    recognises at once), fresh timestamps; a changed register is decoded as before."""
+    drv, peer, expected = setup
+    first = {s.point: s for s in await drv.read(drv.points)}
+    second = {s.point: s for s in await drv.read(drv.points)}
+    assert {n: s.value for n, s in second.items()} == expected
+    numbers = [n for n, s in first.items() if isinstance(s.value, float)]
+    assert numbers and all(second[n].value is first[n].value for n in numbers)
+    assert all(second[n].ts >= first[n].ts and second[n].quality == Quality.GOOD for n in second)
+    await peer.set(1, "holding", 100, [2417, 0])
+    third = values(await drv.read(drv.points))
+    assert third["volts_x10"] == 241.7
+    assert {n: v for n, v in third.items() if n != "volts_x10"} == {n: v for n, v in expected.items()
+                                                                  if n != "volts_x10"}
