@@ -119,10 +119,11 @@ async def py_spy(pid: int, seconds: float, out: Path) -> None:
 
 
 async def run_agent(work: Path, site: Site, counter: Counter, broker: int, warm: float, seconds: float,
-                    run: int, spy: Path | None) -> dict[str, float]:
+                    run: int, spy: Path | None, conn: dict[str, Any]) -> dict[str, float]:
     state = work / f"state-{run}"
     devices = [{"name": f"meter{i}", "type": "bench-meter", "interval": "1s", "timeout": "1s",
-                "connection": {"host": "127.0.0.1", "port": port, "unit": 1}} for i, port in enumerate(site.ports)]
+                "connection": {"host": "127.0.0.1", "port": port, "unit": 1, **conn}}
+               for i, port in enumerate(site.ports)]
     doc = {"site": {"id": "bench"}, "state_dir": str(state), "profiles_dirs": [str(work / "profiles")],
            "status": {"socket": str(work / f"agent-{run}.sock")},
            "uplink": {"broker": f"mqtt://127.0.0.1:{broker}"}, "devices": devices}
@@ -225,10 +226,11 @@ async def main_async(args: argparse.Namespace) -> int:
             ctask = asyncio.create_task(counter.run())
             await asyncio.wait_for(counter.ready.wait(), 10)
             agent_runs, naive_runs = [], []
+            conn = {"tcp_client": args.tcp_client}
             for run in range(args.runs):
                 spy = work / "agent.spy" if args.profile_agent and run == args.runs - 1 else None
                 agent_runs.append(figures(await run_agent(work, site, counter, broker, args.warm, args.seconds,
-                                                          run, spy), args.devices))
+                                                          run, spy, conn), args.devices))
                 if not args.agent_only:
                     naive_runs.append(figures(await run_naive(work, site, counter, broker, args.warm,
                                                               args.seconds, run), args.devices))
@@ -245,7 +247,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"\nsite: {args.devices} Modbus TCP meters x {POINTS} points, polled every 1 s, "
           f"{args.seconds:g} s windows after {args.warm:g} s warm-up, {args.runs} runs{' ' * 8}min      median"
           "         max")
-    show("edge-agent (whole process)", agent_runs)
+    show(f"edge-agent (whole process, tcp_client {args.tcp_client})", agent_runs)
     if naive_runs:
         show("naive baseline (1 request per point, 1 JSON message per device per poll, aiomqtt QoS 1)",
              naive_runs)
@@ -265,6 +267,8 @@ def main() -> int:
     ap.add_argument("--warm", type=float, default=8.0, help="warm-up before each window")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--agent-only", action="store_true", help="skip the naive baseline")
+    ap.add_argument("--tcp-client", choices=["native", "pymodbus"], default="native",
+                    help="the agent's Modbus TCP client (connection.tcp_client)")
     ap.add_argument("--profile-agent", metavar="FILE", help="py-spy raw (collapsed) profile of the last window")
     return asyncio.run(main_async(ap.parse_args()))
 

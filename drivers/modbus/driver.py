@@ -32,6 +32,7 @@ from agent.model import Quality, Sample, Value
 from . import BIT_TABLES, MAX_WRITE_REGISTERS, ModbusConnection, ModbusDeviceQuirks, ModbusPoint
 from .codec import Decoder, compile_decoder, encode, set_bit
 from .planner import TABLE_ORDER, Lessons, Request, plan, refine
+from .tcp import TcpClient
 
 # pymodbus logs every timeout at ERROR level; a silent device on a shared bus would flood the journal.
 # The driver reports failures itself (per-point errors, DriverError to the supervisor).
@@ -76,7 +77,7 @@ class Bus:
         self.last_io = 0.0
         self.users = 0
         self.requests = 0
-        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | TcpClient | None = None
         # Per unit id: what outlives one driver instance (the supervisor builds a new one after a failure).
         self.memory: dict[int, UnitMemory] = {}
 
@@ -86,9 +87,11 @@ class Bus:
             mem = self.memory[conn.unit] = UnitMemory(Breaker(conn.breaker_threshold, conn.breaker_probe))
         return mem
 
-    def _make_client(self, timeout: float) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+    def _make_client(self, timeout: float) -> AsyncModbusTcpClient | AsyncModbusSerialClient | TcpClient:
         c = self.conn
         client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        if c.transport == "tcp" and c.tcp_client == "native":
+            return TcpClient(cast(str, c.host), c.port, timeout)
         if c.transport == "rtu":
             client = AsyncModbusSerialClient(
                 cast(str, c.serial_port), framer=FramerType.RTU, baudrate=c.baudrate, bytesize=c.bytesize,
@@ -135,7 +138,10 @@ class Bus:
                 wait = self.last_io + self.gap - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            client.ctx.comm_params.timeout_connect = timeout
+            if isinstance(client, TcpClient):
+                client.timeout = timeout
+            else:
+                client.ctx.comm_params.timeout_connect = timeout
             self.requests += 1
             try:
                 async with asyncio.timeout(timeout * 2 + 0.5):  # guard only; pymodbus times out first

@@ -251,3 +251,35 @@ async def test_reconnects_after_the_device_restarts(tmp_path: Path) -> None:
     finally:
         await drv.stop()
         await peer.stop()
+
+
+@pytest.mark.parametrize("client", ["native", "pymodbus"])
+async def test_late_reply_is_not_taken_for_the_next_request(tmp_path: Path, client: str) -> None:
+    """A reply that arrives after its request timed out carries the old transaction id: it is dropped, the
+    next request gets its own reply, and the connection (shared by a whole bus) stays up."""
+    state: dict[str, Any] = {"silent_tid": None, "connections": 0}
+
+    def responder(tid: int, unit: int, fc: int, pdu: bytes) -> bytes | None:
+        start = struct.unpack(">H", pdu[1:3])[0]
+        if start == 100 and state["silent_tid"] is None:
+            state["silent_tid"] = tid  # no answer now: this request times out
+            return None
+        reply = good(tid, unit, pdu)
+        if state["silent_tid"] is not None and start == 0:
+            # the late reply of the timed-out request (other values), then the right one
+            stale = mbap(state["silent_tid"], unit, registers_reply(3, [7777, 7777]))
+            state["silent_tid"] = -1
+            return stale + reply
+        return reply
+
+    async with RawModbusTcp(responder) as srv:
+        drv = await driver_for(tmp_path, srv.port, retries=0, conn={"tcp_client": client})
+        try:
+            s = by_name(await drv.read(drv.points))
+            assert s["x"].quality == Quality.ERROR and s["a"].value == 0
+            client_before = drv.bus.client
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value, s["x"].value, s["y"].value) == (0, 1, 100, 101)
+            assert drv.bus.client is client_before and client_before.connected
+        finally:
+            await drv.stop()

@@ -23,13 +23,17 @@ from .conftest import make_driver, write_profile
 from .wire import device_registers
 
 
-@pytest.fixture(params=["tcp", "rtu", "rtu-over-tcp"])
+@pytest.fixture(params=["tcp", "tcp-pymodbus", "rtu", "rtu-over-tcp"])
 async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Any, ModbusPeer, Any]]:
+    """tcp: the agent's own Modbus TCP client (drivers/modbus/tcp.py); tcp-pymodbus: pymodbus' client."""
     data, tables, expected = alltypes.build()
     prof = write_profile(tmp_path, data)
-    if request.param in ("tcp", "rtu-over-tcp"):
-        peer = await ModbusPeer({1: tables}, transport=request.param).start()
-        conn: dict[str, Any] = {"transport": request.param, "host": "127.0.0.1", "port": peer.port, "unit": 1}
+    if request.param in ("tcp", "tcp-pymodbus", "rtu-over-tcp"):
+        transport = "tcp" if request.param == "tcp-pymodbus" else request.param
+        peer = await ModbusPeer({1: tables}, transport=transport).start()
+        conn: dict[str, Any] = {"transport": transport, "host": "127.0.0.1", "port": peer.port, "unit": 1}
+        if request.param == "tcp-pymodbus":
+            conn["tcp_client"] = "pymodbus"
     else:
         pty = request.getfixturevalue("pty_pair")
         peer = await ModbusPeer({1: tables}, transport="rtu", serial_port=pty.a).start()
