@@ -226,7 +226,7 @@ async def main_async(args: argparse.Namespace) -> int:
             ctask = asyncio.create_task(counter.run())
             await asyncio.wait_for(counter.ready.wait(), 10)
             agent_runs, naive_runs = [], []
-            conn = {"tcp_client": args.tcp_client}
+            conn = {"tcp_client": args.tcp_client, "max_outstanding": args.max_outstanding}
             for run in range(args.runs):
                 spy = work / "agent.spy" if args.profile_agent and run == args.runs - 1 else None
                 agent_runs.append(figures(await run_agent(work, site, counter, broker, args.warm, args.seconds,
@@ -247,7 +247,8 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"\nsite: {args.devices} Modbus TCP meters x {POINTS} points, polled every 1 s, "
           f"{args.seconds:g} s windows after {args.warm:g} s warm-up, {args.runs} runs{' ' * 8}min      median"
           "         max")
-    show(f"edge-agent (whole process, tcp_client {args.tcp_client})", agent_runs)
+    show(f"edge-agent (whole process, tcp_client {args.tcp_client}, max_outstanding {args.max_outstanding})",
+         agent_runs)
     if naive_runs:
         show("naive baseline (1 request per point, 1 JSON message per device per poll, aiomqtt QoS 1)",
              naive_runs)
@@ -269,6 +270,8 @@ def main() -> int:
     ap.add_argument("--agent-only", action="store_true", help="skip the naive baseline")
     ap.add_argument("--tcp-client", choices=["native", "pymodbus"], default="native",
                     help="the agent's Modbus TCP client (connection.tcp_client)")
+    ap.add_argument("--max-outstanding", type=int, default=1,
+                    help="connection.max_outstanding: reads of a cycle sent at once (default 1, the default)")
     ap.add_argument("--profile-agent", metavar="FILE", help="py-spy raw (collapsed) profile of the last window")
     return asyncio.run(main_async(ap.parse_args()))
 

@@ -156,6 +156,12 @@ class ModbusConnection(BaseModel):
         "native", description="tcp: the agent's own Modbus TCP client (transaction ids, cheaper per request) or "
         "pymodbus' client; devices sharing one endpoint use what the first of them says"
     )
+    max_outstanding: int = Field(
+        1, ge=1, le=16,
+        description="tcp with the native client: the reads of one poll cycle are sent this many at a time on the "
+        "connection (several outstanding transactions, told apart by transaction id); 1: one at a time. Only "
+        "for devices and gateways that accept it",
+    )
     breaker_threshold: int = Field(
         3, ge=1, le=100, description="consecutive timeouts after which the device is probed only occasionally"
     )

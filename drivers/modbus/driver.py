@@ -77,6 +77,7 @@ class Bus:
         self.last_io = 0.0
         self.users = 0
         self.requests = 0
+        self.one_at_a_time = False  # learned: several outstanding requests get only the first answered
         self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | TcpClient | None = None
         # Per unit id: what outlives one driver instance (the supervisor builds a new one after a failure).
         self.memory: dict[int, UnitMemory] = {}
@@ -313,14 +314,59 @@ class ModbusDriver(Driver):
                 raise ModbusExceptionReply(code)
             return rr
 
-    async def _read(self, req: Request, retries: int) -> list[Any]:
+    async def _prefetch(self, reqs: list[Request]) -> list[Any]:
+        """First attempts of a cycle's reads, ``max_outstanding`` at a time, under one hold of the bus; per read
+        its reply or its RequestTimeout. Writes wait for the whole window, not for the whole cycle."""
+        window = self.conn.max_outstanding
+        out: list[Any] = []
+        for i in range(0, len(reqs), window):
+            chunk = reqs[i : i + window]
+            reads = [(r.unit, _FUNCTION[r.table], r.start, r.count) for r in chunk]
+
+            async def op(client: Any, reads: list[tuple[int, int, int, int]] = reads) -> Any:
+                if not isinstance(client, TcpClient):  # the endpoint's first device chose pymodbus' client
+                    return [None] * len(reads)
+                return await client.read_many(reads)
+
+            self.stats["requests"] += len(chunk)
+            try:
+                replies = await self.bus.transact(self.timeout, op)
+            except RequestTimeout as exc:  # the guard: nothing came back in time
+                replies = [exc] * len(chunk)
+            finally:
+                self._last_request = time.monotonic()
+            got = [RequestTimeout(str(r)) if isinstance(r, ModbusException) else r for r in replies]
+            if len(got) > 1 and got[0] is not None and not isinstance(got[0], RequestTimeout) \
+                    and all(isinstance(r, RequestTimeout) for r in got[1:]):
+                # only the first of several outstanding reads answered: this device (or gateway) takes one
+                # at a time (pymodbus' own server does so); the bus says so from now on
+                self.bus.one_at_a_time = True
+                log.warning("%s: %s answers one request at a time; max_outstanding %d ignored", self.name,
+                            self.conn.bus_key, window)
+            out += got
+            if self.bus.one_at_a_time:
+                out += [None] * (len(reqs) - len(out))
+                break
+        return out
+
+    async def _read(self, req: Request, retries: int, first: Any = None) -> list[Any]:
+        """One read with its retries. ``first``: the reply (or RequestTimeout) of an attempt already made by
+        ``_prefetch``; anything but a good reply is handled by the ordinary path (exception replies are asked
+        again, so busy, exception 2 and the rest behave as without prefetching)."""
         fn = _READ_FN[req.table]
         unit, start, count = req.unit, req.start, req.count
 
         async def op(client: Any) -> Any:
             return await getattr(client, fn)(start, count=count, device_id=unit)
 
-        rr = await self._request(op, retries)
+        if isinstance(first, RequestTimeout):
+            if retries == 0:
+                raise first
+            first, retries = None, retries - 1
+        if first is not None and not first.isError():
+            rr = first
+        else:
+            rr = await self._request(op, retries)
         fc = getattr(rr, "function_code", None)
         if fc != _FUNCTION[req.table]:
             raise ProtocolError(f"reply to function {fc}, expected {_FUNCTION[req.table]}")
@@ -349,6 +395,11 @@ class ModbusDriver(Driver):
         consecutive_timeouts = 0
         new_plan: list[Request] = []
         changed = False
+        first: list[Any] = [None] * len(reqs)
+        if (self.conn.max_outstanding > 1 and len(reqs) > 1 and not probing and not self.quirks.pause
+                and self.conn.transport == "tcp" and self.conn.tcp_client == "native"
+                and not self.bus.one_at_a_time):
+            first = await self._prefetch(reqs)
         for i, req in enumerate(reqs):
             if consecutive_timeouts >= 2:
                 self._fail(req, "timeout (skipped: device stopped answering)", samples)
@@ -356,7 +407,7 @@ class ModbusDriver(Driver):
                 continue
             retries = 0 if (probing or consecutive_timeouts) else self.retries
             try:
-                values = await self._read(req, retries)
+                values = await self._read(req, retries, first[i])
             except RequestTimeout as exc:
                 consecutive_timeouts += 1
                 if ok == 0 and i == 0:

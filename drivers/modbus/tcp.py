@@ -120,20 +120,44 @@ class TcpClient:
         finally:
             link.pending.pop(tid, None)
 
+    async def read_many(self, reads: Sequence[tuple[int, int, int, int]]) -> list[Reply | ModbusIOException]:
+        """Several reads ``(unit, function, address, count)`` sent at once (several outstanding transactions,
+        one write to the socket), all answered within one timeout. A read that fails (no reply in time, a
+        reply that cannot be decoded) gets its exception in the list; a lost connection raises."""
+        link = self._link
+        if link is None or link.transport is None:
+            raise ConnectionException(f"not connected to {self.host}:{self.port}")
+        loop = asyncio.get_running_loop()
+        futs: list[tuple[int, asyncio.Future[bytes]]] = []
+        frames = []
+        for unit, fc, address, count in reads:
+            self._tid = tid = (self._tid + 1) & 0xFFFF
+            fut: asyncio.Future[bytes] = loop.create_future()
+            link.pending[tid] = (unit, fut)
+            futs.append((tid, fut))
+            frames.append(_HEAD.pack(tid, 0, 6, unit) + _READ.pack(fc, address, count))
+        out: list[Reply | ModbusIOException] = []
+        try:
+            link.transport.write(b"".join(frames))
+            try:
+                async with asyncio.timeout(self.timeout):
+                    for (_, fut), (_, fc, _, _) in zip(futs, reads, strict=True):
+                        rep = await fut
+                        try:
+                            out.append(_parse_read(fc, rep))
+                        except ModbusIOException as exc:
+                            out.append(exc)
+            except TimeoutError:
+                if link.desync or link.buf:
+                    self.close()
+                out += [ModbusIOException(f"no reply within {self.timeout:g}s")] * (len(reads) - len(out))
+        finally:
+            for tid, _ in futs:
+                link.pending.pop(tid, None)
+        return out
+
     async def _read(self, fc: int, address: int, count: int, unit: int) -> Reply:
-        rep = await self._execute(unit, _READ.pack(fc, address, count))
-        got = rep[0]
-        if got & 0x80:
-            return _exception(rep)
-        if len(rep) < 2 or rep[1] != len(rep) - 2:
-            raise ModbusIOException(f"malformed reply to function {fc}: byte count {rep[1] if len(rep) > 1 else '-'}"
-                                    f", {len(rep) - 2} bytes of data")
-        data = rep[2:]
-        if got in (1, 2):
-            return Reply(got, bits=[bool(b >> i & 1) for b in data for i in range(8)])
-        if len(data) % 2:
-            raise ModbusIOException(f"malformed reply to function {fc}: odd byte count {len(data)}")
-        return Reply(got, registers=list(struct.unpack(f">{len(data) // 2}H", data)))
+        return _parse_read(fc, await self._execute(unit, _READ.pack(fc, address, count)))
 
     async def _write(self, unit: int, pdu: bytes) -> Reply:
         rep = await self._execute(unit, pdu)
@@ -170,6 +194,21 @@ class TcpClient:
     async def write_registers(self, address: int, values: Sequence[int], *, device_id: int = 1) -> Reply:
         n = len(values)
         return await self._write(device_id, struct.pack(f">BHHB{n}H", 16, address, n, 2 * n, *values))
+
+
+def _parse_read(fc: int, rep: bytes) -> Reply:
+    got = rep[0]
+    if got & 0x80:
+        return _exception(rep)
+    if len(rep) < 2 or rep[1] != len(rep) - 2:
+        raise ModbusIOException(f"malformed reply to function {fc}: byte count {rep[1] if len(rep) > 1 else '-'}"
+                                f", {len(rep) - 2} bytes of data")
+    data = rep[2:]
+    if got in (1, 2):
+        return Reply(got, bits=[bool(b >> i & 1) for b in data for i in range(8)])
+    if len(data) % 2:
+        raise ModbusIOException(f"malformed reply to function {fc}: odd byte count {len(data)}")
+    return Reply(got, registers=list(struct.unpack(f">{len(data) // 2}H", data)))
 
 
 def _exception(rep: bytes) -> Reply:

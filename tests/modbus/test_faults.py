@@ -283,3 +283,35 @@ async def test_late_reply_is_not_taken_for_the_next_request(tmp_path: Path, clie
             assert drv.bus.client is client_before and client_before.connected
         finally:
             await drv.stop()
+
+
+async def test_outstanding_reads_go_out_together(tmp_path: Path) -> None:
+    """A gateway that answers only once both reads of the cycle are in (what several outstanding
+    transactions allow): with max_outstanding 2 every point is read; a read it never answers gives ERROR
+    samples for its points only."""
+    seen: list[tuple[int, bytes]] = []
+    state = {"drop_x": False}
+
+    def responder(tid: int, unit: int, fc: int, pdu: bytes) -> bytes | None:
+        seen.append((tid, pdu))
+        if len(seen) < 2:
+            return None
+        batch, seen[:] = list(seen), []
+        out = b""
+        for t, p in batch:
+            if state["drop_x"] and struct.unpack(">H", p[1:3])[0] == 100:
+                continue
+            out += good(t, unit, p)
+        return out
+
+    async with RawModbusTcp(responder) as srv:
+        drv = await driver_for(tmp_path, srv.port, retries=0, conn={"max_outstanding": 2})
+        try:
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value, s["x"].value, s["y"].value) == (0, 1, 100, 101)
+            state["drop_x"] = True
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value) == (0, 1)
+            assert s["x"].quality == Quality.ERROR and "timeout" in (s["x"].error or "")
+        finally:
+            await drv.stop()

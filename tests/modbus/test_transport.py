@@ -201,3 +201,25 @@ async def test_unchanged_block_is_not_decoded_again(setup: Any) -> None:
     assert third["volts_x10"] == 241.7
     assert {n: v for n, v in third.items() if n != "volts_x10"} == {n: v for n, v in expected.items()
                                                                   if n != "volts_x10"}
+
+
+async def test_outstanding_reads_fall_back_when_the_device_takes_one_at_a_time(tmp_path: Path) -> None:
+    """pymodbus' server answers only the first of several requests sent together: with max_outstanding the
+    first cycle still reads every value (the unanswered reads are asked again), and from then on the bus
+    sends one request at a time, with no timeout."""
+    data, tables, expected = alltypes.build()
+    prof = write_profile(tmp_path, data)
+    peer = await ModbusPeer({1: tables}, transport="tcp").start()
+    conn = {"transport": "tcp", "host": "127.0.0.1", "port": peer.port, "unit": 1, "max_outstanding": 8}
+    drv = make_driver(prof, conn, DriverContext("t", tmp_path), timeout=0.5)
+    await drv.start()
+    try:
+        for _ in range(2):  # learns the exception-2 splits and "one at a time" (one timeout)
+            assert values(await drv.read(drv.points)) == expected
+        assert drv.bus.one_at_a_time
+        sent, t0 = drv.stats["requests"], asyncio.get_running_loop().time()
+        assert values(await drv.read(drv.points)) == expected
+        assert drv.stats["requests"] - sent == 7 and asyncio.get_running_loop().time() - t0 < 0.4
+    finally:
+        await drv.stop()
+        await peer.stop()
