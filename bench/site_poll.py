@@ -1,6 +1,7 @@
 """Whole-agent polling cost on a simulated site, as a process, against a naive baseline in the same run.
 
-    .venv/bin/python bench/site_poll.py [--devices 50] [--seconds 20] [--runs 3]
+    .venv/bin/python bench/site_poll.py [--devices 50] [--seconds 20] [--runs 3] [--max-outstanding 4]
+    .venv/bin/python bench/site_poll.py --bacnet 20 [--seconds 20] [--runs 3]
 
 The site (bench/site_sim.py): N Modbus TCP meters x 40 points (float32 and uint16; 4 points change at every
 poll, 8 every ~10 s, 28 every ~5 min), one TCP port each, served by a minimal request-counting server in this
@@ -118,12 +119,14 @@ async def py_spy(pid: int, seconds: float, out: Path) -> None:
     await p.wait()
 
 
+def modbus_devices(site: Site, conn: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": f"meter{i}", "type": "bench-meter", "interval": "1s", "timeout": "1s",
+             "connection": {"host": "127.0.0.1", "port": port, "unit": 1, **conn}} for i, port in enumerate(site.ports)]
+
+
 async def run_agent(work: Path, site: Site, counter: Counter, broker: int, warm: float, seconds: float,
-                    run: int, spy: Path | None, conn: dict[str, Any]) -> dict[str, float]:
+                    run: int, spy: Path | None, devices: list[dict[str, Any]]) -> dict[str, float]:
     state = work / f"state-{run}"
-    devices = [{"name": f"meter{i}", "type": "bench-meter", "interval": "1s", "timeout": "1s",
-                "connection": {"host": "127.0.0.1", "port": port, "unit": 1, **conn}}
-               for i, port in enumerate(site.ports)]
     doc = {"site": {"id": "bench"}, "state_dir": str(state), "profiles_dirs": [str(work / "profiles")],
            "status": {"socket": str(work / f"agent-{run}.sock")},
            "uplink": {"broker": f"mqtt://127.0.0.1:{broker}"}, "devices": devices}
@@ -178,8 +181,47 @@ async def run_naive(work: Path, site: Site, counter: Counter, broker: int, warm:
         log.close()
 
 
-def figures(r: dict[str, float], devices: int) -> dict[str, float]:
-    cycles = r["polled"] / (devices * POINTS) if r["polled"] else 0.0
+BACNET_POINTS = 40
+BACNET_EXTRA = 31  # analog values 100.. of the simulator, besides its 9 standard objects
+
+
+def bacnet_profile() -> dict[str, Any]:
+    pts: list[dict[str, Any]] = [
+        {"name": f"ai{i}", "object_type": "analog-input", "instance": i} for i in range(1, 6)]
+    pts += [{"name": "av1", "object_type": "analog-value", "instance": 1},
+            {"name": "bv1", "object_type": "binary-value", "instance": 1},
+            {"name": "bi1", "object_type": "binary-input", "instance": 1},
+            {"name": "msv1", "object_type": "multi-state-value", "instance": 1}]
+    pts += [{"name": f"x{i}", "object_type": "analog-value", "instance": 100 + i} for i in range(BACNET_EXTRA)]
+    assert len(pts) == BACNET_POINTS
+    return {"driver": "bacnet", "description": "bench controller (drivers/bacnet/sim.py --extra 31)",
+            "device": {"max_points_per_request": 64}, "points": pts}
+
+
+async def start_bacnet(work: Path, n: int, sims: list[asyncio.subprocess.Process]) -> list[dict[str, Any]]:
+    """N simulated controllers on 127.0.0.10.. port 47808; the agent on 127.0.0.3:47809 (see docs/bacnet.md)."""
+    (work / "profiles" / "bench-ahu.yaml").write_text(yaml.safe_dump(bacnet_profile(), sort_keys=False))
+    devices = []
+    for i in range(n):
+        host, instance = f"127.0.0.{10 + i}", 3000 + i
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "drivers.bacnet.sim", "--address", f"{host}/8", "--instance", str(instance),
+            "--extra", str(BACNET_EXTRA), "--tick", "1", cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+        sims.append(p)
+        devices.append({"name": f"ahu{i}", "type": "bench-ahu", "interval": "1s", "timeout": "1s",
+                        "connection": {"device_instance": instance, "address": f"{host}:47808",
+                                       "local_address": "127.0.0.3/8", "local_port": 47809}})
+    for p in sims:
+        assert p.stdout is not None
+        line = await asyncio.wait_for(p.stdout.readline(), 60)
+        if not line.startswith(b"ready"):
+            raise SystemExit("a BACnet simulator did not start")
+    return devices
+
+
+def figures(r: dict[str, float], devices: int, points: int) -> dict[str, float]:
+    cycles = r["polled"] / (devices * points) if r["polled"] else 0.0
     return {
         "CPU-s per 1,000 points": 1000 * r["cpu"] / max(r["polled"], 1),
         "points per CPU-second": r["polled"] / max(r["cpu"], 1e-9),
@@ -213,8 +255,9 @@ async def main_async(args: argparse.Namespace) -> int:
         mosq = await asyncio.create_subprocess_exec(shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c",
                                                     str(work / "m.conf"), stdout=subprocess.DEVNULL,
                                                     stderr=subprocess.DEVNULL)
-        site = Site(args.devices)
+        site = Site(0 if args.bacnet else args.devices)
         await site.start()
+        sims: list[asyncio.subprocess.Process] = []
         counter = Counter(broker)
         ctask: asyncio.Task[None] | None = None
         try:
@@ -227,13 +270,19 @@ async def main_async(args: argparse.Namespace) -> int:
             await asyncio.wait_for(counter.ready.wait(), 10)
             agent_runs, naive_runs = [], []
             conn = {"tcp_client": args.tcp_client, "max_outstanding": args.max_outstanding}
+            if args.bacnet:
+                devices = await start_bacnet(work, args.bacnet, sims)
+                n_devices, points = args.bacnet, BACNET_POINTS
+            else:
+                devices = modbus_devices(site, conn)
+                n_devices, points = args.devices, POINTS
             for run in range(args.runs):
                 spy = work / "agent.spy" if args.profile_agent and run == args.runs - 1 else None
                 agent_runs.append(figures(await run_agent(work, site, counter, broker, args.warm, args.seconds,
-                                                          run, spy, conn), args.devices))
-                if not args.agent_only:
+                                                          run, spy, devices), n_devices, points))
+                if not args.agent_only and not args.bacnet:
                     naive_runs.append(figures(await run_naive(work, site, counter, broker, args.warm,
-                                                              args.seconds, run), args.devices))
+                                                              args.seconds, run), n_devices, points))
                 print(f"run {run + 1}: agent {agent_runs[-1]['CPU-s per 1,000 points']:.4f} CPU-s/1k points"
                       + (f", naive {naive_runs[-1]['CPU-s per 1,000 points']:.4f}" if naive_runs else ""),
                       flush=True)
@@ -243,8 +292,12 @@ async def main_async(args: argparse.Namespace) -> int:
             if ctask:
                 ctask.cancel()
             await site.stop()
+            for sim in sims:
+                await stop_proc(sim)
             await stop_proc(mosq)
-    print(f"\nsite: {args.devices} Modbus TCP meters x {POINTS} points, polled every 1 s, "
+    what = (f"{args.bacnet} BACnet/IP controllers (bacpypes3) x {BACNET_POINTS} points, ReadPropertyMultiple"
+            if args.bacnet else f"{args.devices} Modbus TCP meters x {POINTS} points")
+    print(f"\nsite: {what}, polled every 1 s, "
           f"{args.seconds:g} s windows after {args.warm:g} s warm-up, {args.runs} runs{' ' * 8}min      median"
           "         max")
     show(f"edge-agent (whole process, tcp_client {args.tcp_client}, max_outstanding {args.max_outstanding})",
@@ -268,6 +321,9 @@ def main() -> int:
     ap.add_argument("--warm", type=float, default=8.0, help="warm-up before each window")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--agent-only", action="store_true", help="skip the naive baseline")
+    ap.add_argument("--bacnet", type=int, default=0, metavar="N",
+                    help="BACnet variant: N bacpypes3 controllers x 40 points instead of the Modbus meters "
+                    "(agent only: requests are counted by the controllers, not shown here)")
     ap.add_argument("--tcp-client", choices=["native", "pymodbus"], default="native",
                     help="the agent's Modbus TCP client (connection.tcp_client)")
     ap.add_argument("--max-outstanding", type=int, default=1,
