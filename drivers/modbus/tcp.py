@@ -72,7 +72,10 @@ class _Link(asyncio.Protocol):
             if len(buf) < end:
                 break
             entry = self.pending.get(tid)
-            if entry is not None and entry[0] == unit and not entry[1].done():
+            if entry is None and tid == 0 and len(self.pending) == 1:
+                entry = next(iter(self.pending.values()))  # a device that does not echo the id (pymodbus allows it)
+            # unit 0 is "whatever answers" (pymodbus does not check it either)
+            if entry is not None and entry[0] in (unit, 0) and not entry[1].done():
                 entry[1].set_result(buf[7:end])
             buf = buf[end:]
         self.buf = buf
@@ -106,7 +109,7 @@ class TcpClient:
         link = self._link
         if link is None or link.transport is None:
             raise ConnectionException(f"not connected to {self.host}:{self.port}")
-        self._tid = tid = (self._tid + 1) & 0xFFFF
+        self._tid = tid = self._tid % 0xFFFF + 1  # 1..65535: 0 is what non-echoing devices send
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         link.pending[tid] = (unit, fut)
         try:
@@ -131,7 +134,7 @@ class TcpClient:
         futs: list[tuple[int, asyncio.Future[bytes]]] = []
         frames = []
         for unit, fc, address, count in reads:
-            self._tid = tid = (self._tid + 1) & 0xFFFF
+            self._tid = tid = self._tid % 0xFFFF + 1  # 1..65535: 0 is what non-echoing devices send
             fut: asyncio.Future[bytes] = loop.create_future()
             link.pending[tid] = (unit, fut)
             futs.append((tid, fut))

@@ -315,3 +315,16 @@ async def test_outstanding_reads_go_out_together(tmp_path: Path) -> None:
             assert s["x"].quality == Quality.ERROR and "timeout" in (s["x"].error or "")
         finally:
             await drv.stop()
+
+
+@pytest.mark.parametrize("client", ["native", "pymodbus"])
+async def test_device_that_answers_with_transaction_id_0(tmp_path: Path, client: str) -> None:
+    """Some devices do not echo the transaction id and always send 0: one request at a time, the reply is
+    still taken (pymodbus' client does the same)."""
+    async with RawModbusTcp(lambda tid, unit, fc, pdu: good(0, unit, pdu)) as srv:
+        drv = await driver_for(tmp_path, srv.port, retries=0, conn={"tcp_client": client})
+        try:
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value, s["x"].value, s["y"].value) == (0, 1, 100, 101)
+        finally:
+            await drv.stop()
