@@ -240,6 +240,9 @@ def show(name: str, runs: list[dict[str, float]]) -> None:
     print(f"{name}")
     for key in runs[0]:
         vals = [r[key] for r in runs]
+        if key == "requests per cycle" and not any(vals):
+            print(f"  {key:28}{'(counted by the controllers, not here)':>36}")
+            continue
         fmt = (lambda v: f"{v:,.4f}") if key.startswith("CPU-s") else (lambda v: f"{v:,.1f}")
         print(f"  {key:28}{fmt(min(vals)):>12}{fmt(statistics.median(vals)):>12}{fmt(max(vals)):>12}")
 
