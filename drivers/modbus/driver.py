@@ -7,6 +7,7 @@ ImportError here, which the registry turns into "driver unavailable" for Modbus 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -144,8 +145,10 @@ class Bus:
             else:
                 client.ctx.comm_params.timeout_connect = timeout
             self.requests += 1
+            # a guard only, for pymodbus (which times out first); the native client's own timeout is the one
+            guard = contextlib.nullcontext() if isinstance(client, TcpClient) else asyncio.timeout(timeout * 2 + 0.5)
             try:
-                async with asyncio.timeout(timeout * 2 + 0.5):  # guard only; pymodbus times out first
+                async with guard:
                     return await op(client)
             except TimeoutError as exc:
                 raise RequestTimeout(f"no reply within {timeout:g}s") from exc
@@ -294,7 +297,8 @@ class ModbusDriver(Driver):
         """One request with retries; busy (exception 6) is retried after a short delay."""
         attempt = 0
         while True:
-            await self._pace()
+            if self.quirks.pause:
+                await self._pace()
             self.stats["requests"] += 1
             try:
                 rr = await self.bus.transact(self.timeout, op)
