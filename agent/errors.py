@@ -14,6 +14,8 @@ callers never need to know which protocol library produced them.
     ├── WriteRefused           a write was refused before reaching the device (read-only, out of bounds)
     ├── UplinkError            MQTT session problem
     └── StoreError             the outbox database failed
+        ├── StoreFull          ... because the disk under it is (nearly) full
+        └── StoreInUse         another process holds the outbox (a second agent on the same state)
 """
 
 from __future__ import annotations
@@ -92,3 +94,11 @@ class UplinkError(EdgeAgentError):
 
 class StoreError(EdgeAgentError):
     """The outbox database failed."""
+
+
+class StoreFull(StoreError):
+    """The outbox cannot write because the disk under it is (nearly) full."""
+
+
+class StoreInUse(StoreError):
+    """Another process holds the outbox: retrying cannot help while it runs."""

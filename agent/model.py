@@ -66,12 +66,13 @@ class DeviceHealth:
     """Availability of one device, tracked by the supervisor."""
 
     available: bool = False
-    state: str = "starting"  # starting | online | offline | disabled | backoff
+    state: str = "starting"  # starting | online | failing | offline | backoff | disabled
     last_ok: float | None = None
     last_error: str | None = None
     last_error_ts: float | None = None
     consecutive_failures: int = 0
     restarts: int = 0
     cycle_ms: float | None = None
+    next_probe: float | None = None  # monotonic time of the next attempt while in backoff
     last_progress: float = field(default_factory=time.monotonic)
     points: dict[str, PointState] = field(default_factory=dict)

@@ -14,6 +14,7 @@ from agent.config.loader import (
     load_profile,
     load_profiles,
     load_site,
+    parse_profile,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     'load_profile',
     'load_profiles',
     'load_site',
+    'parse_profile',
 ]

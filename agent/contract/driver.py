@@ -12,11 +12,11 @@ can follow changes (BACnet COV, ONVIF events) also implement ``follow()``, which
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from agent.contract.writes import parse_generic
 from agent.errors import DriverUnavailable, WriteRefused
 from agent.model import Event, Sample, Value
 
@@ -83,13 +83,27 @@ class Driver(abc.ABC):
     async def stop(self) -> None:  # noqa: B027  (optional hook)
         """Release connections. Must be quick and must not raise."""
 
+    def probe_now(self) -> None:  # noqa: B027  (optional hook)
+        """The supervisor probes the device now (its backoff ended, or ``edge-agent retry``): forget any
+        fail-fast state (a circuit breaker) so that the next read really asks the device."""
+
     @abc.abstractmethod
     async def read(self, points: Sequence[PointBase]) -> list[Sample]:
         """Read these points once. Raise DriverError only when the whole device failed."""
 
     async def write(self, point: PointBase, value: Value) -> Value:
-        """Write a value already checked by ``check_write``; return the value as written."""
+        """Write a value already checked by ``check_write``; return the value as written. Drivers check it
+        again with ``checked`` before any I/O: no caller can put an unchecked value on the wire."""
         raise WriteRefused(f"driver {self.device.driver!r} does not support writes")
+
+    def checked(self, point: PointBase, value: Value) -> Value:
+        """The value to send for this point (the point type's checks), or WriteRefused."""
+        if not point.writable:
+            raise WriteRefused(f"{self.name}.{point.name} is read-only")
+        try:
+            return cast(Value, point.check_write(value))
+        except ValueError as exc:
+            raise WriteRefused(f"{self.name}.{point.name}: {exc}") from None
 
     async def follow(self, sink: Sink) -> None:
         """Follow changes (COV, events) until cancelled. Default: nothing to follow."""
@@ -100,8 +114,22 @@ class Driver(abc.ABC):
         return self.device.enabled_points
 
     def plan(self) -> list[dict[str, Any]] | None:
-        """The requests a poll cycle makes, for ``edge-agent plan`` (None: the driver has no plan)."""
+        """The requests poll cycles make, for ``edge-agent plan`` (None: the driver has no plan). Each row has
+        ``cycle``: ``fast`` (every interval: fast points) or ``slow`` (every slow_interval: fast and slow points
+        read together, as the supervisor asks for them when both are due); ``cycles`` gives the point sets."""
         return None
+
+    def cycles(self) -> list[tuple[str, list[PointBase]]]:
+        """The point sets of the two kinds of cycle, as the supervisor passes them to ``read``."""
+        polled = self.polled_points()
+        fast = [p for p in polled if p.poll == "fast"]
+        slow = [p for p in polled if p.poll == "slow"]
+        out: list[tuple[str, list[PointBase]]] = []
+        if fast:
+            out.append(("fast", fast))
+        if slow:
+            out.append(("slow", fast + slow))
+        return out
 
 
 def driver_class(device: DeviceConfig) -> type[Driver]:
@@ -113,41 +141,34 @@ def driver_class(device: DeviceConfig) -> type[Driver]:
 
 
 def coerce_cli_value(text: str) -> Value:
-    """Turn a value typed on a command line or sent as a string into bool / int / float / str."""
-    s = text.strip()
-    low = s.lower()
-    if low in ("true", "on", "yes"):
-        return True
-    if low in ("false", "off", "no"):
-        return False
-    if low in ("null", "none", "relinquish"):
-        return None
-    try:
-        return int(s, 0) if not any(c in s for c in ".eE") or s.lower().startswith("0x") else float(s)
-    except ValueError:
-        try:
-            return float(s)
-        except ValueError:
-            return s
+    """Text typed for a point of unknown type: true/false, on/off, null, a number, else the text itself."""
+    return parse_generic(text)
 
 
 def check_write(device: DeviceConfig, point_name: str, value: Value) -> PointBase:
-    """Refuse, before any I/O, a write to an unknown or read-only point or outside min/max."""
+    """Refuse, before any I/O, a write to an unknown or read-only point, or of a value the point cannot take
+    (wrong kind, not finite, outside the type's range or the profile's min/max)."""
+    return prepare_write(device, point_name, value)[0]
+
+
+def find_point(device: DeviceConfig, point_name: str) -> PointBase:
     point = next((p for p in device.points if p.name == point_name), None)
     if point is None:
         raise WriteRefused(f"{device.name}: no point named {point_name!r}")
+    return point
+
+
+def prepare_write(device: DeviceConfig, point_name: str, value: Value, *,
+                  text: bool = False) -> tuple[PointBase, Value]:
+    """The point and the value to send. ``text``: ``value`` is what a person typed, read by the point's type
+    (``actve`` for a binary point is refused, ``21.5`` for an analog one is a number). WriteRefused names
+    the point and the reason; nothing is sent."""
+    point = find_point(device, point_name)
     if not point.writable:
         raise WriteRefused(f"{device.name}.{point_name} is read-only")
-    if isinstance(value, str) and (point.min is not None or point.max is not None):
-        raise WriteRefused(f"{device.name}.{point_name} expects a number, got {value!r}")
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return point
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise WriteRefused(f"{device.name}.{point_name}: value must be finite")
-        if point.min is not None and value < point.min:
-            raise WriteRefused(f"{device.name}.{point_name}: {value} is below the minimum {point.min}")
-        if point.max is not None and value > point.max:
-            raise WriteRefused(f"{device.name}.{point_name}: {value} is above the maximum {point.max}")
-        return point
-    raise WriteRefused(f"{device.name}.{point_name}: unsupported value {value!r}")
+    try:
+        if text and isinstance(value, str):
+            value = point.parse_write(value)
+        return point, point.check_write(value)
+    except ValueError as exc:
+        raise WriteRefused(f"{device.name}.{point_name}: {exc}") from None

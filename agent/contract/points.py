@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.contract.writes import check_generic, parse_generic
 from agent.types import Deadband, Duration, Name
 
-STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+STRICT = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class PointBase(BaseModel):
@@ -34,5 +35,15 @@ class PointBase(BaseModel):
     @property
     def writable(self) -> bool:
         return self.access == "read-write"
+
+    def parse_write(self, text: str) -> Any:
+        """The value a person typed for a write of this point (``edge-agent write``); ValueError if none.
+        Drivers override it per point type (agent/contract/writes.py)."""
+        return parse_generic(text)
+
+    def check_write(self, value: Any) -> Any:
+        """The value a write of this point sends, checked before any I/O; ValueError with the reason.
+        Drivers override it per point type (agent/contract/writes.py)."""
+        return check_generic(value, self.min, self.max)
 
 

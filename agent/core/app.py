@@ -1,5 +1,12 @@
-"""The agent: one task tree holding the outbox, the pipeline flusher, the uplink, one runner per device,
-the status socket and the watchdog.
+"""The agent: one task tree holding the outbox, the flusher, the uplink, one runner per device, the status
+socket, the watchdog and the reloader. This module only wires them; each has its own type:
+
+- ``Flusher`` (flusher.py): pipeline and events into the outbox, a failing store held in memory;
+- ``CommandChannel`` (commanding.py): commands from upstream and their acks;
+- ``Writer`` (writing.py): writes through the running agent, each one an audit event;
+- ``Reloader`` (reload.py): configuration problems at start-up, SIGHUP;
+- ``Liveness`` (liveness.py): READY, WATCHDOG and STATUS for systemd;
+- ``snapshot`` (snapshot.py): what ``edge-agent status`` shows.
 
 Start-up order: outbox open → status socket → uplink (connecting) → devices. READY=1 is sent when the uplink
 is connected, or after ``READY_GRACE`` seconds without a broker: a box that boots while the fibre is down must
@@ -12,42 +19,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
 import time
 from typing import Any
 
-from agent import __version__
 from agent.config import Site
 from agent.contract.device import DeviceConfig
-from agent.contract.driver import DriverContext, check_write, coerce_cli_value
+from agent.contract.driver import DriverContext
+from agent.core.commanding import CommandChannel
+from agent.core.flusher import Flusher
+from agent.core.liveness import Liveness
 from agent.core.notify import Notifier
 from agent.core.pipeline import Pipeline
+from agent.core.reload import Reloader
+from agent.core.snapshot import snapshot
 from agent.core.status import StatusServer
 from agent.core.supervisor import DeviceRunner
-from agent.errors import DeviceTimeout, DriverError, EdgeAgentError, WriteRefused
+from agent.core.writing import Writer
+from agent.errors import DriverError
 from agent.model import DeviceHealth, Event, Sample, Severity, Value
-from agent.outbox import Kind, Outbox, Record, row_size
+from agent.obs.metrics import Metrics, config_version
+from agent.obs.serve import MetricsServer
+from agent.outbox import Kind, Outbox, Record
 from agent.uplink.codec import dumps
 from agent.uplink.mqtt import Uplink
 from agent.uplink.topics import Topics
 
 log = logging.getLogger("edge_agent")
 
-READY_GRACE = 15.0
 SHUTDOWN_FLUSH = 5.0
 DEVICE_STOP = 3.0
-WRITE_TIMEOUT = 30.0  # one local or remote write, queue on the bus included
-UNSTORED_MAX = 5000  # records held in memory while the outbox cannot be written
-EVENT_QUEUE = 1000
 
 
 class Agent:
     def __init__(self, site: Site, notifier: Notifier | None = None) -> None:
         self.site = site
         self.notifier = notifier or Notifier()
+        self.started = time.time()
         self.topics = Topics(site.model.uplink.topic_prefix, site.id)
         self.outbox = Outbox(site.state_dir / "outbox.sqlite", site.model.outbox.max_bytes, site.model.outbox.sync)
         self.pipeline = Pipeline(site.devices, site.model.pipeline.max_silence)
@@ -56,27 +65,31 @@ class Agent:
         self.runners: dict[str, DeviceRunner] = {}
         for d in site.devices:
             h = DeviceHealth()
-            ch = self.pipeline.channels[d.name]
-            h.points = ch.live
+            h.points = self.pipeline.channels[d.name].live
             self.health[d.name] = h
             if not d.model.enabled:
                 h.state = "disabled"
                 continue
             self.runners[d.name] = DeviceRunner(d, self.ctx, self, h)
+        self.flusher = Flusher(site, self.outbox, self.pipeline, self.topics, self._report_store_incident)
         self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self.pipeline.birth,
-                             self.handle_command)
-        self._events: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(EVENT_QUEUE)
-        self.events_dropped = 0
-        self.started = time.time()
+                             self.handle_command, on_reset=self.pipeline.forget)
+        self.metrics = Metrics(self.snapshot, config_version(site.file))
+        mc = site.model.metrics
+        self.metrics_server = MetricsServer(self.metrics, mc.listen, mc.textfile, mc.textfile_interval)
+        self.uplink.on_puback = self.metrics.on_puback
+        for r in self.runners.values():
+            r.on_cycle, r.on_failure = self.metrics.on_cycle, self.metrics.on_failure
+        self.commands = CommandChannel(self.topics, self.uplink, self.pipeline, self.flusher.queue, self.started)
+        self.gate = self.commands.gate
+        self.writer = Writer(site.devices, self.runners, self.health, self.event)
+        self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)
+        self.reload_event = self.reloader.requested
+        self.liveness = Liveness(site, self.notifier, self.flusher, self.uplink, self.outbox, self.runners,
+                                 self.health)
         self.stop_event = asyncio.Event()
-        self.flush_progress = time.monotonic()
         self.status_server = StatusServer(site.socket_path, self)
-        self.store_error: str | None = None
         self.abandoned: list[str] = []  # tasks that ignored cancellation at shutdown
-        self._unstored: list[Record] = []  # records the outbox refused (store error), retried next flush
-        self.unstored_dropped = 0
-        self.oversize_dropped = 0
-        self.reload_event = asyncio.Event()
         self.restart = False  # set when a valid new configuration asks for a re-exec
 
     # ------------------------------------------------------------------------------ Sink (drivers)
@@ -85,242 +98,110 @@ class Agent:
         self.pipeline.offer(device, samples)
 
     def event(self, event: Event) -> None:
+        self.metrics.on_event(event.kind)
         body = dumps({"ts": round(event.ts, 3), "src": event.source, "kind": event.kind,
                       "sev": event.severity.name.lower(), "data": event.data})
-        self._queue_event(self.topics.event(event.source), body, event.ts)
+        self.flusher.queue(self.topics.event(event.source), body, event.ts)
 
     def points_changed(self, device: str) -> None:
         ch = self.pipeline.channels.get(device)
-        if ch is not None and ch.refresh():
-            self.uplink.rebirth()
+        if ch is not None and ch.refresh() and self.pipeline.regen():
+            # A new generation (``gen`` covers units too): its map goes through the outbox ahead of the telemetry
+            # encoded with it (events first), and is published retained at once for newcomers.
+            self.flusher.queue(self.topics.birth, dumps(self.uplink.birth_doc()), time.time())
+            self.uplink.rebirth(urgent=True)
 
-    def _queue_event(self, topic: str, body: bytes, ts: float) -> None:
-        try:
-            self._events.put_nowait((topic, body, ts))
-        except asyncio.QueueFull:
-            self.events_dropped += 1
-
-    # ----------------------------------------------------------------------------------- commands
+    # ---------------------------------------------------------------- status socket (StatusBackend)
 
     async def handle_command(self, payload: bytes) -> None:
-        """Commands from upstream (docs/mqtt.md). Every command with an id is answered on the ack topic."""
-        try:
-            msg = json.loads(payload)
-            if not isinstance(msg, dict):
-                raise ValueError("a command must be a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("ignoring malformed command: %s", exc)
-            self._ack(None, False, error=f"malformed command: {exc}")
-            return
-        cid, cmd = msg.get("id"), msg.get("cmd")
-        try:
-            if cmd == "ping":
-                uptime = round(time.time() - self.started, 1)
-                result: dict[str, Any] = {"pong": True, "agent": __version__, "uptime": uptime}
-            elif cmd == "rebirth":
-                self.pipeline.forget()
-                self.uplink.rebirth()
-                result = {"gen": self.pipeline.gen}
-            else:
-                raise EdgeAgentError(f"unknown command {cmd!r}; known: ping, rebirth")
-        except EdgeAgentError as exc:
-            self._ack(cid, False, error=str(exc), cmd=cmd)
-        else:
-            self._ack(cid, True, result=result, cmd=cmd)
-
-    def _ack(self, cid: Any, ok: bool, *, cmd: Any = None, result: Any = None, error: str | None = None) -> None:
-        doc: dict[str, Any] = {"id": cid, "cmd": cmd, "ok": ok, "ts": round(time.time(), 3)}
-        if ok:
-            doc["result"] = result
-        else:
-            doc["error"] = error
-        self._queue_event(self.topics.ack, dumps(doc), time.time())
-
-    # ------------------------------------------------------------------------------ local writes
+        await self.commands.handle(payload)
 
     async def write(self, device: str, point: str, value: Value) -> Value:
-        dev = self.device(device)
-        if isinstance(value, str):
-            value = coerce_cli_value(value)
-        pt = check_write(dev, point, value)
-        runner = self.runners.get(device)
-        if runner is None:
-            raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
-        try:
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                # the runner's lock: never write through a driver that is being stopped or restarted
-                async with runner.lock:
-                    driver = runner.driver
-                    if driver is None:
-                        raise DriverError(f"{device} is not running (state {self.health[device].state})",
-                                          device=device)
-                    written = await driver.write(pt, value)
-        except TimeoutError:
-            raise DeviceTimeout(f"{device}.{point}: write not confirmed within {WRITE_TIMEOUT:g} s; outcome unknown",
-                                device=device) from None
-        self.event(Event(device, "write", {"point": point, "value": written}, Severity.INFO))
-        return written
+        return await self.writer.write(device, point, value)
 
     def device(self, name: str) -> DeviceConfig:
-        for d in self.site.devices:
-            if d.name == name:
-                return d
-        raise WriteRefused(f"no device named {name!r}")
+        return self.writer.device(name)
 
-    # ----------------------------------------------------------------------------------- running
-
-    async def _flusher(self) -> None:
-        interval = max(self.site.model.uplink.batch_interval, 0.05)
-        next_flush = time.monotonic() + interval
-        while True:
-            self.flush_progress = time.monotonic()
-            records: list[Record] = []
-            try:
-                async with asyncio.timeout(max(0.0, next_flush - time.monotonic())):
-                    topic, body, ts = await self._events.get()
-                    records.append(Record(Kind.EVENT, topic, body, ts))
-            except TimeoutError:
-                pass
-            telemetry = time.monotonic() >= next_flush
-            if telemetry:
-                next_flush = time.monotonic() + interval
-            records += self._pending(telemetry)
-            if records or self._unstored:
-                await self._append(records)
-
-    def _pending(self, telemetry: bool) -> list[Record]:
-        """Every queued event, and (when ``telemetry``) the pipeline's batches, as outbox records."""
-        records = []
-        while not self._events.empty():
-            topic, body, ts = self._events.get_nowait()
-            records.append(Record(Kind.EVENT, topic, body, ts))
-        if telemetry:
-            for device, body, ts in self.pipeline.drain():
-                records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
-        return records
-
-    async def _append(self, records: list[Record]) -> None:
-        """Commit to the outbox. If the store fails (disk full, I/O error), keep the records in memory, bounded
-        (oldest telemetry dropped first, counted), and retry at the next flush."""
-        batch = self._unstored + records
-        self._unstored = []
-        # A record that can never fit would make the outbox refuse the whole batch at every flush, and one
-        # the broker refuses would be retried forever: both are dropped here, alone, and counted.
-        limit = min(self.outbox.max_bytes // 4, self.site.model.uplink.max_message_bytes)
-        fits = []
-        for r in batch:
-            if row_size(r.topic, r.body) <= limit:
-                fits.append(r)
-                continue
-            self.oversize_dropped += 1
-            log.error("dropping a %d-byte %s message to %s: larger than uplink.max_message_bytes or a "
-                      "quarter of outbox.max_bytes", len(r.body), r.kind.name.lower(), r.topic)
-        batch = fits
-        if not batch:
-            return
+    async def retry(self, device: str) -> dict[str, Any]:
+        """``edge-agent retry``: probe one device at once, others untouched."""
+        if device not in self.health:
+            raise DriverError(f"no device named {device!r} (devices: {', '.join(self.health) or 'none'})")
+        runner = self.runners.get(device)
+        if runner is None:
+            raise DriverError(f"{device} is not polled (enabled: false in the site file)", device=device)
+        finished = True
         try:
-            await self.outbox.append(batch)
-            if self.store_error:
-                log.info("outbox writable again; %d held records stored", len(batch))
-            self.store_error = None
-        except EdgeAgentError as exc:
-            # Keep running: devices keep their live state, status shows the problem.
-            if self.store_error != str(exc):
-                log.error("outbox: %s", exc)
-            self.store_error = str(exc)
-            while len(batch) > UNSTORED_MAX:
-                victim = next((i for i, r in enumerate(batch) if r.kind == Kind.TELEMETRY), 0)
-                batch.pop(victim)
-                self.unstored_dropped += 1
-            self._unstored = batch
+            await runner.retry()
+        except TimeoutError:
+            finished = False  # the probe is still running: answer with what is known now
+        return {"ok": True, "finished": finished, "device": self.snapshot()["devices"][device]}
 
-    async def flush_now(self) -> None:
-        """Move everything pending into the outbox (shutdown, tests)."""
-        records = self._pending(telemetry=True)
-        if records or self._unstored:
-            await self._append(records)
+    def plan(self, device: str) -> list[dict[str, Any]] | None:
+        """The running driver's plan: the device's limits as it answered, splits learned at run time."""
+        self.device(device)
+        runner = self.runners.get(device)
+        driver = runner.driver if runner is not None else None
+        if driver is None:
+            raise DriverError(f"{device} is not running (state {self.health[device].state})", device=device)
+        return driver.plan()
 
-    def summary(self) -> str:
-        up = "uplink up" if self.uplink.state.connected else f"uplink {self.uplink.state.state}"
-        online = sum(1 for h in self.health.values() if h.available)
-        st = self.outbox.stats()
-        return f"{up}; devices {online}/{len(self.health)} online; outbox {st.get('depth', 0)} queued"
-
-    def alive(self) -> tuple[bool, str]:
-        """Liveness for the watchdog: every part that should progress did so recently."""
-        now = time.monotonic()
-        flush_budget = max(self.site.model.uplink.batch_interval, 1.0) * 3 + 30.0
-        if now - self.flush_progress > flush_budget:
-            return False, "flusher stalled"
-        publish_budget = self.site.model.uplink.publish_timeout * 3 + 30
-        if self.uplink.connected.is_set() and now - self.uplink.progress > publish_budget:
-            return False, "uplink publisher stalled"
-        for name, r in self.runners.items():
-            if now > r.deadline:
-                return False, f"device loop {name} stalled"
-        return True, ""
-
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval
-        tick = interval / 2 if interval else 5.0
-        last_status = ""
-        while True:
-            ok, why = self.alive()
-            if ok:
-                try:
-                    async with asyncio.timeout(max(tick, 0.5)):
-                        await self.outbox.ping()
-                except TimeoutError:
-                    ok, why = False, "outbox not responding"
-            if ok:
-                if interval:
-                    self.notifier.watchdog()
-            else:
-                log.error("watchdog withheld: %s", why)
-            s = self.summary() if ok else f"unhealthy: {why}"
-            if s != last_status:
-                self.notifier.status(s)
-                last_status = s
-            await asyncio.sleep(tick)
-
-    async def _ready(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(READY_GRACE):
-                await self.uplink.connected.wait()
-        self.notifier.ready(self.summary())
-        log.info("ready: %s", self.summary())
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot(self.site, self.started, self.health, self.uplink, self.outbox, self.flusher,
+                        self.commands, self.pipeline)
 
     def stats(self) -> dict[str, Any]:
         return {"outbox": self.outbox.stats()}
 
+    @property
+    def store_error(self) -> str | None:
+        return self.flusher.store_error
+
+    def summary(self) -> str:
+        return self.liveness.summary()
+
+    def alive(self) -> tuple[bool, str]:
+        return self.liveness.alive()
+
+    async def flush_now(self) -> None:
+        await self.flusher.flush_now()
+
+    # ----------------------------------------------------------------------------------- running
+
     async def run(self) -> None:
         """Run until ``stop_event`` is set; then shut down in bounded time."""
-        self.site.state_dir.mkdir(parents=True, exist_ok=True)
-        await self.outbox.open()
+        with contextlib.suppress(OSError):  # a full disk: the outbox says so below, clearly
+            self.site.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.flusher.open_outbox()
         # The alias map of this run travels in the outbox too (events go first), so that telemetry queued now
         # stays decodable even if it is only delivered after a later run has published another birth.
-        await self._append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()), time.time())])
-        for p in self.site.problems:
-            log.error("config: %s", p)
+        await self.flusher.append([Record(Kind.EVENT, self.topics.birth, dumps(self.uplink.birth_doc()),
+                                          time.time())])
+        self.reloader.announce_problems()
+        if self.site.model.uplink.cleartext_credentials:
+            log.warning("uplink: credentials are sent in cleartext to %s (uplink.allow_insecure: true)",
+                        self.site.model.uplink.host)
         # Device tasks live outside the task group: a driver that swallows cancellation must not be able to
         # hold shutdown hostage (the watchdog reports it; shutdown abandons it after DEVICE_STOP seconds).
         devices = [asyncio.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
         try:
             await self.status_server.start()
+            await self.metrics_server.start()
             async with asyncio.TaskGroup() as tg:
-                flusher = tg.create_task(self._flusher(), name="flusher")
+                flusher = tg.create_task(self.flusher.run(), name="flusher")
                 others = [
                     tg.create_task(self.uplink.run(), name="uplink"),
-                    tg.create_task(self._watchdog(), name="watchdog"),
-                    tg.create_task(self._ready(), name="ready"),
-                    tg.create_task(self._reloader(), name="reloader"),
+                    tg.create_task(self.liveness.watchdog(), name="watchdog"),
+                    tg.create_task(self.liveness.ready(), name="ready"),
+                    tg.create_task(self.reloader.run(), name="reloader"),
                 ]
+                if self.metrics_server.textfile is not None:
+                    others.append(tg.create_task(self.metrics_server.run_textfile(), name="metrics:textfile"))
                 await self.stop_event.wait()
                 log.info("stopping: %s", self.summary())
                 self.notifier.stopping()
                 await self._stop_devices(devices)
                 flusher.cancel()
-                await self.flush_now()
+                await self.flusher.flush_now()
                 await self._drain_before_exit()
                 await self.uplink.goodbye()
                 for t in others:
@@ -328,55 +209,26 @@ class Agent:
         finally:
             await self._stop_devices(devices)
             await self.status_server.stop()
+            await self.metrics_server.stop()
+            if self.flusher.unstored:
+                log.error("%d records held in memory could not be stored (%s) and are lost at exit",
+                          len(self.flusher.unstored), self.flusher.store_error)
             await self.outbox.close()
 
-    async def _reloader(self) -> None:
-        """SIGHUP: load the site file again. It is applied (clean stop, the caller re-execs) unless it would
-        break something that works now: a problem in site/uplink/outbox, or a problem in the entry of a
-        device that is running now. Otherwise the running configuration stays and the refusal is published
-        with every located problem. Problems in entries of devices that are not running now don't block."""
-        while True:
-            await self.reload_event.wait()
-            self.reload_event.clear()
-            try:
-                blocking, other = await asyncio.to_thread(self._check_reload)
-            except EdgeAgentError as exc:
-                blocking, other = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)], []
-            if blocking:
-                for p in blocking:
-                    log.error("reload refused: %s", p)
-                self.event(Event("agent", "config", {"result": "refused", "problems": blocking[:50]},
-                                 Severity.WARNING))
-                continue
-            for p in other:
-                log.warning("reload: %s (that device stays off)", p)
-            log.info("reload: configuration valid, restarting with it")
-            self.notifier.send("RELOADING=1")
-            self.restart = True
-            self.stop_event.set()
-            return
+    def _report_store_incident(self) -> None:
+        """The outbox restarted its sequence space (new, emptied or damaged file...): say it upstream, with
+        what is known of the loss (docs/mqtt.md, event kind ``store``)."""
+        inc = self.outbox.incident
+        if inc is not None:
+            sev = Severity.WARNING if inc.result in ("fresh", "unproven") and inc.lost == 0 else Severity.ALARM
+            self.event(Event("agent", "store", inc.doc(), sev))
 
-    def _check_reload(self) -> tuple[list[str], list[str]]:
-        """(problems that block the reload, problems that only keep a not-running device off)."""
-        from agent.config import load_site
-        from agent.config.yamlloc import load_file
+    def _running(self) -> set[str]:
+        return {d.name for d in self.site.devices if d.name in self.runners}
 
-        new = load_site(self.site.file, strict=False)  # ConfigError for site-level problems
-        entries = load_file(self.site.file).data.get("devices") or []
-        running = {d.name for d in self.site.devices if d.name in self.runners}
-        blocking: list[str] = []
-        other: list[str] = []
-        for p in new.problems:
-            if p.file != str(self.site.file):  # a broken profile: devices using it show up as entries below
-                other.append(str(p))
-                continue
-            name = None
-            if p.key.startswith("devices[") and "]" in p.key:
-                idx = int(p.key[len("devices["):p.key.index("]")])
-                if 0 <= idx < len(entries) and isinstance(entries[idx], dict):
-                    name = entries[idx].get("name")
-            (blocking if name is None or name in running else other).append(str(p))
-        return blocking, other
+    def _apply_reload(self) -> None:
+        self.restart = True
+        self.stop_event.set()
 
     async def _stop_devices(self, tasks: list[asyncio.Task[None]]) -> None:
         live = [t for t in tasks if not t.done()]
@@ -397,48 +249,6 @@ class Agent:
             if not self.outbox.stats().get("depth", 0) or not self.uplink.connected.is_set():
                 break
             await asyncio.sleep(0.05)
-
-    # ------------------------------------------------------------------------------------ status
-
-    def snapshot(self) -> dict[str, Any]:
-        now = time.time()
-        up = self.uplink.state
-        st = self.outbox.stats()
-        oldest = st.get("oldest_ts")
-        devices = {}
-        for d in self.site.devices:
-            h = self.health[d.name]
-            pts = {}
-            for name, ps in h.points.items():
-                pts[name] = {
-                    "value": ps.value, "unit": ps.unit, "quality": ps.quality.name.lower(),
-                    "age": round(now - ps.ts, 1) if ps.ts else None,
-                    "last_good_age": round(now - ps.last_good, 1) if ps.last_good else None,
-                    "last_error": ps.last_error,
-                    "last_error_age": round(now - ps.last_error_ts, 1) if ps.last_error_ts else None,
-                }
-            devices[d.name] = {
-                "type": d.type, "driver": d.driver, "state": h.state, "available": h.available,
-                "last_ok_age": round(now - h.last_ok, 1) if h.last_ok else None,
-                "last_error": h.last_error, "consecutive_failures": h.consecutive_failures,
-                "restarts": h.restarts, "cycle_ms": h.cycle_ms, "points": pts,
-            }
-        return {
-            "agent": {"version": __version__, "pid": os.getpid(), "uptime": round(now - self.started, 1),
-                      "site": self.site.id, "config": self.site.file,
-                      "config_problems": [str(p) for p in self.site.problems]},
-            "uplink": {"broker": f"{self.site.model.uplink.host}:{self.site.model.uplink.port}",
-                       "state": up.state, "connected": up.connected, "since_age": round(now - up.since, 1),
-                       "last_error": up.last_error, "connects": up.connects, "published": up.published,
-                       "last_publish_age": round(now - up.last_publish, 1) if up.last_publish else None},
-            "outbox": {**st, "oldest_age": round(now - oldest, 1) if oldest else None,
-                       "store_error": self.store_error, "events_dropped_queue": self.events_dropped,
-                       "held_in_memory": len(self._unstored), "dropped_unstored": self.unstored_dropped,
-                       "dropped_oversize": self.oversize_dropped},
-            "pipeline": {"offered": self.pipeline.offered, "reported": self.pipeline.reported,
-                         "gen": self.pipeline.gen},
-            "devices": devices,
-        }
 
 
 def install_signal_handlers(agent: Agent) -> None:

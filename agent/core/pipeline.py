@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from agent.contract.device import DeviceConfig
 from agent.contract.points import PointBase
 from agent.model import PointState, Quality, Sample, Value
-from agent.uplink.codec import alias_map_gen, encode_samples
+from agent.uplink.codec import birth_gen, encode_samples
 
 MAX_SAMPLES_PER_MESSAGE = 400
 
@@ -130,7 +130,7 @@ class Pipeline:
 
     def __init__(self, devices: Sequence[DeviceConfig], default_silence: float) -> None:
         self.channels: dict[str, DeviceChannel] = {d.name: DeviceChannel(d, default_silence) for d in devices}
-        self.gen = alias_map_gen((d.name, [p.name for p in d.points]) for d in devices)
+        self.gen = birth_gen(self._devices())
         self.offered = 0
         self.reported = 0
 
@@ -164,9 +164,18 @@ class Pipeline:
         for ch in self.channels.values():
             ch.forget()
 
+    def regen(self) -> bool:
+        """Recompute ``gen`` after a channel's points changed (units learned from a device); True if it changed.
+        Telemetry drained from now on carries the new generation."""
+        old, self.gen = self.gen, birth_gen(self._devices())
+        return self.gen != old
+
     def birth(self) -> dict[str, object]:
         """The alias map: what a receiver needs to decode telemetry of generation ``gen``."""
-        devices = {}
+        return {"gen": self.gen, "devices": self._devices()}
+
+    def _devices(self) -> dict[str, object]:
+        devices: dict[str, object] = {}
         for name, ch in self.channels.items():
             d = ch.device
             devices[name] = {
@@ -179,4 +188,4 @@ class Pipeline:
                     for p in d.points
                 ],
             }
-        return {"gen": self.gen, "devices": devices}
+        return devices

@@ -1,6 +1,8 @@
 """Local status socket: one JSON request per line, one JSON answer per line, on a Unix socket only
 reachable by root and the agent's group (the field tech's laptop uses ``edge-agent status`` over SSH or the
-console). Requests: ``{"op": "status"}``, ``{"op": "write", "device": D, "point": P, "value": V}``.
+console). Requests: ``{"op": "status"}``, ``{"op": "write", "device": D, "point": P, "value": V}``,
+``{"op": "retry", "device": D}`` (probe that device at once; answers with its status after the probe),
+``{"op": "plan", "device": D}`` (the running driver's request plan).
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ class StatusBackend(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
     async def write(self, device: str, point: str, value: Value) -> Value: ...
+
+    async def retry(self, device: str) -> dict[str, Any]:
+        """Probe one device now; the answer carries ``finished`` and the device's status."""
+
+    def plan(self, device: str) -> list[dict[str, Any]] | None:
+        """The running driver's plan (device limits as answered, splits learned at run time)."""
+
 
 log = logging.getLogger("edge_agent.status")
 MAX_REQUEST = 64 * 1024
@@ -87,6 +96,10 @@ class StatusServer:
         try:
             if op == "status":
                 return {"ok": True, "status": self.agent.snapshot()}
+            if op == "retry":
+                return await self.agent.retry(str(req.get("device")))
+            if op == "plan":
+                return {"ok": True, "plan": self.agent.plan(str(req.get("device")))}
             if op == "write":
                 value = await self.agent.write(str(req.get("device")), str(req.get("point")), req.get("value"))
                 return {"ok": True, "written": value}

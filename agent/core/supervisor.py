@@ -1,8 +1,12 @@
 """One task per device: start, poll on schedule, follow changes, restart with backoff, never stop others.
 
-Availability is logged on transitions only (warning once when a device goes offline, info once when it
-comes back) and published as an event. A device whose driver keeps crashing with *unexpected* exceptions
-(bugs, not device failures) spends a restart budget; once spent, that device alone is disabled.
+States: ``starting`` → ``online`` (at least one point reads good), ``failing`` (the device answers but not one
+point reads good, e.g. a meter at the wrong unit id refusing every read with exception 4), ``offline`` /
+``backoff`` (the device does not answer; it is probed again after a backoff that doubles up to ``BACKOFF_MAX``
+= 30 s), ``disabled``. Availability is logged on transitions only (warning once when a device goes offline or
+failing, info once when it comes back) and published as an event. ``retry()`` (``edge-agent retry DEVICE``)
+probes one device at once. A device whose driver keeps crashing with *unexpected* exceptions (bugs, not device
+failures) spends a restart budget; once spent, that device alone is disabled.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 
 from agent.contract.device import DeviceConfig
 from agent.contract.driver import Driver, DriverContext, Sink, driver_class
@@ -25,7 +29,8 @@ log = logging.getLogger("edge_agent.supervisor")
 
 RESTART_BUDGET = 5  # unexpected crashes ...
 RESTART_WINDOW = 600.0  # ... within this many seconds disable the device
-BACKOFF_MAX = 300.0
+BACKOFF_MAX = 30.0  # a device that comes back is polled again within this many seconds
+RETRY_WAIT = 50.0  # retry(): the longest the caller waits for the outcome of the probe
 PROGRESS_SLACK = 10.0  # watchdog: how late a device loop may be beyond its own cycle budget
 
 
@@ -34,6 +39,19 @@ def _first(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+def _requests(driver: Driver) -> int | None:
+    """The driver's count of protocol requests sent so far, if it keeps one: ``stats["requests"]`` (Modbus) or
+    per service in ``facts.requests`` (BACnet)."""
+    stats = getattr(driver, "stats", None)
+    n = stats.get("requests") if isinstance(stats, dict) else None
+    if isinstance(n, int):
+        return n
+    per_service = getattr(getattr(driver, "facts", None), "requests", None)
+    if isinstance(per_service, dict) and all(isinstance(v, int) for v in per_service.values()):
+        return sum(per_service.values())
+    return None
 
 
 class DeviceRunner:
@@ -50,26 +68,67 @@ class DeviceRunner:
         self._initial_backoff = min(max(dm.interval, 1.0), 10.0)
         self._backoff = self._initial_backoff
         self.cycle_timeout = max(dm.interval, (dm.retries + 1) * dm.timeout) * 4 + 1.0
+        self._wake = asyncio.Event()  # retry(): end the current backoff or poll wait now
+        self._done = asyncio.Event()  # set whenever an attempt (a restart or a poll cycle) has an outcome
+        self._attempts = 0  # attempts begun
+        self._urgent = False  # the current start was asked for by retry(): poll at once, no stagger
+        self._finished = 0  # attempts with an outcome
+        # Observability hooks (agent.obs), set by the Agent: (device, seconds, requests or None, samples) after
+        # each answered cycle; (device, reason) after each failed attempt.
+        self.on_cycle: Callable[[str, float, int | None, Sequence[Sample]], None] | None = None
+        self.on_failure: Callable[[str, str], None] | None = None
 
     # ----------------------------------------------------------------------------------- availability
+
+    def _answered(self, samples: Sequence[Sample]) -> None:
+        """The device answered a poll cycle: online if at least one point now reads good, else failing."""
+        good, total = self.point_counts()
+        if total and not good:
+            errors = Counter(s.error or "no value" for s in samples if s.quality != Quality.GOOD)
+            common = errors.most_common(1)[0][0] if errors else "no value"
+            self._failing(f"no point readable ({total} of {total} fail): {common}")
+        else:
+            self._online()
+
+    def point_counts(self) -> tuple[int, int]:
+        """(points whose latest value is good, enabled points)."""
+        names = [p.name for p in self.device.enabled_points]
+        good = 0
+        for n in names:
+            st = self.health.points.get(n)
+            good += st is not None and st.quality == Quality.GOOD
+        return good, len(names)
 
     def _online(self) -> None:
         h = self.health
         h.last_ok = time.time()
         h.consecutive_failures = 0
         self._backoff = self._initial_backoff
-        if not h.available:
+        if h.state != "online":
             was = h.state
             h.available, h.state = True, "online"
             if was != "starting":
                 log.info("%s: back online", self.device.name)
             self.sink.event(Event(self.device.name, "availability", {"state": "online"}))
 
+    def _failing(self, reason: str) -> None:
+        h = self.health
+        h.consecutive_failures = 0  # it answers: no backoff, keep polling at its interval
+        self._backoff = self._initial_backoff
+        h.last_error, h.last_error_ts = reason, time.time()
+        if h.state != "failing":
+            log.warning("%s: failing: %s", self.device.name, reason)
+            h.available, h.state = False, "failing"
+            self.sink.event(Event(self.device.name, "availability", {"state": "failing", "reason": reason},
+                                  Severity.WARNING))
+
     def _failed(self, reason: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(self.device.name, reason)
         h = self.health
         h.consecutive_failures += 1
         h.last_error, h.last_error_ts = reason, time.time()
-        if h.available or h.state == "starting":
+        if h.state not in ("offline", "backoff"):
             log.warning("%s: unavailable: %s", self.device.name, reason)
             h.available, h.state = False, "offline"
             self.sink.event(Event(self.device.name, "availability", {"state": "offline", "reason": reason},
@@ -90,6 +149,38 @@ class DeviceRunner:
         if out:
             self.sink.samples(self.device.name, out)
 
+    # ------------------------------------------------------------------------------------------ retry
+
+    def _begin(self) -> None:
+        self._attempts += 1
+
+    def _end(self) -> None:
+        self._finished = self._attempts
+        self._done.set()
+
+    async def _nap(self, seconds: float) -> bool:
+        """Sleep, or less if retry() asks for a probe now; True when woken."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._wake.clear()
+        return True
+
+    async def retry(self) -> None:
+        """Probe the device now (end its backoff, or poll it at once) and wait for the outcome, bounded."""
+        if self.health.state == "disabled":
+            raise DriverError(f"{self.device.name} is disabled ({self.health.last_error}); fix the cause, then "
+                              "reload or restart the agent", device=self.device.name)
+        target = self._attempts + 1
+        self._wake.set()
+        async with asyncio.timeout(min(RETRY_WAIT, 2 * self.cycle_timeout + 5.0)):
+            while self._finished < target:
+                self._done.clear()
+                await self._done.wait()
+
     # ---------------------------------------------------------------------------------------- running
 
     def _progress(self, expect_within: float) -> None:
@@ -101,9 +192,14 @@ class DeviceRunner:
         delay = 0.0
         while True:
             if delay:
-                self.health.state = "backoff" if not self.health.available else self.health.state
+                self.health.state = "backoff" if self.health.state == "offline" else self.health.state
                 self._progress(delay)
-                await asyncio.sleep(delay)
+                self.health.next_probe = time.monotonic() + delay
+                try:
+                    self._urgent = await self._nap(delay)
+                finally:
+                    self.health.next_probe = None
+            self._begin()
             try:
                 cls = driver_class(self.device)
             except DriverUnavailable as exc:
@@ -116,6 +212,8 @@ class DeviceRunner:
                 return
             self.driver = driver
             try:
+                if delay:
+                    driver.probe_now()  # this restart is the probe: no fail-fast state may skip it
                 self._progress(self.cycle_timeout)
                 units = [p.unit for p in self.device.points]
                 async with asyncio.timeout(self.cycle_timeout):
@@ -139,7 +237,8 @@ class DeviceRunner:
                     self._failed(f"timeout: no answer within {self.cycle_timeout:.0f} s")
                 elif self._crashed(leaf):
                     return
-                delay = self._backoff * random.uniform(0.8, 1.2)
+                self._end()
+                delay = min(self._backoff * random.uniform(0.8, 1.2), BACKOFF_MAX)
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     def _crashed(self, exc: Exception) -> bool:
@@ -170,6 +269,7 @@ class DeviceRunner:
         self.sink.event(Event(self.device.name, "availability", {"state": "disabled", "reason": reason},
                               Severity.ALARM))
         self.deadline = float("inf")
+        self._end()
 
     async def _follow(self, driver: Driver) -> None:
         await driver.follow(self.sink)
@@ -179,15 +279,19 @@ class DeviceRunner:
         # Polls are aligned on one grid (the monotonic clock, in steps of the interval, at most 1 s): devices
         # with the same interval poll in the same event-loop wake-up, so N devices cost one wake-up instead
         # of N (bench/site_poll.py: 43k -> 69k points per CPU-second on 50 meters). Devices of one bus still
-        # take turns on its lock.
+        # take turns on its lock. retry() polls at once.
         now = time.monotonic()
-        next_fast = now + (-now) % min(dm.interval, 1.0)
+        first = 0.0 if self._urgent or self._wake.is_set() else (-now) % min(dm.interval, 1.0)
+        self._urgent = False
+        self._wake.clear()
+        next_fast = now + first
         next_slow = next_fast
         while True:
             now = time.monotonic()
             wait = max(0.0, min(next_fast, next_slow) - now)
             self._progress(wait + self.cycle_timeout)
-            await asyncio.sleep(wait)
+            if wait and await self._nap(wait):
+                next_fast = next_slow = time.monotonic()  # retry: poll every point now
             now = time.monotonic()
             polled = driver.polled_points()
             pts: list[PointBase] = []
@@ -196,11 +300,13 @@ class DeviceRunner:
             if now >= next_slow:
                 pts += [p for p in polled if p.poll == "slow"]
             if pts:
+                self._begin()
                 await self._cycle(driver, pts)
-            elif not self.health.available:
+            elif self.health.state != "online":
                 # Every point is followed (BACnet COV): the driver started and its follow task is alive,
                 # which is what availability means for it.
                 self._online()
+                self._end()
             # No overlapping cycles, no burst to catch up: schedule from the planned time, skipping misses.
             done = time.monotonic()
             if done >= next_fast:
@@ -210,8 +316,14 @@ class DeviceRunner:
 
     async def _cycle(self, driver: Driver, pts: Sequence[PointBase]) -> None:
         t0 = time.monotonic()
+        sent = _requests(driver)
         async with self.lock, asyncio.timeout(self.cycle_timeout):
             samples = await driver.read(pts)
-        self.health.cycle_ms = round((time.monotonic() - t0) * 1000.0, 2)
-        self._online()
-        self.sink.samples(self.device.name, samples)
+        took = time.monotonic() - t0
+        self.health.cycle_ms = round(took * 1000.0, 2)
+        if self.on_cycle is not None:
+            after = _requests(driver)
+            self.on_cycle(self.device.name, took, None if sent is None or after is None else after - sent, samples)
+        self.sink.samples(self.device.name, samples)  # updates the live point states first
+        self._answered(samples)
+        self._end()

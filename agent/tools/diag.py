@@ -22,6 +22,10 @@ from typing import Any
 
 from agent.core.status import agent_listening
 from agent.errors import ConfigError, EdgeAgentError
+from agent.tools import tlsfiles
+from agent.tools.helptext import epilog
+
+EXIT_REFUSED = 1  # docs/cli.md: 1 is "refused" for every command
 
 
 @dataclass
@@ -48,16 +52,39 @@ class Report:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("diag", help="field diagnostics: reach the broker or a device, read its points once")
+    p = sub.add_parser(
+        "diag", help="field diagnostics: reach the broker or a device, read its points once",
+        description="Field checks with the site's own settings, without the agent: can this box reach the "
+                    "broker, can it reach that device and what does each point read right now.",
+        epilog=epilog(["edge-agent diag broker", "edge-agent diag device meter-main --json"],
+                      {0: "every step passed", 1: "a step failed, or refused (see `diag device --help`)"}))
     dsub = p.add_subparsers(dest="diag_command", metavar="WHAT", required=True)
-    for name, helptext in (("broker", "resolve, connect and open an MQTT session with the site's settings"),
-                           ("device", "connect to a device with its driver and read every point once")):
-        q = dsub.add_parser(name, help=helptext)
-        q.add_argument("--config", "-c", default=None, help="site file (default: as for run)")
+    texts = {
+        "broker": ("resolve, connect and open an MQTT session with the site's settings",
+                   "Walk the uplink step by step with the site file's settings: resolve the broker's name, TCP "
+                   "connect, load the TLS files, open an MQTT session with the site's credentials, subscribe "
+                   "the command topic. Says which step fails and why.",
+                   epilog(["edge-agent diag broker", "edge-agent diag broker --timeout 5 --json"],
+                          {0: "the broker accepted a session", 1: "a step failed (the report says which)"})),
+        "device": ("connect to a device with its driver and read every point once",
+                   "Open DEVICE with its real driver: TCP connect (TCP transports), the request plan, start, "
+                   "one read of every point with value, unit, quality and error. Refused while the agent runs "
+                   "(a second client could garble an RS-485 line or take BACnet replies): use `edge-agent "
+                   "status --device NAME`, stop the agent, or --force.",
+                   epilog(["edge-agent diag device meter-main", "edge-agent diag device ahu-1 --force --json"],
+                          {0: "every point read good", 1: "a step failed or a point is not good; or refused "
+                           "because the agent is running (without --force)",
+                           2: "no such device, or the site file is invalid"})),
+    }
+    for name, (helptext, description, ep) in texts.items():
+        q = dsub.add_parser(name, help=helptext, description=description, epilog=ep)
+        q.add_argument("--config", "-c", metavar="FILE", default=None,
+                       help="site file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/site.yaml)")
         q.add_argument("--json", action="store_true", help="machine-readable output")
-        q.add_argument("--timeout", type=float, default=10.0, help="budget of each step, seconds")
+        q.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="budget of each step (default: %(default)s)")
         if name == "device":
-            q.add_argument("device", help="device name in the site file")
+            q.add_argument("device", metavar="DEVICE", help="device name in the site file")
             q.add_argument("--force", action="store_true",
                            help="run even though the agent is running (a second client on the device)")
         q.set_defaults(func=cmd_diag)
@@ -90,7 +117,7 @@ def cmd_diag(args: argparse.Namespace) -> int:
             print(f"the agent is running and talks to {dev.name}: a second client could garble an RS-485 line or "
                   "steal BACnet replies. Use `edge-agent status --device "
                   f"{dev.name}` (values, ages, last errors), or stop the agent, or pass --force.", file=sys.stderr)
-            return 2
+            return EXIT_REFUSED
         report = asyncio.run(diag_device(site, dev, args.timeout))
     if args.json:
         print(json.dumps({"target": report.target, "ok": report.ok, "steps": [asdict(s) for s in report.steps],
@@ -160,8 +187,8 @@ async def diag_broker(site: Any, budget: float) -> Report:
     t0 = time.monotonic()
     try:
         ctx = build_tls_context(up, site.secrets)
-    except (OSError, ssl.SSLError) as exc:
-        r.add("TLS settings", t0, False, f"cannot load CA/certificate/key: {exc}")
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        r.add("TLS settings", t0, False, _tls_files_cause(up, site.secrets) or f"cannot load CA/certificate/key: {exc}")
         return r
     if ctx is not None:
         r.add("TLS settings", t0, True, "client certificate" if site.secrets.cert_file else "server check only")
@@ -180,11 +207,25 @@ async def diag_broker(site: Any, budget: float) -> Report:
         r.add("MQTT session", t0, False, f"no MQTT session within {budget:g} s{hint}")
     except aiomqtt.MqttError as exc:
         cause = exc.__cause__ or exc.__context__
-        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(exc)
-        r.add("MQTT session", t0, False, f"refused: {reason}")
+        if isinstance(cause, ssl.SSLError):
+            r.add("MQTT session", t0, False, f"TLS failed: {tlsfiles.handshake_problem(cause)}")
+        else:
+            reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(exc)
+            r.add("MQTT session", t0, False, f"refused: {reason}")
     except (OSError, ssl.SSLError) as exc:
         r.add("MQTT session", t0, False, f"{type(exc).__name__}: {exc}")
     return r
+
+
+def _tls_files_cause(up: Any, secrets: Any) -> str | None:
+    """What is wrong with the site's TLS files, in words (a swapped certificate and key, a CA that is a key)."""
+    from pathlib import Path
+
+    ca = up.tls.ca_file if up.tls else None
+    problem = tlsfiles.ca_problem(Path(ca)) if ca else None
+    if not problem and secrets.cert_file and secrets.key_file:
+        problem = tlsfiles.pair_problem(Path(secrets.cert_file), Path(secrets.key_file))
+    return problem
 
 
 # ------------------------------------------------------------------------------------------------ device
@@ -209,7 +250,9 @@ async def diag_device(site: Any, dev: Any, budget: float) -> Report:
         return r
     plan = driver.plan()
     if plan is not None:
-        r.add("plan", t0, True, f"{len(plan)} request(s) for {len(dev.enabled_points)} point(s)")
+        n_fast = sum(1 for row in plan if row.get("cycle", "fast") == "fast")
+        slow = f" ({len(plan) - n_fast} on slow cycles)" if len(plan) > n_fast else ""
+        r.add("plan", t0, True, f"{n_fast} request(s){slow} for {len(dev.enabled_points)} point(s)")
     t0 = time.monotonic()
     try:
         async with asyncio.timeout(budget):

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import ssl
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 import aiomqtt
 
+from agent.config import Site
 from agent.uplink.codec import decode_telemetry
+from agent.uplink.mqtt import build_tls_context, client_tls_context
+
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+SCHEMES = ("mqtt", "mqtts", "tcp", "ssl")
 
 
 class Decoder:
@@ -51,8 +60,8 @@ def handle(dec: Decoder, topic: str, payload: bytes, prefix: str) -> dict[str, A
             if kind == "birth" and isinstance(doc, dict):
                 dec.birth(site, doc)
             out["doc"] = doc
-    except (ValueError, KeyError) as exc:
-        out["error"] = f"undecodable: {exc}"
+    except (ValueError, KeyError, RecursionError) as exc:
+        out["error"] = f"undecodable: {str(exc)[:200]}"
     return out
 
 
@@ -75,19 +84,95 @@ def render(m: dict[str, Any]) -> str:
     return f"{clock} {m['topic']} ({m['bytes']} B) {json.dumps(m.get('doc'), ensure_ascii=False)}"
 
 
-async def monitor(broker: str, prefix: str, site: str, count: int, as_json: bool) -> int:
+@dataclass
+class Target:
+    """Where the monitor connects and what it subscribes to."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    username: str | None
+    password: str | None
+    prefix: str
+    site: str
+
+    @property
+    def where(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def check_url(broker: str) -> tuple[str, int | None, bool]:
+    """(host, port or None, TLS) of a broker URL; ``ValueError`` with a one-line reason otherwise."""
     u = urlparse(broker)
+    if u.scheme not in SCHEMES or not u.hostname:
+        raise ValueError(f"broker {broker!r}: give a URL with its scheme: mqtt://HOST:PORT (TCP) or "
+                         "mqtts://HOST:PORT (TLS)")
+    try:
+        port = u.port
+    except ValueError as exc:
+        raise ValueError(f"broker {broker!r}: {exc}") from None
+    return u.hostname, port, u.scheme in ("mqtts", "ssl")
+
+
+def target_for(broker: str | None, site: Site | None, prefix: str | None, site_id: str | None) -> Target:
+    """From ``--broker`` and/or the site file (``--config``): the site's uplink settings (TLS, client
+    certificate, server name, credentials, prefix, site id) are used as the agent uses them; ``--broker``
+    replaces only the URL. ``ValueError``/``OSError``/``ssl.SSLError`` with a one-line reason."""
+    if site is not None:
+        cfg = site.model.uplink
+        if broker is not None:
+            check_url(broker)
+            cfg = cfg.model_copy(update={"broker": broker})
+        return Target(cfg.host, cfg.port, build_tls_context(cfg, site.secrets), cfg.username,
+                      site.secrets.password.get_secret_value() if site.secrets.password else None,
+                      prefix or cfg.topic_prefix, site_id or site.id)
+    host, port, tls = check_url(broker or DEFAULT_BROKER)
+    return Target(host, port or (8883 if tls else 1883), client_tls_context() if tls else None, None, None,
+                  prefix or "ea/v1", site_id or "+")
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    for e in (cause, exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"TLS: certificate verify failed: {e.verify_message}"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS: {e.reason or e}"
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+    return str(exc)
+
+
+async def monitor(t: Target, count: int, as_json: bool, connect_budget: float = 10.0) -> int:
+    """Print decoded messages until ``count`` (0: forever). Connection problems are one line on stderr, exit 1."""
     dec = Decoder()
     n = 0
-    async with aiomqtt.Client(u.hostname or "127.0.0.1", u.port or 1883,
-                              identifier=f"edge-agent-monitor-{time.time_ns()}") as client:
-        await client.subscribe(f"{prefix}/{site}/#", qos=1)
-        async for msg in client.messages:
-            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload or "").encode()
-            m = handle(dec, str(msg.topic), payload, prefix)
-            print(json.dumps(m, default=str) if as_json else render(m), flush=True)
-            n += 1
-            if count and n >= count:
-                break
+    client = aiomqtt.Client(t.host, t.port, identifier=f"edge-agent-monitor-{time.time_ns()}",
+                            username=t.username, password=t.password, tls_context=t.tls, timeout=connect_budget + 1)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            async with asyncio.timeout(connect_budget):
+                await stack.enter_async_context(client)
+                await client.subscribe(f"{t.prefix}/{t.site}/#", qos=1, timeout=connect_budget)
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+                hint = " (a TLS port? a client certificate required?)" if t.tls is None else \
+                    " (does the broker require a client certificate?)"
+                print(f"monitor: no MQTT session with {t.where} within {connect_budget:g} s{hint}", file=sys.stderr)
+            else:
+                print(f"monitor: cannot connect to {t.where}: {_reason(exc)}", file=sys.stderr)
+            return 1
+        print(f"monitor: connected to {t.where}, subscribed to {t.prefix}/{t.site}/#", file=sys.stderr)
+        try:
+            async for msg in client.messages:
+                payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload or "").encode()
+                m = handle(dec, str(msg.topic), payload, t.prefix)
+                print(json.dumps(m, default=str) if as_json else render(m), flush=True)
+                n += 1
+                if count and n >= count:
+                    break
+        except aiomqtt.MqttError as exc:
+            print(f"monitor: connection to {t.where} lost: {_reason(exc)}", file=sys.stderr)
+            return 1
     sys.stdout.flush()
     return 0

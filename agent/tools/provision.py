@@ -1,6 +1,7 @@
 """``edge-agent provision``: turn a freshly installed box into this building's agent.
 
-Writes the site file from a few flags (or prompts): site id, broker URL, TLS files. Before anything is
+Writes the site file from a few flags (or, on a terminal, prompts that check each answer as it is typed):
+site id, broker URL, TLS files. Before anything is
 written it checks every argument, loads the certificates, asks the broker for an MQTT session with exactly
 those settings, and validates the resulting site file with the same code the agent runs. Only then are the
 files put in place, each by temp file + rename, rolled back together if one fails: a failed provision leaves
@@ -39,6 +40,8 @@ from pydantic import ValidationError
 
 from agent.config import SiteInfo, UplinkConfig, load_site
 from agent.errors import ConfigError
+from agent.tools import tlsfiles
+from agent.tools.helptext import epilog
 
 DEFAULT_CONFIG = "/etc/edge-agent/site.yaml"
 DEFAULT_CREDSTORE = "/etc/credstore"
@@ -120,21 +123,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "provision",
         help="write this box's site file, check the broker answers, print the next step",
-        description="Write the site file from flags (or prompts), check it and the broker, then install it.",
+        description="Turn a freshly installed box into this building's agent: write the site file from flags "
+                    "(or, on a terminal, by asking one value at a time, each checked as it is typed), load the "
+                    "TLS files, open an MQTT session with exactly those settings, validate the site file, and "
+                    "only then put the files in place (all or nothing). The client key and password become "
+                    "systemd credentials in /etc/credstore, never part of the site file.",
+        epilog=epilog(["edge-agent provision",
+                       "edge-agent provision -y --site-id townhall-7 --broker mqtts://mqtt.example.org:8883 "
+                       "--ca ca.crt --cert box.crt --key box.key",
+                       "edge-agent provision -y --site-id lab-1 --broker mqtt://192.0.2.5:1883 --skip-broker-check"],
+                      {0: "provisioned", 1: "could not write the files (nothing was changed)",
+                       2: "a bad or missing value or file (nothing was written)",
+                       3: "the broker did not answer or refused the session (nothing was written)"}),
     )
-    p.add_argument("--site-id", help="site id: lower case letters, digits, - and _ (e.g. townhall-7)")
-    p.add_argument("--site-name", help="human name of the building")
-    p.add_argument("--broker", help="mqtts://host:8883 (TLS) or mqtt://host:1883")
+    p.add_argument("--site-id", metavar="ID", help="site id: lower case letters, digits, - and _ (e.g. townhall-7)")
+    p.add_argument("--site-name", metavar="NAME", help="human name of the building")
+    p.add_argument("--broker", metavar="URL", help="mqtts://host:8883 (TLS) or mqtt://host:1883")
     p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) of the broker (default: system CAs)")
     p.add_argument("--cert", metavar="FILE", help="client certificate (PEM) for mutual TLS")
     p.add_argument("--key", metavar="FILE", help="client private key (PEM); installed as credential mqtt-key")
-    p.add_argument("--server-hostname", help="name to check in the broker's certificate, if not the URL's")
-    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--server-hostname", metavar="NAME",
+                   help="name to check in the broker's certificate, if not the URL's")
+    p.add_argument("--username", metavar="USER", help="MQTT user name")
     p.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"site file to write (default {DEFAULT_CONFIG})")
-    p.add_argument("--credstore", default=DEFAULT_CREDSTORE,
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                   help=f"site file to write (default {DEFAULT_CONFIG})")
+    p.add_argument("--credstore", default=DEFAULT_CREDSTORE, metavar="DIR",
                    help=f"where systemd credentials live (default {DEFAULT_CREDSTORE})")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds allowed for the broker check")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds allowed for the broker check")
     p.add_argument("--skip-broker-check", action="store_true",
                    help="do not contact the broker (flashing boxes off site); everything else is checked")
     p.add_argument("--force", action="store_true", help="replace a site file that was already provisioned")
@@ -143,27 +160,87 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def _prompt(label: str, default: str | None = None) -> str | None:
-    suffix = f" [{default}]" if default else ""
+class Prompter:
+    """Asks the missing values one at a time on the terminal and checks each answer as it is typed, with the
+    same checks as the flags: a bad answer is explained and asked again before the next question."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def ask(self, label: str, check: Any, *, optional: bool = False) -> str | None:
+        while True:
+            try:
+                answer = input(f"{label}: ").strip()
+            except EOFError:
+                print(file=sys.stderr)
+                raise ProvisionError(f"no answer for {label.split(' (')[0].lower()}") from None
+            if not answer and optional:
+                return None
+            if not answer:
+                print("  a value is needed here (Ctrl-C to give up)", file=sys.stderr)
+                continue
+            try:
+                check(answer)
+            except ProvisionError as exc:
+                print(f"  {exc}; try again (Ctrl-C to give up)", file=sys.stderr)
+                continue
+            return answer
+
+    def fill(self) -> None:
+        a = self.args
+        if a.site_id is None:
+            a.site_id = self.ask("Site id (e.g. townhall-7)", check_site_id)
+        if a.site_name is None:
+            a.site_name = self.ask("Site name (empty: none)", lambda v: None, optional=True)
+        if a.broker is None:
+            a.broker = self.ask("Broker URL (mqtts://host:8883 or mqtt://host:1883)", check_broker_url)
+        if urlparse(a.broker).scheme not in ("mqtts", "ssl"):
+            return
+        if a.ca is None:
+            a.ca = self.ask("Broker CA file (empty: the system's CAs)", check_ca, optional=True)
+        if a.cert is None:
+            a.cert = self.ask("Client certificate file (empty: none)", check_cert, optional=True)
+        if a.cert and a.key is None:
+            a.key = self.ask("Client key file", lambda v: check_key(v, a.cert))
+
+
+def check_site_id(value: str) -> None:
     try:
-        answer = input(f"{label}{suffix}: ").strip()
-    except EOFError:
-        return default
-    return answer or default
+        SiteInfo.model_validate({"id": value})
+    except ValidationError:
+        raise ProvisionError(
+            f"bad site id {value!r}: use 1-64 lower case letters, digits, '-' and '_', "
+            "starting with a letter or digit (e.g. townhall-7)"
+        ) from None
 
 
-def _fill_interactively(args: argparse.Namespace) -> None:
-    if args.site_id is None:
-        args.site_id = _prompt("Site id (e.g. townhall-7)")
-    if args.broker is None:
-        args.broker = _prompt("Broker URL (mqtts://host:8883)")
-    if args.broker and urlparse(args.broker).scheme in ("mqtts", "ssl"):
-        if args.ca is None:
-            args.ca = _prompt("Broker CA file (empty: system CAs)")
-        if args.cert is None:
-            args.cert = _prompt("Client certificate file (empty: none)")
-        if args.cert and args.key is None:
-            args.key = _prompt("Client key file")
+def check_broker_url(value: str) -> None:
+    try:
+        UplinkConfig.model_validate({"broker": value})
+    except ValidationError as exc:
+        raise ProvisionError(f"bad broker URL {value!r}: {_first_error(exc)}") from None
+
+
+def check_ca(value: str) -> None:
+    path = _readable(value, "CA certificate")
+    problem = tlsfiles.ca_problem(path) if path else None
+    if problem:
+        raise ProvisionError(problem)
+
+
+def check_cert(value: str) -> None:
+    path = _readable(value, "client certificate")
+    problem = tlsfiles.certificate_problem(path, "client certificate") if path else None
+    if problem:
+        raise ProvisionError(problem)
+
+
+def check_key(value: str, cert: str | None) -> None:
+    key = _readable(value, "client key")
+    crt = _readable(cert, "client certificate")
+    problem = tlsfiles.pair_problem(crt, key) if crt and key else (tlsfiles.key_problem(key) if key else None)
+    if problem:
+        raise ProvisionError(problem)
 
 
 def _readable(path: str | None, what: str) -> Path | None:
@@ -189,19 +266,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
     """Check the arguments; nothing is written and nothing is contacted."""
     if not args.site_id:
         raise ProvisionError("--site-id is required (e.g. --site-id townhall-7)")
-    try:
-        SiteInfo.model_validate({"id": args.site_id})
-    except ValidationError:
-        raise ProvisionError(
-            f"bad site id {args.site_id!r}: use 1-64 lower case letters, digits, '-' and '_', "
-            "starting with a letter or digit (e.g. townhall-7)"
-        ) from None
+    check_site_id(args.site_id)
     if not args.broker:
         raise ProvisionError("--broker is required (e.g. --broker mqtts://mqtt.example.org:8883)")
-    try:
-        UplinkConfig.model_validate({"broker": args.broker})
-    except ValidationError as exc:
-        raise ProvisionError(f"bad broker URL {args.broker!r}: {_first_error(exc)}") from None
+    check_broker_url(args.broker)
     plan = Plan(
         site_id=args.site_id,
         site_name=args.site_name,
@@ -222,6 +290,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
             raise ProvisionError(f"password file {args.password_file} is empty")
     if bool(plan.cert) != bool(plan.key):
         raise ProvisionError("--cert and --key go together (mutual TLS needs both)")
+    problem = (tlsfiles.ca_problem(plan.ca) if plan.ca else None) or (
+        tlsfiles.pair_problem(plan.cert, plan.key) if plan.cert and plan.key else None)
+    if problem:
+        raise ProvisionError(problem)
     if (plan.ca or plan.cert or plan.server_hostname) and not plan.uses_tls:
         raise ProvisionError(f"TLS files given but {plan.broker} is plain MQTT: use mqtts://host:8883")
     if plan.uses_tls:
@@ -292,16 +364,21 @@ async def check_broker(plan: Plan, budget: float) -> float:
     except TimeoutError:
         raise ProvisionError(
             f"broker {host}:{port} accepted TCP but no MQTT session within {budget:g}s"
-            + (" (does it require a client certificate? --cert/--key)" if ctx and not plan.cert else ""),
+            + (" (the broker probably requires a client certificate: give --cert and --key)"
+               if ctx and not plan.cert else ""),
             EXIT_BROKER,
         ) from None
     except ssl.SSLError as exc:
-        raise ProvisionError(f"TLS with broker {host}:{port} failed: {exc.reason or exc}", EXIT_BROKER) from None
+        raise ProvisionError(f"TLS with broker {host}:{port} failed: {tlsfiles.handshake_problem(exc)}",
+                             EXIT_BROKER) from None
     except aiomqtt.MqttError as exc:
         cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ssl.SSLError) or "[SSL" in str(exc):
-            reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(exc)
+        if isinstance(cause, ssl.SSLError) or "[SSL" in str(exc) or "certificate" in str(exc).lower():
+            reason = tlsfiles.handshake_problem(cause if isinstance(cause, ssl.SSLError) else exc)
             raise ProvisionError(f"TLS with broker {host}:{port} failed: {reason}", EXIT_BROKER) from None
+        if ctx and not plan.cert and "timed out" in str(exc).lower():
+            raise ProvisionError(f"broker {host}:{port} closed the TLS session: it probably requires a client "
+                                 "certificate (give --cert and --key)", EXIT_BROKER) from None
         raise ProvisionError(f"broker {host}:{port} refused the MQTT session: {exc}", EXIT_BROKER) from None
     except OSError as exc:
         raise ProvisionError(f"broker {host}:{port}: {exc.strerror or exc}", EXIT_BROKER) from None
@@ -473,7 +550,7 @@ def write(plan: Plan, keep_backup: bool) -> list[Path]:
 def main(args: argparse.Namespace) -> int:
     try:
         if not args.non_interactive and sys.stdin.isatty():
-            _fill_interactively(args)
+            Prompter(args).fill()
         plan = build_plan(args)
         if args.skip_broker_check:
             answered = None

@@ -24,7 +24,7 @@ float32 value when one with at most 4 decimals exists: 231.39999389648438 arrive
 
 ``seq`` is assigned by the outbox when the message is committed and inserted at publish time, so the body
 stored on disk (flags, gen, content) never changes. ``gen`` identifies the alias map: a 16-bit hash of the
-birth's device/point lists; receivers keep the maps of the last few births.
+birth's whole device map (names, units, ...); receivers keep the maps of the last few births.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,7 +289,23 @@ def decode_telemetry(payload: bytes) -> Decoded:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    """Strict JSON (RFC 8259) for everything the agent publishes: a non-finite float (NaN, ±Infinity, which
+    Python would write as bare ``NaN``) becomes ``null``; other non-JSON values become strings."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(obj), separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    return text.encode("utf-8")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def with_seq(seq: int, body: bytes) -> bytes:
@@ -300,9 +316,9 @@ def with_seq(seq: int, body: bytes) -> bytes:
     return b'{"seq":%d%s%s' % (seq, b"," if rest[:1] != b"}" else b"", rest)
 
 
-def alias_map_gen(devices: Iterable[tuple[str, Sequence[str]]]) -> int:
-    """A stable 16-bit id of the alias assignment: changes exactly when a device's point list changes."""
-    h = hashlib.sha256()
-    for dev, points in devices:
-        h.update(dev.encode() + b"\0" + b"\1".join(p.encode() for p in points) + b"\0\0")
-    return int.from_bytes(h.digest()[:2], "big")
+def birth_gen(devices: Any) -> int:
+    """A stable 16-bit id of a birth's whole device map (aliases, names, units, writable flags, types, labels):
+    two births with the same ``gen`` carry the same map, so a receiver keeping maps by ``gen`` keeps the right
+    one whichever it saw last."""
+    canon = json.dumps(devices, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return int.from_bytes(hashlib.sha256(canon.encode("utf-8")).digest()[:2], "big")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -17,6 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from agent.contract.points import PointBase
 from agent.contract.registry import DriverSpec
+from agent.contract.writes import (
+    FLOAT32_MAX,
+    bounds,
+    check_generic,
+    is_null,
+    parse_generic,
+    parse_number,
+    show,
+    to_bool,
+    to_number,
+    to_text,
+)
 from agent.types import PositiveDuration
 
 from .enums import ENGINEERING_UNITS, OBJECT_TYPES, PROPERTY_IDENTIFIERS
@@ -27,6 +40,11 @@ COMMANDABLE = {
     "multi-state-value", "integer-value", "positive-integer-value", "large-analog-value",
     "characterstring-value", "lighting-output", "binary-lighting-output",
 }
+# Properties of type REAL and CharacterString that a write may set (others: generic checks only).
+REAL_PROPERTIES = {
+    "cov-increment", "high-limit", "low-limit", "deadband", "min-pres-value", "max-pres-value", "resolution",
+}
+TEXT_PROPERTIES = {"object-name", "description", "location", "active-text", "inactive-text", "profile-name"}
 # What COV can follow: standard objects with a present-value COV criterion.
 COV_OBJECTS = {
     "analog-input", "analog-output", "analog-value", "binary-input", "binary-output", "binary-value",
@@ -132,6 +150,10 @@ class BACnetPoint(PointBase):
         300.0, description="subscription lifetime; renewed at half of it (a restarted device is resubscribed)"
     )
     cov_confirmed: bool = Field(False, description="ask for confirmed COV notifications")
+    states: list[str] | None = Field(
+        None, description="state texts of a multi-state object, state 1 first (written by `bacnet scan`); "
+        "a write may name a state instead of its number"
+    )
 
     @field_validator("object_type", mode="before")
     @classmethod
@@ -151,10 +173,92 @@ class BACnetPoint(PointBase):
             raise ValueError("cov: only present-value can be followed by COV")
         if self.cov and isinstance(self.object_type, str) and self.object_type not in COV_OBJECTS:
             raise ValueError(f"cov: {self.object_type} objects have no COV criterion")
+        if self.states is not None and not (isinstance(self.object_type, str)
+                                            and self.object_type.startswith("multi-state")):
+            raise ValueError("states: only multi-state objects have state texts")
         if self.writable and self.property == "present-value" and isinstance(self.object_type, str) \
                 and self.object_type.endswith("-input"):
             raise ValueError(f"access: present-value of an {self.object_type} is not writable")
         return self
+
+    def write_kind(self) -> str:
+        """What a write of this property carries: binary, state, real, double, int32, uint32, boolean, text
+        or other (a property whose type is not known here: only the generic checks apply)."""
+        ot = self.object_type if isinstance(self.object_type, str) else ""
+        if self.property in ("present-value", "relinquish-default"):
+            if ot in ("binary-input", "binary-output", "binary-value"):
+                return "binary"
+            if ot.startswith("multi-state"):
+                return "state"
+            if ot in ("analog-input", "analog-output", "analog-value", "lighting-output"):
+                return "real"
+            return {"large-analog-value": "double", "integer-value": "int32", "positive-integer-value": "uint32",
+                    "characterstring-value": "text"}.get(ot, "other")
+        if self.property in REAL_PROPERTIES:
+            return "real"
+        if self.property in TEXT_PROPERTIES:
+            return "text"
+        if self.property == "out-of-service":
+            return "boolean"
+        return "other"
+
+    @builtins.property
+    def relinquishable(self) -> bool:
+        return self.property == "present-value" and self.object_type in COMMANDABLE
+
+    def parse_write(self, text: str) -> Any:
+        if is_null(text):
+            return None
+        kind = self.write_kind()
+        if kind in ("binary", "boolean"):
+            return to_bool(text)
+        if kind == "text":
+            return text
+        if kind == "other":
+            return parse_generic(text)
+        if kind == "state":
+            number = self._state_number(text)
+            if number is not None:
+                return number
+            try:
+                return parse_number(text)
+            except ValueError:
+                return text  # check_write refuses it, naming the states
+        return parse_number(text)
+
+    def _state_number(self, text: str) -> int | None:
+        names = [t.strip().lower() for t in self.states or []]
+        return names.index(text.strip().lower()) + 1 if text.strip().lower() in names else None
+
+    def check_write(self, value: Any) -> Any:
+        """Binary: true/false, 1/0, on/off, active/inactive only. Analog: a finite number (never a boolean)
+        that a REAL holds. Multi-state: a state number 1, 2, 3... Integer objects: whole numbers in their
+        range. Then the profile's min/max. ``None`` relinquishes, for a commandable present-value only."""
+        if value is None:
+            if self.relinquishable:
+                return None
+            raise ValueError("null (relinquish) needs the present-value of a commandable object")
+        kind = self.write_kind()
+        if kind in ("binary", "boolean"):
+            return to_bool(value)
+        if kind == "text":
+            return to_text(value)
+        if kind == "other":
+            return check_generic(value, self.min, self.max)
+        if kind == "state":
+            if isinstance(value, str) and self._state_number(value) is not None:
+                value = self._state_number(value)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or not float(value).is_integer() or not 1 <= value <= 0xFFFFFFFF:
+                named = f" or one of {', '.join(self.states)}" if self.states else ""
+                raise ValueError(f"a multi-state value is a state number 1, 2, 3...{named}; got {show(value)}")
+            return bounds(int(value), self.min, self.max)
+        limits = {"real": (-FLOAT32_MAX, FLOAT32_MAX, "a REAL"), "double": (None, None, "a Double"),
+                  "int32": (-(2**31), 2**31 - 1, "an INTEGER"), "uint32": (0, 2**32 - 1, "an Unsigned")}
+        lo, hi, what = limits[kind]
+        v = to_number(value, integer=kind in ("int32", "uint32"), lo=lo, hi=hi, kind=what)
+        v = bounds(v, self.min, self.max)
+        return float(v) if kind in ("real", "double") else int(v)
 
     @builtins.property
     def object_id(self) -> str:
@@ -173,8 +277,9 @@ class BACnetConnection(BaseModel):
         "empty: found by a Who-Is for device_instance"
     )
     local_address: str = Field(
-        "host", description="this box's BACnet/IP interface as IP/prefix (e.g. 192.168.10.5/24); 'host' = "
-        "the interface of the default route. Devices with the same local address and port share one socket"
+        "host", description="this box's BACnet/IP interface: IP/prefix (192.168.10.5/24), an IP (the prefix is "
+        "taken from the interface holding it), an interface name (eth0), or 'host' = the interface of the "
+        "default route. Devices with the same local address and port share one socket"
     )
     local_port: int = Field(47808, ge=1, le=65535, description="local UDP port (BACnet/IP: 47808 = 0xBAC0)")
     local_instance: int = Field(
@@ -198,9 +303,15 @@ class BACnetConnection(BaseModel):
     @field_validator("local_address")
     @classmethod
     def _local(cls, v: str) -> str:
-        if v == "host" or re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}(/\d{1,2})?", v):
+        m = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3}){3})(?:/(\d{1,2}))?", v)
+        if m:
+            if any(int(o) > 255 for o in m.group(1).split(".")) or (m.group(2) and int(m.group(2)) > 32):
+                raise ValueError(f"{v!r} is not an IPv4 address with a prefix 0-32")
             return v
-        raise ValueError("expected 'host' or IP/prefix such as 192.168.10.5/24 (the port goes in local_port)")
+        if v == "host" or re.fullmatch(r"[A-Za-z][A-Za-z0-9_.@-]{0,14}", v):
+            return v
+        raise ValueError("expected 'host' or IP/prefix such as 192.168.10.5/24, an IP, or an interface name "
+                         "such as eth0 (the port goes in local_port)")
 
     @property
     def bus_key(self) -> str:
@@ -222,6 +333,9 @@ class BACnetDeviceQuirks(BaseModel):
         "auto", description="auto: use RPM when the device lists it; never: ReadProperty one by one"
     )
     max_concurrent_requests: int = Field(1, ge=1, le=8, description="requests in flight to this device")
+    segmentation: Literal["segmented-both", "segmented-transmit", "segmented-receive", "no-segmentation"] | None = \
+        Field(None, description="what the device reported when scanned; `plan` uses it before the device "
+              "answers (once started, the device's own answer is used)")
 
 
 def check_profile(points: Sequence[PointBase], device: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:

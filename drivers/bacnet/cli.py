@@ -10,6 +10,8 @@ import re
 import sys
 from typing import Any
 
+from agent.tools.helptext import epilog
+
 from . import BACnetConnection, unit_symbol
 
 # Object types a profile skeleton lists: those with a present-value worth telemetry.
@@ -18,8 +20,6 @@ SCAN_TYPES = (
     "multi-state-input", "multi-state-output", "multi-state-value", "integer-value",
     "positive-integer-value", "large-analog-value", "accumulator", "pulse-converter", "loop",
 )
-WRITABLE = ("analog-value", "analog-output", "binary-value", "binary-output", "multi-state-value",
-            "multi-state-output", "integer-value", "positive-integer-value", "large-analog-value")
 
 
 def _progress(msg: str) -> None:
@@ -27,52 +27,94 @@ def _progress(msg: str) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--local", default="host", help="this box's interface as IP/prefix (default: host)")
-    p.add_argument("--port", type=int, default=47808, help="local UDP port (default 47808)")
-    p.add_argument("--local-instance", type=int, default=4194000, help="this box's device instance")
-    p.add_argument("--bbmd", help="register as foreign device with this BBMD (IP[:port])")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for answers (default 3)")
+    p.add_argument("--local", default="host", metavar="ADDRESS",
+                   help="this box's interface: IP/prefix, IP, interface name (eth0), or host (default: the "
+                   "interface of the default route)")
+    p.add_argument("--port", type=int, default=47808, metavar="PORT", help="local UDP port (default 47808)")
+    p.add_argument("--local-instance", type=int, default=4194000, metavar="N",
+                   help="this box's own device instance (default: %(default)s)")
+    p.add_argument("--bbmd", metavar="IP[:PORT]", help="register as foreign device with this BBMD (IP[:port])")
+    p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                   help="seconds to wait for answers (default 3)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("bacnet", help="BACnet/IP commissioning: discover devices, scan one into a profile")
+    p = subparsers.add_parser(
+        "bacnet", help="BACnet/IP commissioning: discover devices, scan one into a profile",
+        description="Commissioning of BACnet/IP devices from this box: find the devices on the site LAN, then "
+                    "read one device's objects into a profile skeleton. Works without the agent (stop it "
+                    "first if it uses UDP port 47808, or use --port 47809).",
+        epilog=epilog(["edge-agent bacnet discover",
+                       "edge-agent bacnet scan 1001 -o /etc/edge-agent/profiles/ahu.yaml"],
+                      {0: "done", 1: "failed (the message says why)", 3: "no device answered"}))
     sub = p.add_subparsers(dest="bacnet_command", metavar="ACTION")
     p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
 
-    d = sub.add_parser("discover", help="Who-Is over an instance range; list the devices that answer")
+    d = sub.add_parser(
+        "discover", help="Who-Is over an instance range; list the devices that answer",
+        description="Send a Who-Is over an instance range (broadcast on the local network, to one broadcast "
+                    "address, or unicast to one address) and list the devices that answer: instance, address, "
+                    "vendor, model, max APDU and segmentation.",
+        epilog=epilog(["edge-agent bacnet discover",
+                       "edge-agent bacnet discover --low 1000 --high 1999 --timeout 5",
+                       "edge-agent bacnet discover --address 192.0.2.20 --port 47809 --json"],
+                      {0: "devices listed", 1: "failed (e.g. the local port is taken)",
+                       3: "no device answered"}))
     _common(d)
-    d.add_argument("--low", type=int, default=0, help="lowest device instance (default 0)")
-    d.add_argument("--high", type=int, default=4194302, help="highest device instance")
-    d.add_argument("--address", help="send the Who-Is to this IP[:port] only (unicast)")
-    d.add_argument("--broadcast", help="send the Who-Is to this broadcast IP[:port] (default: the local "
+    d.add_argument("--low", type=int, default=0, metavar="N", help="lowest device instance (default 0)")
+    d.add_argument("--high", type=int, default=4194302, metavar="N",
+                   help="highest device instance (default %(default)s)")
+    d.add_argument("--address", metavar="IP[:PORT]", help="send the Who-Is to this IP[:port] only (unicast)")
+    d.add_argument("--broadcast", metavar="IP[:PORT]",
+                   help="send the Who-Is to this broadcast IP[:port] (default: the local "
                    "interface's broadcast on the local port)")
     d.set_defaults(func=cmd_discover)
 
-    s = sub.add_parser("scan", help="read a device's objects and write a device-type profile skeleton")
+    s = sub.add_parser(
+        "scan", help="read a device's objects and write a device-type profile skeleton",
+        description="Read device DEVICE's object list, and the name, description and units of its inputs, "
+                    "outputs and values, and write a device-type profile skeleton to review (points, units, "
+                    "writable objects marked).",
+        epilog=epilog(["edge-agent bacnet scan 1001",
+                       "edge-agent bacnet scan 1001 --address 192.0.2.20 -o /etc/edge-agent/profiles/ahu.yaml",
+                       "edge-agent bacnet scan 1001 --json"],
+                      {0: "profile skeleton written",
+                       1: "the device did not answer, or has no device object DEVICE (wrong instance)"}))
     _common(s)
     s.add_argument("device", metavar="DEVICE", type=int, help="device instance")
-    s.add_argument("--address", help="IP[:port] of the device (default: found by Who-Is)")
-    s.add_argument("-o", "--output", help="write the profile skeleton to this file (default: stdout "
+    s.add_argument("--address", metavar="IP[:PORT]", help="IP[:port] of the device (default: found by Who-Is)")
+    s.add_argument("-o", "--output", metavar="FILE", help="write the profile skeleton to this file (default: stdout "
                    "unless --json)")
-    s.add_argument("--id", help="profile id (default: from the model name)")
+    s.add_argument("--id", metavar="ID", help="profile id (default: from the model name)")
     s.add_argument("--all-types", action="store_true", help="list every object type, not only I/O and values")
     s.set_defaults(func=cmd_scan)
 
 
 def _conn(args: argparse.Namespace, **kw: Any) -> BACnetConnection:
-    return BACnetConnection(device_instance=kw.get("device_instance", 0), address=kw.get("address"),
-                            local_address=args.local, local_port=args.port, local_instance=args.local_instance,
-                            bbmd=args.bbmd)
+    from pydantic import ValidationError
+
+    try:
+        return BACnetConnection(device_instance=kw.get("device_instance", 0), address=kw.get("address"),
+                                local_address=args.local, local_port=args.port,
+                                local_instance=args.local_instance, bbmd=args.bbmd)
+    except ValidationError as exc:  # one line per bad option, as the user typed it
+        opts = {"local_address": "--local", "local_port": "--port", "local_instance": "--local-instance",
+                "bbmd": "--bbmd", "address": "--address", "device_instance": "DEVICE"}
+        raise ValueError("; ".join(f"{opts.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else ''}: "
+                                   f"{e['msg'].removeprefix('Value error, ')}"
+                                   for e in exc.errors(include_url=False))) from None
 
 
 # ------------------------------------------------------------------------------------------------ discover
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
+    from bacpypes3.apdu import ErrorRejectAbortNack
+
     try:
         devices = asyncio.run(discover(args))
-    except Exception as exc:  # the CLI boundary: say what failed, no traceback
+    except (Exception, ErrorRejectAbortNack) as exc:  # the CLI boundary (bacpypes3's errors are BaseException)
         print(f"edge-agent bacnet discover: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -93,8 +135,14 @@ async def discover(args: argparse.Namespace) -> list[dict[str, Any]]:
     from bacpypes3.pdu import Address
 
     from .driver import open_application
+    from .localif import resolve_local
 
-    app = await open_application(_conn(args))
+    conn = _conn(args)
+    local = resolve_local(conn.local_address)
+    if local.endswith("/32") and not (args.address or args.broadcast or args.bbmd):
+        raise ValueError(f"--local {local} has no broadcast address, so a Who-Is reaches nobody: give the real "
+                         "prefix, --address, --broadcast or --bbmd")
+    app = await open_application(conn, local=local, shared_ok=True)
     try:
         _progress(f"Who-Is {args.low}-{args.high}, waiting {args.timeout:g}s for I-Am...")
         if args.address:
@@ -135,9 +183,11 @@ async def discover(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from bacpypes3.apdu import ErrorRejectAbortNack
+
     try:
         result = asyncio.run(scan(args))
-    except Exception as exc:  # the CLI boundary
+    except (Exception, ErrorRejectAbortNack) as exc:  # the CLI boundary (bacpypes3's errors are BaseException)
         print(f"edge-agent bacnet scan: {exc}", file=sys.stderr)
         return 1
     profile = result.pop("profile")
@@ -167,8 +217,9 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
     from bacpypes3.pdu import Address
 
     from .driver import open_application, to_value
+    from .scanner import Describer
 
-    app = await open_application(_conn(args))
+    app = await open_application(_conn(args), shared_ok=True)
     try:
         inst = args.device
         if args.address:
@@ -185,12 +236,19 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
                 await app.read_property(addr, dev, "object-name")
         except TimeoutError:
             raise RuntimeError(f"device {inst} at {addr} does not answer") from None
+        except ErrorRejectAbortNack as exc:
+            # unknown-object: something answers at that address, but it is not device {inst}
+            raise RuntimeError(f"{addr} answers but has no device object {inst} ({exc}); wrong instance? "
+                               f"`edge-agent bacnet discover --address {addr}` shows the instance there") from None
         info = {k: await _read(app, addr, dev, p, args.timeout) for k, p in (
             ("name", "object-name"), ("vendor_name", "vendor-name"), ("model", "model-name"),
             ("max_apdu", "max-apdu-length-accepted"), ("segmentation", "segmentation-supported"))}
         info = {k: (to_value(v) if v is not None else None) for k, v in info.items()}
+        services = await _read(app, addr, dev, "protocol-services-supported", args.timeout)
+        info["rpm"] = services is None or "read-property-multiple" in str(services).split(";")
         _progress(f"device {inst} at {addr}: {info['name']} ({info['vendor_name']} {info['model']}), "
-                  f"max APDU {info['max_apdu']}, {info['segmentation']}")
+                  f"max APDU {info['max_apdu']}, {info['segmentation']}, "
+                  f"{'ReadPropertyMultiple' if info['rpm'] else 'no ReadPropertyMultiple'}")
         # the object list: whole, or element by element for devices that cannot send it in one APDU
         objects: list[Any] | None
         try:
@@ -208,72 +266,51 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
                     _progress(f"object-list {i}/{count}")
         wanted = [o for o in objects if o is not None and (args.all_types or str(o[0]) in SCAN_TYPES)]
         _progress(f"{len(objects)} objects, {len(wanted)} to describe")
-        described = await _describe(app, addr, wanted, args.timeout, info)
+        describer = Describer(app, addr, args.timeout, int(info.get("max_apdu") or 480),
+                              str(info.get("segmentation")) in ("segmented-both", "segmented-transmit"),
+                              bool(info["rpm"]), _progress)
+        described = await describer.describe(wanted)
+        info["rpm"] = describer.rpm  # a device may list the service and still reject it
         points: list[dict[str, Any]] = []
+        warnings: list[str] = []
         names: set[str] = set()
-        for objid, props in zip(wanted, described, strict=True):
-            otype = str(objid[0])
-            name = _point_name(str(props["object-name"] or f"{otype}-{objid[1]}"), names)
-            pt: dict[str, Any] = {"name": name, "object_type": otype, "instance": int(objid[1])}
-            if props["units"] is not None:
-                pt["unit"] = unit_symbol(str(props["units"]))
-            if props["description"]:
-                pt["description"] = str(props["description"])
-            if otype in WRITABLE:
-                pt["_writable"] = True
+        for objid, d in zip(wanted, described, strict=True):
+            pt = _point(objid, d, names)
+            for prop, why in d.problems.items():
+                msg = f"{pt['name']} ({d.objid}): could not read {prop}: {why}"
+                warnings.append(msg)
+                _progress(f"warning: {msg}")
             points.append(pt)
         pid = args.id or _point_name(str(info["model"] or f"bacnet-device-{inst}").lower(), set())
-        profile = render_profile(pid, inst, str(addr), info, points)
+        profile = render_profile(pid, inst, str(addr), info, points, warnings)
         return {"device": {"instance": inst, "address": str(addr), **info}, "objects": len(objects),
                 "points": [{k: v for k, v in p.items() if not k.startswith("_")} for p in points],
-                "profile": profile}
+                "warnings": warnings, "profile": profile}
     finally:
         app.close()
 
 
-DESCRIBE = ("object-name", "description", "units")
-
-
-async def _describe(app: Any, addr: Any, objects: list[Any], budget: float,
-                    info: dict[str, Any]) -> list[dict[str, Any]]:
-    """Name, description and units of each object: ReadPropertyMultiple over several objects when the
-    device can segment its replies (one object per request otherwise), ReadProperty when RPM fails."""
-    from bacpypes3.apdu import ErrorRejectAbortNack
-
-    from .driver import to_value
-
-    max_apdu = int(info.get("max_apdu") or 480)
-    segmented = str(info.get("segmentation")) in ("segmented-both", "segmented-transmit")
-    per_request = max(1, min(20, (max_apdu - 16) // 13)) if segmented else 1  # 13 request bytes per object
-    out: list[dict[str, Any]] = []
-    rpm = True
-    for start in range(0, len(objects), per_request):
-        chunk = objects[start:start + per_request]
-        got: dict[str, dict[str, Any]] = {}
-        if rpm:
-            params: list[Any] = []
-            for o in chunk:
-                params += [o, list(DESCRIBE)]
-            try:
-                async with asyncio.timeout(budget):
-                    for objid, prop, _idx, value in await app.read_property_multiple(addr, params) or []:
-                        ok = value is not None and type(value).__name__ != "ErrorType"
-                        got.setdefault(str(objid), {})[str(prop)] = to_value(value) if ok else None
-            except ErrorRejectAbortNack as exc:
-                _progress(f"ReadPropertyMultiple refused ({exc}); reading property by property")
-                rpm, got = False, {}
-        for o in chunk:
-            props = got.get(f"{o[0]},{o[1]}")
-            if props is None:
-                props = {}
-                for prop in DESCRIBE:
-                    v = await _read(app, addr, f"{o[0]},{o[1]}", prop, budget)
-                    props[prop] = to_value(v) if v is not None else None
-            out.append({p: props.get(p) for p in DESCRIBE})
-        done = len(out)
-        if done % 20 < len(chunk) or done == len(objects):
-            _progress(f"described {done}/{len(objects)} objects")
-    return out
+def _point(objid: Any, d: Any, names: set[str]) -> dict[str, Any]:
+    """A profile point from what the scan learned about one object."""
+    otype, v = str(objid[0]), d.values
+    name = _point_name(str(v.get("object-name") or f"{otype}-{objid[1]}"), names)
+    pt: dict[str, Any] = {"name": name, "object_type": otype, "instance": int(objid[1])}
+    if v.get("units") is not None:
+        pt["unit"] = unit_symbol(str(v["units"]))
+    if v.get("description"):
+        pt["description"] = str(v["description"])
+    for key, prop in (("min", "min-pres-value"), ("max", "max-pres-value")):
+        if isinstance(v.get(prop), int | float) and not isinstance(v.get(prop), bool):
+            pt[key] = v[prop]
+    if v.get("state-text"):
+        pt["states"] = list(v["state-text"])
+    if "number-of-states" in v:
+        pt["min"], pt["max"] = 1, int(v["number-of-states"])
+    if d.commandable:
+        pt["_commandable"] = True
+    if d.problems:
+        pt["_problems"] = dict(d.problems)
+    return pt
 
 
 def _point_name(raw: str, taken: set[str]) -> str:
@@ -289,31 +326,50 @@ def _point_name(raw: str, taken: set[str]) -> str:
     return name
 
 
-def render_profile(pid: str, inst: int, addr: str, info: dict[str, Any], points: list[dict[str, Any]]) -> str:
-    """YAML text of a profile skeleton, one point per line, writable candidates commented."""
+def render_profile(pid: str, inst: int, addr: str, info: dict[str, Any], points: list[dict[str, Any]],
+                   warnings: list[str] | None = None) -> str:
+    """YAML text of a profile: what the device said about itself as ``device:`` keys (max APDU, segmentation,
+    ReadPropertyMultiple), one point per line with units, min/max and state texts; commandable objects get a
+    comment on how to make them writable; properties that could not be read are listed as warnings."""
     today = _dt.date.today().isoformat()
-    q = json.dumps  # JSON strings are valid YAML scalars
-    notes = f"scanned from device {inst}; max APDU {info.get('max_apdu')}, {info.get('segmentation')}"
+
+    def q(v: Any) -> str:  # JSON scalars and lists are valid YAML; UTF-8 stays text
+        return json.dumps(v, ensure_ascii=False)
+
     lines = [
         f"# Generated by `edge-agent bacnet scan {inst}` on {today} from device {inst} at {addr}.",
-        "# Edit: remove points you do not need, set deadband / cov / poll, and make setpoints read-write",
-        "# (with min, max and priority) only where the operator agrees.",
+        "# Edit: remove points you do not need, set deadband / cov / poll, and make commandable points",
+        "# read-write (with priority, and min/max checked) only where the operator agrees.",
+    ]
+    for w in warnings or []:
+        lines.append(f"# warning: {w}")
+    lines += [
         "driver: bacnet",
         f"id: {q(pid)}",
         f"description: {q(str(info.get('name') or pid))}",
         "metadata:",
         f"  manufacturer: {q(str(info.get('vendor_name') or 'unknown'))}",
         f"  model: {q(str(info.get('model') or 'unknown'))}",
-        f"  notes: {q(notes)}",
-        "points:",
+        f"  notes: {q(f'scanned from device {inst} on {today}')}",
     ]
+    device: list[str] = []
+    if isinstance(info.get("max_apdu"), int):
+        device.append(f"  max_apdu: {min(1476, max(50, int(info['max_apdu'])))}")
+    if info.get("segmentation") in ("segmented-both", "segmented-transmit", "segmented-receive", "no-segmentation"):
+        device.append(f"  segmentation: {info['segmentation']}")
+    if info.get("rpm") is False:
+        device.append("  read_property_multiple: never")
+    if device:
+        lines += ["device:", *device]
+    lines.append("points:")
     for p in points:
         fields = [f"name: {q(p['name'])}", f"object_type: {p['object_type']}", f"instance: {p['instance']}"]
-        if p.get("unit"):
-            fields.append(f"unit: {q(p['unit'])}")
-        if p.get("description"):
-            fields.append(f"description: {q(p['description'])}")
+        for key in ("unit", "description", "min", "max", "states"):
+            if p.get(key) is not None and p.get(key) != "":
+                fields.append(f"{key}: {q(p[key])}")
         lines.append("  - {" + ", ".join(fields) + "}")
-        if p.get("_writable"):
-            lines.append("    # writable: add  access: read-write, priority: 8, min: ..., max: ...")
+        if p.get("_commandable"):
+            lines.append("    # commandable (priority array): to write it, add  access: read-write, priority: 8")
+        for prop, why in (p.get("_problems") or {}).items():
+            lines.append(f"    # warning: could not read {prop}: {why}")
     return "\n".join(lines) + "\n"

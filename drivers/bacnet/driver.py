@@ -28,9 +28,11 @@ from bacpypes3.service.cov import SubscriptionContextManager
 from agent.contract.driver import Driver, DriverContext, Sink
 from agent.contract.points import PointBase
 from agent.errors import DeviceTimeout, DeviceUnreachable, ProtocolError, WriteRefused
-from agent.model import Quality, Sample, Value
+from agent.model import Event, Quality, Sample, Severity, Value
 
-from . import COMMANDABLE, BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+from .localif import other_stack, resolve_local
+from .restart import EdgeApplication, RestartWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,11 +90,10 @@ def to_value(v: Any) -> Value:
     return str(v)
 
 
-def _bus_args(conn: BACnetConnection) -> SimpleNamespace:
-    address = conn.local_address if conn.local_address != "host" else "host"
+def _bus_args(conn: BACnetConnection, local: str) -> SimpleNamespace:
     return SimpleNamespace(
         name=f"edge-agent-{conn.local_instance}", instance=conn.local_instance,
-        address=f"{address}:{conn.local_port}", network=0, vendoridentifier=999,
+        address=f"{local}:{conn.local_port}", network=0, vendoridentifier=999,
         foreign=conn.bbmd, ttl=int(conn.bbmd_ttl), bbmd=None,
     )
 
@@ -104,8 +105,9 @@ class BACnetBus:
     controller only costs its own requests their timeout. There is no bus-wide lock.
     """
 
-    def __init__(self, conn: BACnetConnection) -> None:
+    def __init__(self, conn: BACnetConnection, local: str) -> None:
         self.conn = conn
+        self.local = local  # IP/prefix
         self.app: Application | None = None
         self.users = 0
         self._lock: asyncio.Lock | None = None
@@ -115,7 +117,7 @@ class BACnetBus:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self.app is None:
-                self.app = await open_application(self.conn)
+                self.app = await open_application(self.conn, local=self.local)
             self.users += 1
             return self.app
 
@@ -142,12 +144,31 @@ def _probe_bind(ip: str, port: int) -> None:
             raise DeviceUnreachable(f"cannot bind BACnet/IP to {ip}:{port}: {exc.strerror or exc}") from exc
 
 
-async def open_application(conn: BACnetConnection, *, bind_timeout: float = BIND_TIMEOUT) -> Application:
-    """Create the client application and wait until its socket is bound (bacpypes3 would retry forever)."""
-    if conn.local_address != "host":
-        _probe_bind(conn.local_address.partition("/")[0], conn.local_port)
+async def open_application(conn: BACnetConnection, *, bind_timeout: float = BIND_TIMEOUT, local: str | None = None,
+                           shared_ok: bool = False) -> Application:
+    """Create the client application and wait until its socket is bound (bacpypes3 would retry forever).
+
+    ``local``: the resolved IP/prefix (default: resolved from ``conn.local_address``). Another stack on the same
+    address and port is refused, or only logged with ``shared_ok`` (commissioning commands beside the agent).
+    """
+    local = local or resolve_local(conn.local_address)
+    ip = local.partition("/")[0]
+    # a socket this process closed a moment ago is released on the next loop iterations: look again briefly
+    busy = other_stack(ip, conn.local_port)
+    for _ in range(5 if busy else 0):
+        await asyncio.sleep(0.1)
+        busy = other_stack(ip, conn.local_port)
+        if not busy:
+            break
+    if busy:
+        msg = (f"another BACnet/IP stack already uses {ip}:{conn.local_port} on this box (a second edge-agent, "
+               "edge-agent bacnet discover/scan, a BMS tool?): the kernel would split the replies between the two")
+        if not shared_ok:
+            raise DeviceUnreachable(f"{msg}; stop it or give this one another local_port")
+        log.warning("%s; unicast answers may go to the other one", msg)
+    _probe_bind(ip, conn.local_port)
     try:
-        app = Application.from_args(_bus_args(conn))
+        app = EdgeApplication.from_args(_bus_args(conn, local))
     except (OSError, ValueError, RuntimeError) as exc:
         raise DeviceUnreachable(f"cannot open BACnet/IP on {conn.local_address}:{conn.local_port}: {exc}") from exc
     dev = app.device_object
@@ -262,20 +283,28 @@ class BACnetDriver(Driver):
         self.quirks = BACnetDeviceQuirks.model_validate(self.device.profile.device)
         self.timeout = float(self.device.model.timeout)
         self.retries = int(self.device.model.retries)
-        self.facts = DeviceFacts()
+        # until the device answers (and for `plan` without a running agent): what the profile says, from a scan
+        self.facts = DeviceFacts(segmentation=self.quirks.segmentation or "unknown",
+                                 rpm=self.quirks.read_property_multiple != "never")
         self.address: Address | None = None
         self.app: Application | None = None
         self._bus: BACnetBus | None = None
         self._sem: asyncio.Semaphore | None = None
         self._subscribed: set[str] = set()
+        self.local = ""  # this box's IP/prefix, resolved at start
         self._max_points = self.quirks.max_points_per_request
         self.units: dict[str, str | None] = {}
+        self.restarts = 0  # controller restarts noticed (each resubscribes every COV point at once)
+        self._resubscribe = asyncio.Event()
+        self._forgotten = False  # the controller forgot the subscriptions: do not unsubscribe
 
     # ------------------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         self._sem = asyncio.Semaphore(self.quirks.max_concurrent_requests)
-        self._bus = self.ctx.bus(self.conn.bus_key, lambda: BACnetBus(self.conn))
+        self.local = resolve_local(self.conn.local_address)  # IP/prefix: one clear line when there is none
+        key = f"bacnet:{self.local.partition('/')[0]}:{self.conn.local_port}"  # one socket per address and port
+        self._bus = self.ctx.bus(key, lambda: BACnetBus(self.conn, self.local))
         self.app = await self._bus.acquire()
         try:
             self.address = Address(self.conn.address) if self.conn.address else await self._discover()
@@ -295,6 +324,9 @@ class BACnetDriver(Driver):
     async def _discover(self) -> Address:
         app = self._app()
         inst = self.conn.device_instance
+        if self.local.endswith("/32") and not self.conn.bbmd:
+            raise DeviceUnreachable(f"{self.name}: {self.local} has no broadcast address, so no Who-Is can find "
+                                    f"device {inst}: give its address, a BBMD, or the real prefix", device=self.name)
         try:
             i_ams = await app.who_is(inst, inst, timeout=self.conn.discover_timeout)
         except OSError as exc:
@@ -415,11 +447,10 @@ class BACnetDriver(Driver):
         ``max_apdu``) and unsegmented replies are assumed, so the printed plan may have more requests."""
         out = []
         max_apdu = min(self.facts.max_apdu, self.quirks.max_apdu or OWN_MAX_APDU, OWN_MAX_APDU)
-        for cls in ("fast", "slow"):
-            pts = [cast(BACnetPoint, p) for p in self.polled_points() if p.poll == cls]
-            for b in self.batches(pts):
+        for cycle, pts in self.cycles():
+            for b in self.batches([cast(BACnetPoint, p) for p in pts]):
                 out.append({
-                    "poll": cls, "service": b.service, "address": str(self.address or self.conn.address),
+                    "cycle": cycle, "service": b.service, "address": str(self.address or self.conn.address),
                     "max_apdu": max_apdu,
                     "properties": len(b.points), "objects": len({p.object_id for p in b.points}),
                     "request_bytes": b.request_bytes, "reply_bytes": b.reply_bytes,
@@ -519,25 +550,15 @@ class BACnetDriver(Driver):
 
     async def write(self, point: PointBase, value: Value) -> Value:
         p = cast(BACnetPoint, point)
+        value = self.checked(p, value)  # the point type's checks: nothing unchecked reaches the wire
         app, addr = self._app(), self.address
         assert addr is not None
-        commandable = p.property == "present-value" and p.object_type in COMMANDABLE
-        priority = p.priority if commandable else None
+        priority = p.priority if p.relinquishable else None
         wire: Any
         if value is None:
-            if not commandable:
-                raise WriteRefused(f"{self.name}.{p.name}: relinquish needs a commandable present-value")
             wire = Null(())
-        elif isinstance(p.object_type, str) and p.object_type.startswith("binary") and p.property == "present-value":
-            wire = "active" if (value if isinstance(value, bool | int | float) else str(value) == "active") \
-                else "inactive"
-        elif isinstance(p.object_type, str) and p.object_type.startswith("multi-state") \
-                and p.property == "present-value":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer() \
-                    or value < 1:
-                raise WriteRefused(f"{self.name}.{p.name}: a multi-state value is a state number 1, 2, 3...; "
-                                   f"got {value!r}")
-            wire = int(value)
+        elif p.write_kind() == "binary":
+            wire = "active" if value else "inactive"
         else:
             wire = value
         oid, pid = ObjectIdentifier(p.object_id), PropertyIdentifier(p.property)
@@ -563,12 +584,45 @@ class BACnetDriver(Driver):
         return set(self._subscribed)
 
     async def follow(self, sink: Sink) -> None:
+        """Hold the COV subscriptions and watch for controller restarts, which resubscribe them at once."""
         cov = [p for p in self._points() if p.cov]
         if not cov:
             return
+        watch = RestartWatch(self, float(self.device.model.interval),
+                             lambda reason, evident: self._on_restart(reason, evident, cov, sink))
         async with asyncio.TaskGroup() as tg:
-            for p in cov:
-                tg.create_task(self._follow_point(p, sink), name=f"{self.name}.{p.name}.cov")
+            tg.create_task(watch.run(), name=f"{self.name}.restart-watch")
+            tg.create_task(self._follow_cov(cov, sink), name=f"{self.name}.cov")
+
+    async def _follow_cov(self, cov: list[BACnetPoint], sink: Sink) -> None:
+        while True:
+            self._resubscribe = flag = asyncio.Event()
+            self._forgotten = False
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for p in cov:
+                        tg.create_task(self._follow_point(p, sink), name=f"{self.name}.{p.name}.cov")
+                    tg.create_task(_raise_when(flag), name=f"{self.name}.resubscribe")
+            except* _Resubscribe:
+                pass  # every point task was cancelled: subscribe them all again
+
+    def _on_restart(self, reason: str, evident: bool, cov: list[BACnetPoint], sink: Sink) -> None:
+        names = [p.name for p in cov]
+        if evident:
+            self.restarts += 1
+            log.warning("%s: controller restarted (%s); resubscribing %d COV point(s)", self.name, reason, len(cov))
+            sink.event(Event(self.name, "restart", {"reason": reason, "resubscribed": names}, Severity.WARNING))
+        else:
+            log.info("%s: %s; resubscribing %d COV point(s)", self.name, reason, len(cov))
+        self._forgotten = True
+        self._resubscribe.set()
+
+    def heard_from(self, source: Address) -> None:
+        """An I-Am from this device: follow it to a new address when the site names none (DHCP)."""
+        if self.conn.address is None and self.address is not None and str(source) != str(self.address):
+            log.warning("%s: device %s now answers from %s (was %s)", self.name, self.conn.device_instance,
+                        source, self.address)
+            self.address = source
 
     async def _follow_point(self, p: BACnetPoint, sink: Sink) -> None:
         backoff = 1.0
@@ -614,9 +668,10 @@ class BACnetDriver(Driver):
                             await self._next_value(scm, p, sink)
         except asyncio.CancelledError:
             self._subscribed.discard(p.name)
-            with contextlib.suppress(BaseException):
-                async with asyncio.timeout(1.0):
-                    await scm.__aexit__(None, None, None)  # unsubscribe, best effort
+            if not self._forgotten:
+                with contextlib.suppress(BaseException):
+                    async with asyncio.timeout(1.0):
+                        await scm.__aexit__(None, None, None)  # unsubscribe, best effort
             raise
         finally:
             app._cov_contexts.pop(key, None)
@@ -638,3 +693,12 @@ class BACnetDriver(Driver):
             if str(prop) == "present-value":
                 sink.samples(self.name, [Sample(self.name, p.name, to_value(value), Quality.GOOD, time.time())])
                 return
+
+
+class _Resubscribe(Exception):
+    """The controller restarted: every subscription is made again."""
+
+
+async def _raise_when(flag: asyncio.Event) -> None:
+    await flag.wait()
+    raise _Resubscribe

@@ -7,7 +7,10 @@ setpoint (commandable analog value, priority array), fan command (commandable bi
 (binary input following the command), operating mode (multi-state value) and optionally many extra analog
 values for batching tests. Options emulate small controllers: ``--max-apdu 206 --no-segmentation`` makes
 the device abort replies that do not fit one APDU (bacpypes3 itself would happily send them), ``--no-rpm``
-rejects ReadPropertyMultiple. Every confirmed request is counted per service (``requests``).
+rejects ReadPropertyMultiple. Every confirmed request is counted per service (``requests``). The device object
+carries ``time-of-device-restart`` (the start time); ``--announce ADDR`` sends an I-Am once bound, as
+controllers do at start; ``--hold`` imports everything and binds only on a line from stdin, so a test can
+restart the controller in milliseconds.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from typing import Any
 
 from bacpypes3.apdu import AbortPDU, ComplexAckPDU, ConfirmedRequestPDU, RejectPDU
 from bacpypes3.app import Application
-from bacpypes3.basetypes import EngineeringUnits, Segmentation
+from bacpypes3.basetypes import DateTime, EngineeringUnits, Segmentation, TimeStamp
 from bacpypes3.local.analog import AnalogInputObject, AnalogValueObject, AnalogValueObjectCmd
 from bacpypes3.local.binary import BinaryInputObject, BinaryValueObjectCmd
 from bacpypes3.local.multistate import MultiStateValueObject
-from bacpypes3.primitivedata import ObjectIdentifier
+from bacpypes3.pdu import Address
+from bacpypes3.primitivedata import Date, ObjectIdentifier, Time
 
 MODES = ["off", "heat", "cool", "auto"]
 
@@ -59,6 +63,32 @@ class SimApplication(Application):
         await super().response(apdu)
 
 
+def _kind_objects() -> list[Any]:
+    """One commandable object of each present-value type a write can carry (``kinds=True``): outputs, INTEGER,
+    Unsigned, Double and CharacterString values, each at instance 1, relinquish default as present value."""
+    from bacpypes3 import object as std
+    from bacpypes3.local.analog import AnalogOutputObject
+    from bacpypes3.local.binary import BinaryOutputObject
+    from bacpypes3.local.cmd import Commandable
+    from bacpypes3.local.multistate import MultiStateOutputObject
+    from bacpypes3.local.object import Object as LocalObject
+
+    def cmd(base: type) -> type:
+        return type(f"Local{base.__name__}", (Commandable, LocalObject, base), {})
+
+    specs: list[tuple[type, str, Any, dict[str, Any]]] = [
+        (AnalogOutputObject, "analog-output", 50.0, {"units": EngineeringUnits.percent}),
+        (BinaryOutputObject, "binary-output", "inactive", {}),
+        (MultiStateOutputObject, "multi-state-output", 1, {"numberOfStates": 3}),
+        (cmd(std.IntegerValueObject), "integer-value", 0, {}),
+        (cmd(std.PositiveIntegerValueObject), "positive-integer-value", 0, {}),
+        (cmd(std.LargeAnalogValueObject), "large-analog-value", 0.0, {}),
+        (cmd(std.CharacterStringValueObject), "characterstring-value", "", {}),
+    ]
+    return [cls(objectIdentifier=(otype, 1), objectName=f"{otype}-1", presentValue=pv, relinquishDefault=pv, **kw)
+            for cls, otype, pv, kw in specs]
+
+
 def _encoded_size(apdu: Any) -> int:
     encoded = apdu.encode()
     return 3 + len(encoded.pduData)  # + unsegmented ComplexACK header: type, invoke id, service choice
@@ -69,7 +99,8 @@ class SimController:
 
     def __init__(self, address: str, instance: int = 1001, *, name: str = "sim-ahu", port: int = 47808,
                  max_apdu: int = 1024, segmentation: bool = True, rpm: bool = True, extra: int = 0,
-                 tick: float = 1.0, move: bool = True, seed: int = 1) -> None:
+                 tick: float = 1.0, move: bool = True, seed: int = 1, kinds: bool = False,
+                 announce: str | None = None) -> None:
         self.address = address if ":" in address.split("/")[-1] else f"{address}:{port}"
         self.instance = instance
         self.name = name
@@ -77,6 +108,8 @@ class SimController:
         self.segmentation = segmentation
         self.rpm = rpm
         self.extra = extra
+        self.kinds = kinds
+        self.announce = announce  # send an I-Am here once bound ('broadcast': global), as controllers do
         self.tick = tick
         self.move = move
         self.rng = random.Random(seed)
@@ -111,6 +144,7 @@ class SimController:
         dev.maxApduLengthAccepted = self.max_apdu
         dev.segmentationSupported = Segmentation.segmentedBoth if self.segmentation else Segmentation.noSegmentation
         dev.modelName = "EA-SIM-AHU"
+        dev.timeOfDeviceRestart = TimeStamp(dateTime=DateTime(date=Date.now(), time=Time.now()))
         dev.vendorName = "edge-agent simulator"
         if not self.segmentation:
             app.reply_limit = self.max_apdu
@@ -123,12 +157,14 @@ class SimController:
             AnalogInputObject(objectIdentifier=("analog-input", 3), objectName="room-temp",
                               presentValue=21.0, units=degc, covIncrement=0.1, description="Room temperature"),
             AnalogInputObject(objectIdentifier=("analog-input", 4), objectName="outdoor-temp",
-                              presentValue=8.0, units=degc, covIncrement=0.2, description="Outdoor air temperature"),
+                              presentValue=8.0, units=degc, covIncrement=0.2,
+                              description="Outdoor air temperature (température extérieure)"),
             AnalogInputObject(objectIdentifier=("analog-input", 5), objectName="room-humidity",
                               presentValue=45.0, units=EngineeringUnits.percentRelativeHumidity, covIncrement=1.0,
                               description="Room relative humidity"),
             AnalogValueObjectCmd(objectIdentifier=("analog-value", 1), objectName="room-setpoint",
                                  presentValue=21.0, relinquishDefault=21.0, units=degc, covIncrement=0.1,
+                                 minPresValue=16.0, maxPresValue=26.0,
                                  description="Room temperature setpoint"),
             BinaryValueObjectCmd(objectIdentifier=("binary-value", 1), objectName="fan-command",
                                  presentValue="active", relinquishDefault="active",
@@ -139,6 +175,8 @@ class SimController:
                                   presentValue=4, numberOfStates=4, stateText=MODES,
                                   description="Operating mode: 1 off, 2 heat, 3 cool, 4 auto"),
         ]
+        if self.kinds:
+            objs += _kind_objects()
         for i in range(self.extra):
             objs.append(AnalogValueObject(objectIdentifier=("analog-value", 100 + i), objectName=f"extra-{i}",
                                           presentValue=float(i), units=EngineeringUnits.noUnits, covIncrement=1.0))
@@ -154,6 +192,8 @@ class SimController:
         except TimeoutError:
             app.close()
             raise RuntimeError(f"simulator could not bind {self.address}") from None
+        if self.announce:
+            app.i_am(None if self.announce == "broadcast" else Address(self.announce))
         if self.move:
             self._task = asyncio.create_task(self._run(), name=f"sim-{self.instance}")
 
@@ -236,12 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-rpm", action="store_true", help="reject ReadPropertyMultiple")
     ap.add_argument("--extra", type=int, default=0, help="add N analog values (analog-value,100...)")
     ap.add_argument("--tick", type=float, default=1.0, help="seconds between value changes")
+    ap.add_argument("--announce", metavar="ADDR",
+                    help="send an I-Am to ADDR (IP:PORT, or 'broadcast') once bound, as a controller does at start")
+    ap.add_argument("--hold", action="store_true",
+                    help="print 'loaded', then bind only after a line on stdin (a restart in milliseconds)")
     args = ap.parse_args(argv)
 
     async def run() -> None:
         sim = SimController(args.address, args.instance, name=args.name, port=args.port, max_apdu=args.max_apdu,
                             segmentation=not args.no_segmentation, rpm=not args.no_rpm, extra=args.extra,
-                            tick=args.tick)
+                            tick=args.tick, announce=args.announce)
         await sim.start()
         print(f"ready device {args.instance} at {sim.host}", flush=True)
         try:
@@ -249,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await sim.stop()
 
+    if args.hold:
+        print("loaded", flush=True)
+        sys.stdin.readline()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
     return 0

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from agent.contract.points import PointBase
 from agent.contract.registry import DriverSpec
+from agent.contract.writes import bounds, is_null, parse_number, to_bool, to_number, to_text
 from agent.types import Duration
 
 Table = Literal["coil", "discrete_input", "holding", "input"]
@@ -37,6 +38,30 @@ MAX_BITS = 2000  # FC1/FC2 limit
 MAX_WRITE_REGISTERS = 123  # FC16 limit
 
 
+def _reference(address: int) -> tuple[str, str, int] | None:
+    """(table, what, 0-based address) when ``address`` reads as a 3xxxx / 4xxxx reference number."""
+    if 30001 <= address <= 39999:
+        return "input", "input register", address - 30001
+    if 40001 <= address <= 49999:
+        return "holding", "holding register", address - 40001
+    return None
+
+
+def reference_hint(table: str, address: int) -> str | None:
+    """For an address that looks like a 3xxxx/4xxxx reference number, what it likely means.
+
+    Such addresses are valid (some devices map registers there), so they are not refused; the hint goes with
+    exception 2 (illegal data address) and with ``edge-agent plan``.
+    """
+    ref = _reference(address)
+    if ref is None:
+        return None
+    ref_table, what, zero = ref
+    fix = f"address: {zero}" if ref_table == table else f"table: {ref_table}, address: {zero}"
+    return (f"address {address} looks like a {str(address)[0]}xxxx reference number: {what} {address} is "
+            f"0-based address {zero} ({fix})")
+
+
 def _address(v: Any) -> Any:
     if isinstance(v, str):
         s = v.strip().lower()
@@ -47,9 +72,20 @@ def _address(v: Any) -> Any:
                 raise ValueError(f"bad hex address {v!r}") from None
         if s.endswith("h") and all(c in "0123456789abcdef" for c in s[:-1]) and s[:-1]:
             return int(s[:-1], 16)
+        if s.isdigit():
+            n = int(s)
+            ref = _reference(n)
+            if ref is not None:
+                raise ValueError(
+                    f"address {v!r} is quoted and looks like a {s[0]}xxxx reference number ({ref[1]} {n} is "
+                    f"0-based address {ref[2]}): give the 0-based protocol address as a number"
+                )
+            raise ValueError(
+                f"address {v!r} is quoted: write the number without quotes (address: {n}) or as hex "
+                f"('0x{n:04X}')"
+            )
         raise ValueError(
-            f"address {v!r}: give the 0-based protocol address as a number or hex (0x0034 or 0034h); "
-            "4xxxx/3xxxx reference numbers are not accepted (subtract 40001/30001)"
+            f"address {v!r}: give the 0-based protocol address as a number or hex (0x0034 or 0034h)"
         )
     return v
 
@@ -118,6 +154,37 @@ class ModbusPoint(PointBase):
         if (self.scale != 1.0 or self.offset != 0.0) and self.type in ("bool", "string"):
             raise ValueError("scale/offset apply to numeric types only")
         return self
+
+    def parse_write(self, text: str) -> Any:
+        if self.type == "string":
+            return text
+        if is_null(text):
+            return None  # refused by check_write with the reason
+        if self.table in BIT_TABLES or self.type == "bool":
+            return to_bool(text)
+        return parse_number(text)
+
+    def check_write(self, value: Any) -> Any:
+        """Bits: true/false, 1/0, on/off, active/inactive. Numbers: finite, never a boolean, whole for an
+        unscaled integer type, within min/max and (after scale/offset) within the type. Strings: text."""
+        if value is None:
+            raise ValueError("null (relinquish) is BACnet only: a Modbus point takes a value")
+        if self.table in BIT_TABLES or self.type == "bool":
+            return to_bool(value)
+        if self.type == "string":
+            value = to_text(value)
+        else:
+            whole = self.type.startswith(("int", "uint")) and self.scale == 1.0 and self.offset == 0.0
+            value = bounds(to_number(value, integer=whole), self.min, self.max)
+        from agent.errors import WriteRefused
+
+        from .codec import encode
+
+        try:
+            encode(self, value)  # what the registers can hold
+        except WriteRefused as exc:
+            raise ValueError(str(exc).removeprefix(f"{self.name}: ")) from None
+        return value
 
     @property
     def register_count(self) -> int:

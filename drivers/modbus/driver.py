@@ -30,7 +30,7 @@ from agent.errors import (
 )
 from agent.model import Quality, Sample, Value
 
-from . import BIT_TABLES, MAX_WRITE_REGISTERS, ModbusConnection, ModbusDeviceQuirks, ModbusPoint
+from . import BIT_TABLES, MAX_WRITE_REGISTERS, ModbusConnection, ModbusDeviceQuirks, ModbusPoint, reference_hint
 from .codec import Decoder, compile_decoder, encode, set_bit
 from .planner import TABLE_ORDER, Lessons, Request, plan, refine
 from .tcp import TcpClient
@@ -119,7 +119,7 @@ class Bus:
         except (TimeoutError, OSError, ModbusException) as exc:
             self.client.close()
             self.client = None
-            raise DeviceUnreachable(f"cannot connect to {self.key}: {exc or type(exc).__name__}") from exc
+            raise DeviceUnreachable(f"cannot connect to {self.key}: {_why(exc, budget + 1.0)}") from exc
         if not ok:
             self.client.close()
             self.client = None
@@ -151,16 +151,18 @@ class Bus:
                 async with guard:
                     return await op(client)
             except TimeoutError as exc:
-                raise RequestTimeout(f"no reply within {timeout:g}s") from exc
+                raise RequestTimeout(f"no reply within {timeout:g} s") from exc
             except ConnectionException as exc:
                 client.close()
                 self.client = None
-                raise DeviceUnreachable(f"connection to {self.key} lost: {exc}") from exc
-            except ModbusException as exc:  # ModbusIOException: no (valid) reply after retries
+                raise DeviceUnreachable(f"connection to {self.key} lost") from exc
+            except ModbusException as exc:  # ModbusIOException: no (valid) reply in time
+                # pymodbus' own text ("No response received after 0 retries") talks about its retries, which
+                # are off: the driver counts attempts itself and says so in its own words.
                 if not client.connected:
                     client.close()
                     self.client = None
-                raise RequestTimeout(str(exc).strip() or "no reply") from exc
+                raise RequestTimeout(f"no valid reply within {timeout:g} s") from exc
             finally:
                 self.last_io = time.monotonic()
 
@@ -229,6 +231,7 @@ class ModbusDriver(Driver):
         self._last_request = 0.0
         self._bus: Bus | None = None
         self.stats = {"requests": 0, "cycles": 0, "splits": 0}
+        self._started = False  # plan(): hints only for what the device refused once it answers
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -257,6 +260,10 @@ class ModbusDriver(Driver):
                 device=self.name,
             )
         await self.bus.connect(self.timeout)
+        self._started = True
+
+    def probe_now(self) -> None:
+        self.breaker.open_until = 0.0  # still open (no retries) until the probe is answered
 
     async def stop(self) -> None:
         if self._bus is not None:
@@ -278,11 +285,24 @@ class ModbusDriver(Driver):
         return reqs
 
     def plan(self) -> list[dict[str, Any]]:
+        """What goes on the wire: the fast cycle, and the slow cycle where fast and slow points are planned
+        together (blocks merge); splits learned from exception 2 are included and marked."""
         out: list[dict[str, Any]] = []
-        for poll in ("fast", "slow"):
-            pts = [p for p in self.points if p.poll == poll]
-            for r in self._plan_for(pts):
-                out.append({**r.as_dict(), "poll": poll})
+        refused = self.lessons.refused
+        for cycle, pts in self.cycles():
+            for r in self._plan_for([cast(ModbusPoint, p) for p in pts]):
+                row = {**r.as_dict(), "cycle": cycle}
+                if (r.table, r.start) in refused and len(r.points) == 1:
+                    row["learned"] = "refused with exception 2 even alone"
+                elif r.isolated or any(e == r.start or b == r.end for b, e in self.lessons.holes.get(r.table, ())):
+                    row["learned"] = "split after exception 2"  # a piece, or bounded by a learned hole
+                # running: only points the device refused; from the files: every address that looks like one
+                hints = [h if self._started else f"if the device answers exception 2: {h}" for p in r.points
+                         if (h := reference_hint(p.table, p.address))
+                         and (not self._started or (p.table, p.address) in refused)]
+                if hints:
+                    row["hints"] = hints
+                out.append(row)
         return out
 
     # --------------------------------------------------------------------------------------------- reads
@@ -302,9 +322,10 @@ class ModbusDriver(Driver):
             self.stats["requests"] += 1
             try:
                 rr = await self.bus.transact(self.timeout, op)
-            except RequestTimeout:
+            except RequestTimeout as exc:
                 if attempt >= retries:
-                    raise
+                    tries = f"{attempt + 1} attempts" if attempt else "1 attempt"
+                    raise RequestTimeout(f"{exc} ({tries})") from exc.__cause__
                 attempt += 1
                 continue
             finally:
@@ -416,7 +437,9 @@ class ModbusDriver(Driver):
                 consecutive_timeouts += 1
                 if ok == 0 and i == 0:
                     self.breaker.failure(time.monotonic())
-                    raise DeviceTimeout(f"unit {self.unit} on {self.conn.bus_key}: {exc}", device=self.name) from exc
+                    note = "; no retries until it answers again" if probing and self.retries else ""
+                    raise DeviceTimeout(f"unit {self.unit} on {self.conn.bus_key}: {str(exc)[:-1]}{note})",
+                                        device=self.name) from exc
                 self._fail(req, f"timeout: {exc}", samples)
                 new_plan.append(req)
                 continue
@@ -428,6 +451,9 @@ class ModbusDriver(Driver):
                     changed = True
                     ok += 1  # the device answered
                     continue
+                if exc.code == 2 and (req.table, req.start) not in self.lessons.refused:
+                    self.lessons.refused.add((req.table, req.start))  # refused alone: never joined again
+                    self._plans.clear()
                 if exc.code == 6:
                     device_errors.append(DeviceBusy(str(exc), device=self.name))
                 elif exc.code in (10, 11):
@@ -488,7 +514,7 @@ class ModbusDriver(Driver):
                 self._fail(r, errors.get(id(r), "exception 2 illegal data address"), samples)
         if dead:
             log.info("%s: %d point(s) refused with exception 2: %s", self.name, len(dead),
-                     ", ".join(r.points[0].name for r in dead))
+                     ", ".join(_with_hint(r.points[0].name, r.points[0], always=True) for r in dead))
         return parts
 
     def _decode(self, req: Request, values: list[Any], samples: dict[str, Sample]) -> None:
@@ -524,7 +550,7 @@ class ModbusDriver(Driver):
     def _fail(self, req: Request, error: str, samples: dict[str, Sample]) -> None:
         ts = time.time()
         for p in req.points:
-            samples[p.name] = Sample(self.name, p.name, None, Quality.ERROR, ts, error)
+            samples[p.name] = Sample(self.name, p.name, None, Quality.ERROR, ts, _with_hint(error, p))
 
     # -------------------------------------------------------------------------------------------- writes
 
@@ -532,6 +558,7 @@ class ModbusDriver(Driver):
         p = cast(ModbusPoint, point)
         if p.table in ("discrete_input", "input"):
             raise WriteRefused(f"{self.name}.{p.name}: a {p.table} cannot be written")
+        value = self.checked(p, value)  # the point type's checks: nothing unchecked reaches the wire
         payload = encode(p, value)
         if not self.breaker.allow(time.monotonic()):
             raise DeviceTimeout(f"{self.name}: unit {self.unit} is not answering; write not sent", device=self.name)
@@ -573,10 +600,26 @@ class ModbusDriver(Driver):
             raise DeviceTimeout(f"{self.name}.{p.name}: write not acknowledged: {exc}", device=self.name) from exc
         except ModbusExceptionReply as exc:
             cls = DeviceBusy if exc.code == 6 else ProtocolError
-            raise cls(f"{self.name}.{p.name}: write refused by the device: {exc}", device=self.name) from exc
+            raise cls(f"{self.name}.{p.name}: write refused by the device: {_with_hint(str(exc), p)}",
+                      device=self.name) from exc
         if p.table == "coil" or p.type == "bool":
             return bool(payload[0])
         return compile_decoder(p)(payload, 0)
+
+
+def _with_hint(error: str, p: ModbusPoint, *, always: bool = False) -> str:
+    """An exception-2 error of a point whose address looks like a 3xxxx/4xxxx reference number says so."""
+    hint = reference_hint(p.table, p.address)
+    if hint is None or not (always or error.startswith("exception 2")):
+        return error
+    return f"{error} ({hint})"
+def _why(exc: BaseException, budget: float) -> str:
+    """A connect failure in a few words of our own (not the library's exception text)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {budget:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return "connection failed"
 
 
 def _compile(req: Request) -> None:

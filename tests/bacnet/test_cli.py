@@ -97,8 +97,9 @@ async def test_scan_writes_a_profile_that_validates_and_polls(bacnet_lab: BACnet
     assert room == {"name": "room-temp", "object_type": "analog-input", "instance": 3, "unit": "degC",
                     "description": "Room temperature"}
     # the object list did not fit one 206-byte APDU: read element by element
-    # device info 6, object-list whole (aborted) 1, its length 1, its 51 elements; one RPM per object
-    assert (sim.requests["ReadPropertyRequest"], sim.requests["ReadPropertyMultipleRequest"]) == (59, 49)
+    # device info 7, object-list whole (aborted) 1, its length 1, its 51 elements, mode's state-text 1;
+    # one RPM per object
+    assert (sim.requests["ReadPropertyRequest"], sim.requests["ReadPropertyMultipleRequest"]) == (61, 49)
     # edge-agent validate accepts it
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.tools.cli", "validate", str(out), cwd=ROOT,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -146,8 +147,8 @@ def test_plan_and_write_from_the_command_line(tmp_path: Path, capsys: pytest.Cap
             "local_port: 47809}\n")
         assert main(["plan", "ahu", "-c", str(site), "--json"]) == 0
         plan = json.loads(capsys.readouterr().out)
-        assert [(b["poll"], b["service"], b["properties"]) for b in plan] == [
-            ("fast", "read-property-multiple", 8), ("slow", "read-property-multiple", 1)]
+        assert [(b["cycle"], b["service"], b["properties"]) for b in plan] == [
+            ("fast", "read-property-multiple", 8), ("slow", "read-property-multiple", 9)]
         assert main(["write", "ahu", "room_setpoint", "24.5", "--direct", "-c", str(site)]) == 0
         assert "ahu.room_setpoint = 24.5" in capsys.readouterr().out
         assert _read_back(host, "present-value") == 24.5 and _read_back(host, "priority-array", 8) == 24.5
@@ -170,8 +171,9 @@ async def test_scan_of_a_segmenting_device_batches_objects(bacnet_lab: BACnetLab
     result = await scan(args)
     assert len(result["points"]) == 49 and result["points"][2]["unit"] == "degC"
     assert "fan-status" in [p["name"] for p in result["points"]] and "id: \"ea-sim-ahu\"" in result["profile"]
-    # whole object list in one (segmented) reply; 49 objects described by 3 RPM of 20 objects
-    assert (sim.requests["ReadPropertyRequest"], sim.requests["ReadPropertyMultipleRequest"]) == (7, 3)
+    # device info 7, whole object list in one (segmented) reply, mode's state-text; 49 objects described by
+    # 3 RPM of 20 objects
+    assert (sim.requests["ReadPropertyRequest"], sim.requests["ReadPropertyMultipleRequest"]) == (9, 3)
 
 
 async def test_scan_of_a_device_without_rpm(bacnet_lab: BACnetLab) -> None:

@@ -1,5 +1,6 @@
 """Table-driven validation cases: each folder under testcases/ holds a site.yaml or profile.yaml and
-expected.txt, one line per expected problem (the start of the line `edge-agent validate` must print)."""
+expected.txt, one line per expected problem (the start of the line `edge-agent validate` must print), and
+`# exit N` when validate must exit with N (78: `run` would refuse the site file; default 1 with problems)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ CASES = sorted(p for p in (Path(__file__).parent / "testcases").iterdir() if p.i
 def test_validate_case(case: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(case)
     target = "site.yaml" if (case / "site.yaml").exists() else "profile.yaml"
-    expected = [line for line in (case / "expected.txt").read_text().splitlines() if line.strip()]
+    lines = (case / "expected.txt").read_text().splitlines()
+    expected = [line for line in lines if line.strip() and not line.startswith("#")]
+    exit_code = next((int(line.split()[-1]) for line in lines if line.startswith("# exit")), 1 if expected else 0)
     rc = main(["validate", target])
     out = capsys.readouterr()
     got = [line for line in out.out.splitlines() if line.strip()]
     assert "Traceback" not in out.err + out.out
-    assert rc == (1 if expected else 0), out
+    assert rc == exit_code, out
     assert len(got) == len(expected), f"got {got}"
     for exp in expected:
         assert any(g.startswith(exp) for g in got), f"missing {exp!r} in {got}"
@@ -31,9 +34,9 @@ def test_validate_json_output(capsys: pytest.CaptureFixture[str], monkeypatch: p
     import json
 
     monkeypatch.chdir(Path(__file__).parent / "testcases" / "unknown-key")
-    assert main(["validate", "--json", "site.yaml"]) == 1
+    assert main(["validate", "--json", "site.yaml"]) == 78
     doc = json.loads(capsys.readouterr().out)
-    assert doc["ok"] is False
+    assert doc["ok"] is False and doc["refused"] == ["site.yaml"]
     assert doc["problems"] == [{"file": "site.yaml", "line": 6, "key": "uplink.brokr_port", "message": "unknown key"}]
 
 

@@ -74,6 +74,24 @@ async def test_diag_device_refuses_beside_a_running_agent(tmp_path: Path) -> Non
     async with running_agent(site):
         await asyncio.sleep(0.3)
         rc, _, err = await asyncio.to_thread(diag, "device", "box", "--config", str(site))
-        assert rc == 2 and "the agent is running" in err and "edge-agent status --device box" in err
+        assert "the agent is running" in err and "edge-agent status --device box" in err
+        # The refusal's exit code is the one docs/cli.md gives for it (it said 1 while the code returned 2).
+        docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+        row = next(ln for ln in docs.splitlines() if ln.startswith("| `edge-agent diag device"))
+        assert rc == 1 and "Exit 1 " in row and "refused" in row.split("Exit 1 ", 1)[1], (rc, row)
         rc, out, _ = await asyncio.to_thread(diag, "device", "box", "--config", str(site), "--force")
         assert rc == 0 and "load1" in out
+
+
+def test_diag_broker_names_swapped_certificate_and_key(broker: Broker, tmp_path: Path) -> None:
+    """The site's client certificate and key swapped: the TLS step says so, not `PEM lib (_ssl.c:...)`."""
+    key, crt = tmp_path / "box.key", tmp_path / "box.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=box", "-keyout", str(key), "-out", str(crt)], check=True,
+                   capture_output=True, timeout=30)
+    tls = f"  tls: {{ca_file: {crt}, cert_file: {key}, key_file: {{file: {crt}}}}}\n"
+    site = write_site(tmp_path, f"mqtts://127.0.0.1:{broker.port}", extra_uplink=tls)
+    rc, out, err = diag("broker", "--config", str(site))
+    assert rc == 1, out + err
+    assert "FAIL TLS settings" in out and "certificate and key swapped" in out, out
+    assert "PEM lib" not in out + err and "Traceback" not in err

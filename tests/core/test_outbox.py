@@ -79,20 +79,21 @@ async def drain(ob: Outbox) -> list[Stored]:
 
 async def test_seq_monotonic_across_reopen_and_after_deletes(tmp_path: Path, make_outbox: MakeOutbox) -> None:
     ob = await make_outbox()
-    assert await ob.append([tel(1), tel(2), ev(3)]) == [1, 2, 3]
-    await ob.ack([1, 2, 3])  # queue now empty: max(seq) of the table says nothing any more
-    assert await ob.append([tel(4)]) == [4]
-    await ob.ack([4])
+    b = ob.stats()["last_seq"]  # a new outbox starts above a clock floor (test_store_faults.py)
+    assert await ob.append([tel(1), tel(2), ev(3)]) == [b + 1, b + 2, b + 3]
+    await ob.ack([b + 1, b + 2, b + 3])  # queue now empty: max(seq) of the table says nothing any more
+    assert await ob.append([tel(4)]) == [b + 4]
+    await ob.ack([b + 4])
     await ob.close()
 
     ob2 = await make_outbox()
-    assert ob2.stats()["last_seq"] == 4
+    assert ob2.stats()["last_seq"] == b + 4
     assert ob2.stats()["depth"] == 0
-    assert await ob2.append([tel(5), tel(6)]) == [5, 6]
+    assert await ob2.append([tel(5), tel(6)]) == [b + 5, b + 6]
     await ob2.close()
     ob3 = await make_outbox()
-    assert await ob3.append([ev(7)]) == [7]
-    assert [r[0] for r in db_rows(tmp_path / "outbox.db")] == [5, 6, 7]
+    assert await ob3.append([ev(7)]) == [b + 7]
+    assert [r[0] for r in db_rows(tmp_path / "outbox.db")] == [b + 5, b + 6, b + 7]
 
 
 async def test_append_returns_committed_rows_with_their_content(tmp_path: Path, make_outbox: MakeOutbox) -> None:
@@ -182,28 +183,29 @@ async def test_kill9_mid_append_loses_no_committed_row(tmp_path: Path, make_outb
 
 async def test_leases_release_ack_and_restart(tmp_path: Path, make_outbox: MakeOutbox) -> None:
     ob = await make_outbox()
-    await ob.append([tel(i) for i in range(1, 6)])  # seqs 1..5
+    b = ob.stats()["last_seq"]
+    await ob.append([tel(i) for i in range(1, 6)])  # seqs b+1..b+5
     first = await ob.take(3)
-    assert seqs_of(first) == [1, 2, 5]  # backlog > limit: oldest and newest share the batch
+    assert seqs_of(first) == [b + 1, b + 2, b + 5]  # backlog > limit: oldest and newest share the batch
     assert ob.stats()["leased"] == 3
-    assert seqs_of(await ob.take(10)) == [3, 4]  # leased rows are not offered twice
+    assert seqs_of(await ob.take(10)) == [b + 3, b + 4]  # leased rows are not offered twice
     assert await ob.take(10) == []
 
-    ob.release([2, 99])  # unknown seqs are ignored
-    assert seqs_of(await ob.take(10)) == [2]
-    await ob.ack([1, 2])
+    ob.release([b + 2, 99])  # unknown seqs are ignored
+    assert seqs_of(await ob.take(10)) == [b + 2]
+    await ob.ack([b + 1, b + 2])
     assert ob.stats()["depth"] == 3
     assert ob.stats()["leased"] == 3  # 3, 4, 5 still in flight
 
     ob.release_all()
     assert ob.stats()["leased"] == 0
-    assert seqs_of(await ob.take(3)) == [3, 4, 5]
+    assert seqs_of(await ob.take(3)) == [b + 3, b + 4, b + 5]
     await ob.close()  # crash-equivalent for leases: they only live in memory
 
     ob2 = await make_outbox()
     assert ob2.stats()["leased"] == 0
-    assert seqs_of(await drain(ob2)) == [3, 4, 5]
-    await ob2.ack([3, 4, 5, 3])  # double ack is harmless
+    assert seqs_of(await drain(ob2)) == [b + 3, b + 4, b + 5]
+    await ob2.ack([b + 3, b + 4, b + 5, b + 3])  # double ack is harmless
     assert ob2.stats()["depth"] == 0
     assert db_rows(tmp_path / "outbox.db") == []
 
@@ -260,37 +262,40 @@ async def test_events_first_then_telemetry_oldest_first(make_outbox: MakeOutbox)
 
 async def test_long_backlog_is_shared_between_oldest_and_newest(make_outbox: MakeOutbox) -> None:
     ob = await make_outbox()
-    await ob.append([tel(i) for i in range(1000)])  # seqs 1..1000
-    got = seqs_of(await ob.take(100))
+    b = ob.stats()["last_seq"]
+    await ob.append([tel(i) for i in range(1000)])  # seqs b+1..b+1000
+    got = [s - b for s in seqs_of(await ob.take(100))]
     assert got == list(range(1, 51)) + list(range(951, 1001))
 
-    live = await ob.append([tel(i) for i in range(5)])  # 1001..1005 arrive during the replay
-    got = seqs_of(await ob.take(100))
+    live = [s - b for s in await ob.append([tel(i) for i in range(5)])]  # 1001..1005 arrive during the replay
+    got = [s - b for s in seqs_of(await ob.take(100))]
     assert got[:50] == list(range(51, 101))
     assert set(live) <= set(got)  # live data is not stuck behind ~850 backlog rows
     assert got[50:] == list(range(906, 951)) + live
 
-    events = await ob.append([ev(i) for i in range(10)])
-    got = seqs_of(await ob.take(100))
+    events = [s - b for s in await ob.append([ev(i) for i in range(10)])]
+    got = [s - b for s in seqs_of(await ob.take(100))]
     assert got[:10] == events
     assert got[10:] == list(range(101, 146)) + list(range(861, 906))  # 90 telemetry: 45 + 45
 
 
 async def test_small_backlog_is_plain_oldest_first(make_outbox: MakeOutbox) -> None:
     ob = await make_outbox()
+    b = ob.stats()["last_seq"]
     await ob.append([tel(i) for i in range(100)])
-    assert seqs_of(await ob.take(100)) == list(range(1, 101))
+    assert seqs_of(await ob.take(100)) == list(range(b + 1, b + 101))
     await ob.append([tel(i) for i in range(30)])
-    assert seqs_of(await ob.take(100)) == list(range(101, 131))
+    assert seqs_of(await ob.take(100)) == list(range(b + 101, b + 131))
 
 
 async def test_fairness_skips_leased_rows_at_both_ends(make_outbox: MakeOutbox) -> None:
     ob = await make_outbox()
-    await ob.append([tel(i) for i in range(100)])  # 1..100
-    assert seqs_of(await ob.take(10)) == [1, 2, 3, 4, 5, 96, 97, 98, 99, 100]
-    assert seqs_of(await ob.take(10)) == [6, 7, 8, 9, 10, 91, 92, 93, 94, 95]
-    ob.release([1, 100])
-    assert seqs_of(await ob.take(4)) == [1, 11, 90, 100]
+    b = ob.stats()["last_seq"]
+    await ob.append([tel(i) for i in range(100)])  # b+1..b+100
+    assert [s - b for s in seqs_of(await ob.take(10))] == [1, 2, 3, 4, 5, 96, 97, 98, 99, 100]
+    assert [s - b for s in seqs_of(await ob.take(10))] == [6, 7, 8, 9, 10, 91, 92, 93, 94, 95]
+    ob.release([b + 1, b + 100])
+    assert [s - b for s in seqs_of(await ob.take(4))] == [1, 11, 90, 100]
 
 
 # ---------------------------------------------------------------- bound and drops
@@ -405,9 +410,12 @@ def truth(path: Path) -> dict[str, object]:
 async def test_stats_exact_through_operations_and_restart(tmp_path: Path, make_outbox: MakeOutbox) -> None:
     path = tmp_path / "outbox.db"
     ob = await make_outbox(max_bytes=2500)
+    b = ob.stats()["last_seq"]
+    assert b > (time.time() - 60) * 1e6  # a new outbox starts above the clock in µs
     assert ob.stats() == {
         "depth": 0, "bytes": 0, "oldest_ts": None, "events": 0, "telemetry": 0, "leased": 0,
-        "dropped_total": 0, "dropped_events": 0, "dropped_telemetry": 0, "last_seq": 0, "max_bytes": 2500,
+        "delivered_undeleted": 0, "dropped_total": 0, "dropped_events": 0, "dropped_telemetry": 0, "dropped_refused": 0,
+        "lost_unknown": 0, "lost_seqs": None, "last_seq": b, "epoch": b, "max_bytes": 2500,
     }
     await ob.append([Record(Kind.TELEMETRY, "site/ü", b"x" * (i * 7 % 90), 500.0 + i) for i in range(30)])
     await ob.append([Record(Kind.EVENT, "ev/door", b"open" * i, 400.0 + i) for i in range(5)])

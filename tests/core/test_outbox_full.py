@@ -35,8 +35,9 @@ async def test_full_outbox_drops_oldest_telemetry_keeps_events(tmp_path: Path) -
         out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "agent.tools.cli", "status", "--json",
                                                        "--config", str(site)],
                                       capture_output=True, text=True, cwd=ROOT, timeout=20)
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == 1, out.stderr  # unhealthy: the broker is away
         snap = json.loads(out.stdout)
+        assert snap["health"]["problems"][0].startswith("uplink offline")
         assert snap["outbox"]["dropped_telemetry"] >= st["dropped_telemetry"] > 0
         assert snap["outbox"]["dropped_events"] == 0
         assert snap["uplink"]["connected"] is False

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.core.notify import Notifier
+from tests.peers.modbus import ModbusPeer
+from tests.peers.mosquitto import Broker
 
 from . import fakedrivers
-from .agentkit import running_agent, write_site
+from .agentkit import Collector, running_agent, write_site
 
 BROKER = "mqtt://127.0.0.1:9"  # nothing listens: these tests don't need the uplink
 
@@ -93,9 +98,9 @@ async def _collect(ns: NotifySocket, seconds: float) -> None:
 
 async def test_sd_notify_ready_status_watchdog_and_wedged_loop(tmp_path: Path, fake_profiles: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.core import app as app_mod
+    from agent.core import liveness
 
-    monkeypatch.setattr(app_mod, "READY_GRACE", 0.5)
+    monkeypatch.setattr(liveness, "READY_GRACE", 0.5)
     ns = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # systemd would kill us after 0.4 s without WATCHDOG=1
@@ -176,3 +181,229 @@ async def test_devices_with_one_interval_poll_in_the_same_wakeup(tmp_path: Path,
     for t in (t for v in per_device.values() for t in v):
         off = t % 0.5
         assert min(off, 0.5 - off) < 0.05, f"a poll at {off:.3f} s past the 0.5 s grid"
+
+
+# ------------------------------------------------------------------------------ journald priorities
+
+
+def test_journal_lines_carry_their_syslog_priority(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM names stderr) every line starts with <N>: a dead device is a warning."""
+    from tests.peers.common import free_port
+
+    from .agentkit import kill9, start_agent_process
+
+    dev = (f"  - {{name: kitchen, type: socomec-countis-e34, interval: 1s, timeout: 0.3s, "
+           f"connection: {{host: 127.0.0.1, port: {free_port()}, unit: 3}}}}\n")
+    site = write_site(tmp_path, BROKER, devices=dev)
+    log = tmp_path / "journal-stream.log"
+    log.touch()
+    st = log.stat()
+    proc = start_agent_process(site, log, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    try:
+        deadline = time.monotonic() + 20
+        while "kitchen: unavailable" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        kill9(proc)
+    lines = log.read_text().splitlines()
+    warn = [line for line in lines if "kitchen: unavailable" in line]
+    assert warn and warn[0].startswith("<4>WARNING edge_agent.supervisor: kitchen: unavailable: unreachable"), lines
+    assert all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") for line in lines), lines
+
+    # Not the journal (JOURNAL_STREAM inherited but stderr is elsewhere): plain lines with a timestamp.
+    other = tmp_path / "plain.log"
+    proc = start_agent_process(site, other, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    try:
+        deadline = time.monotonic() + 20
+        while "kitchen: unavailable" not in other.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        kill9(proc)
+    assert not any(line.startswith("<") for line in other.read_text().splitlines())
+    assert "WARNING edge_agent.supervisor: kitchen: unavailable" in other.read_text()
+
+
+# ------------------------------------------------------------------- failing devices, prompt recovery
+
+
+def _meter_tables() -> dict[int, dict[str, dict[int, int | bool]]]:
+    """Unit 1 of a real pymodbus server holding every register of the shipped Socomec profile."""
+    from agent.config import load_profile
+
+    from .agentkit import ROOT
+
+    regs: dict[int, int | bool] = {}
+    for p in load_profile(ROOT / "profiles" / "socomec-countis-e34.yaml").points:
+        regs.update({a: 1 for a in range(p.address, p.address + 2)})  # type: ignore[attr-defined]
+    return {1: {"holding": regs}}
+
+
+def _meter(name: str, port: int, unit: int, extra: str = "") -> str:
+    return (f"  - {{name: {name}, type: socomec-countis-e34, interval: 0.3s, timeout: 0.5s, retries: 1, "
+            f"connection: {{host: 127.0.0.1, port: {port}, unit: {unit}{extra}}}}}\n")
+
+
+async def test_wrong_unit_id_is_failing_not_online(broker: Broker, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A meter at the wrong unit id answers exception 4 to every read: its own state, one warning, one
+    availability event, 0/21 points good in status (and `status` exits 1)."""
+    from agent.tools.cli import main
+
+    peer = await ModbusPeer(_meter_tables()).start()
+    try:
+        await _wrong_unit(peer, broker, tmp_path, caplog, main)
+    finally:
+        await peer.stop()
+
+
+async def _wrong_unit(peer: ModbusPeer, broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                      main: Any) -> None:
+    dev = _meter("kitchen", peer.port, 7) + _meter("hall", peer.port, 1)
+    site = write_site(tmp_path, broker.url, devices=dev)
+    async with Collector(broker.port) as col, running_agent(site) as agent:
+        h = agent.health["kitchen"]
+        deadline = time.monotonic() + 10
+        while (h.state != "failing" or agent.health["hall"].state != "online") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert h.state == "failing", (h.state, h.last_error)
+        assert h.last_error and "exception 4 server device failure" in h.last_error
+        await asyncio.sleep(1.5)  # several more cycles: still failing, logged and sent once
+        snap = agent.snapshot()["devices"]
+        assert snap["kitchen"]["state"] == "failing"
+        assert (snap["kitchen"]["points_good"], snap["kitchen"]["points_total"]) == (0, 21)
+        assert snap["hall"]["points_good"] == snap["hall"]["points_total"] == 21
+        warned = [r for r in caplog.records if "kitchen: failing" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelname == "WARNING"
+        await col.wait(lambda: any("failing" in json.dumps(m.get("doc")) for m in col.of("e")), 10,
+                       "availability event")
+        events = [m["doc"] for m in col.of("e") if m["doc"].get("kind") == "availability"
+                  and m["doc"]["src"] == "kitchen"]
+        assert [e["data"]["state"] for e in events] == ["failing"], events
+        assert events[0]["sev"] == "warning"
+
+        out = await asyncio.to_thread(_cli, main, ["status", "--config", str(site)])
+        assert out[0] == 1, out
+        line = next(x for x in out[1].splitlines() if x.startswith("kitchen"))
+        assert "failing" in line and "0/21 good" in line and "exception 4" in line
+        assert "UNHEALTHY: kitchen failing" in out[1]
+        out = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--device", "hall"])
+        assert out[0] == 0 and "21/21 good" in out[1], out
+        # all 21 point lines, the shared error once (under the device), not 21 times
+        rc, text, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--device", "kitchen"])
+        assert rc == 1 and "    21 point(s): exception 4 server device failure" in text, text
+        assert text.count("exception 4") == 2 and "voltage_u12" in text, text
+
+
+def _cli(main: Any, argv: list[str]) -> tuple[int, str, str]:
+    """Run the CLI in this process (a thread: the agent under test serves the socket on the loop)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+async def _until(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_probe_interval_capped_and_retry_probes_one_device_at_once(tmp_path: Path) -> None:
+    """A meter that stops (its server goes away) is probed again within 30 s however long its outage; status
+    shows when; `edge-agent retry` probes it at once once it is back, and leaves the other meter alone."""
+    from agent.tools.cli import main
+
+    peer = await ModbusPeer(_meter_tables()).start()
+    other = await ModbusPeer(_meter_tables()).start()
+    site = write_site(tmp_path, BROKER, devices=_meter("kitchen", peer.port, 1) + _meter("hall", other.port, 1))
+    try:
+        async with running_agent(site) as agent:
+            h, runner = agent.health["kitchen"], agent.runners["kitchen"]
+            # As after hours of outage: the doubling backoff is far above the cap (it was 300 s before).
+            runner._initial_backoff = runner._backoff = 1000.0
+            await _until(lambda: h.state == agent.health["hall"].state == "online", 10, "both online")
+            hall_driver, hall_ok = agent.runners["hall"].driver, agent.health["hall"].last_ok
+            await peer.stop()
+            await _until(lambda: h.state == "backoff", 10, "kitchen in backoff")
+            snap = agent.snapshot()["devices"]["kitchen"]
+            assert snap["next_probe_in"] is not None and 20 <= snap["next_probe_in"] <= 30, snap
+            rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site)])
+            line = next(x for x in out.splitlines() if x.startswith("kitchen"))
+            assert rc == 1 and "backoff" in line and re.search(r"next probe in (2\d|30) s", line), out
+
+            peer = await ModbusPeer(_meter_tables(), port=peer.port).start()
+            t0 = time.monotonic()
+            rc, out, err = await asyncio.to_thread(_cli, main, ["retry", "kitchen", "--config", str(site)])
+            took = time.monotonic() - t0
+            assert rc == 0 and out.startswith("kitchen: online, 21/21 points good"), (rc, out, err)
+            assert took < 3.0, took
+            assert h.state == "online" and agent.health["hall"].state == "online"
+            assert agent.runners["hall"].driver is hall_driver and agent.health["hall"].restarts == 0
+            assert agent.health["hall"].last_ok and hall_ok and agent.health["hall"].last_ok > hall_ok
+
+            rc, _, err = await asyncio.to_thread(_cli, main, ["retry", "nosuch", "--config", str(site)])
+            assert rc == 2 and "no device named 'nosuch'" in err
+            rc, out, _ = await asyncio.to_thread(_cli, main, ["retry", "hall", "--config", str(site)])
+            assert rc == 0 and out.startswith("hall: online")
+    finally:
+        await peer.stop()
+        await other.stop()
+
+
+async def test_a_restart_after_backoff_really_probes_past_the_breaker(tmp_path: Path) -> None:
+    """The Modbus circuit breaker (open for breaker_probe = 60 s) must not hold back the supervisor's probe:
+    a meter that answers again is online at the next probe."""
+    peer = await ModbusPeer(_meter_tables()).start()
+    site = write_site(tmp_path, BROKER, devices=_meter("kitchen", peer.port, 1, ", breaker_threshold: 1"))
+    try:
+        async with running_agent(site) as agent:
+            h, runner = agent.health["kitchen"], agent.runners["kitchen"]
+            runner._initial_backoff = runner._backoff = 0.3
+            await _until(lambda: h.state == "online", 10, "online")
+            peer.silent.add(1)  # the meter stops answering: timeouts, the breaker opens
+            await _until(lambda: h.state in ("offline", "backoff"), 10, "offline")
+            await asyncio.sleep(1.0)  # a few probes while it is silent
+            peer.silent.clear()
+            t0 = time.monotonic()
+            await _until(lambda: h.state == "online", 20, "back online")
+            assert time.monotonic() - t0 < 8, "probed at the next backoff, not after breaker_probe (60 s)"
+    finally:
+        await peer.stop()
+
+
+async def test_status_is_a_health_check_with_aligned_readable_lines(tmp_path: Path, fake_profiles: str) -> None:
+    from agent.tools.cli import main
+
+    long = "boiler-room-north-wing-meter-7"
+    site = write_site(tmp_path, BROKER, extra=fake_profiles,
+                      devices=_devices(("good", "ok"), (long, "ok"), ("dead", "dead")))
+    async with running_agent(site) as agent:
+        await _until(lambda: agent.health["good"].state == agent.health[long].state == "online"
+                     and agent.health["dead"].state in ("offline", "backoff"), 10, "states")
+        rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site)])
+        assert rc == 1, out  # dead device, uplink down
+        assert "of 64 MiB)" in out and re.search(r"  up \d+ s\n", out), out
+        rows = {n: next(x for x in out.splitlines() if x.startswith(n + " ")) for n in ("good", long, "dead")}
+        for col in ("online", "1/1 good", "last ok", "fake-device (fake)"):
+            starts = {rows[n].find(col) for n in ("good", long)}
+            assert len(starts) == 1 and starts != {-1}, (col, rows)
+        assert rows["dead"].find("offline" if "offline" in rows["dead"] else "backoff") == rows["good"].find("online")
+        assert "counter" not in out, "points only with --points or --device"
+        assert out.rstrip().splitlines()[-1].startswith("health   UNHEALTHY: uplink offline"), out
+        assert "dead offline" in out or "dead backoff" in out
+
+        rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--points"])
+        assert out.count("    counter") == 3, out
+        rc, out, err = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--device", "nosuch"])
+        assert rc == 2 and out == "" and f"no device named 'nosuch' (devices: good, {long}, dead)" in err
+        rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--device", "good"])
+        assert rc == 0 and "    counter" in out and out.rstrip().endswith("health   ok"), out
+        rc, out, _ = await asyncio.to_thread(_cli, main, ["status", "--config", str(site), "--json"])
+        doc = json.loads(out)
+        assert rc == 1 and doc["health"]["ok"] is False and "dead" in " ".join(doc["health"]["problems"])
+    rc, _, err = await asyncio.to_thread(_cli, main, ["status", "--config", str(site)])
+    assert rc == 3 and "no agent answering" in err

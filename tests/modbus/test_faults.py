@@ -4,6 +4,7 @@ the device answered, a DriverError subclass where nothing did, never a crash."""
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 import time
 from pathlib import Path
@@ -112,7 +113,7 @@ async def test_silent_device_times_out_then_fails_fast(tmp_path: Path) -> None:
             await again.read(again.points)
         assert time.monotonic() - t0 < 0.05
         with pytest.raises(DeviceTimeout, match="write not sent"):  # writes do not wait for a dead device
-            await again.write(again.points[0], 1)
+            await again.write(again.points[0].model_copy(update={"access": "read-write"}), 1)
         await again.stop()
         peer.silent.clear()
         await asyncio.sleep(0.55)  # next probe is allowed and succeeds
@@ -221,8 +222,11 @@ async def test_lessons_apply_to_every_point_set(tmp_path: Path) -> None:
         s = by_name(await drv.read(drv.points))
         assert [s[n].value for n in "abxy"] == [1, 2, 3, 4]
         assert drv.stats["requests"] - sent == 2 and drv.stats["splits"] == 1  # 0-1 and 10-11, no refusal
-        assert [(r["start"], r["count"], r["poll"]) for r in drv.plan()] == [(0, 2, "fast"), (10, 1, "fast"),
-                                                                          (11, 1, "slow")]
+        # plan shows both cycles as they go on the wire: the slow one reads x and y in one request; both are
+        # cut at the hole learned from exception 2
+        assert [(r["start"], r["count"], r["cycle"], r.get("learned")) for r in drv.plan()] == [
+            (0, 2, "fast", "split after exception 2"), (10, 1, "fast", "split after exception 2"),
+            (0, 2, "slow", "split after exception 2"), (10, 2, "slow", "split after exception 2")]
     finally:
         await drv.stop()
         await peer.stop()
@@ -233,8 +237,8 @@ def test_plan_needs_no_connection(tmp_path: Path) -> None:
     prof = write_profile(tmp_path, PROFILE)
     drv = make_driver(prof, {"host": "127.0.0.1", "port": free_port(), "unit": 9}, DriverContext("t", tmp_path))
     assert drv.plan() == [
-        {"unit": 9, "table": "holding", "start": 0, "count": 2, "points": ["a", "b"], "poll": "fast"},
-        {"unit": 9, "table": "holding", "start": 100, "count": 2, "points": ["x", "y"], "poll": "fast"},
+        {"unit": 9, "table": "holding", "start": 0, "count": 2, "points": ["a", "b"], "cycle": "fast"},
+        {"unit": 9, "table": "holding", "start": 100, "count": 2, "points": ["x", "y"], "cycle": "fast"},
     ]
 
 
@@ -328,3 +332,26 @@ async def test_device_that_answers_with_transaction_id_0(tmp_path: Path, client:
             assert (s["a"].value, s["b"].value, s["x"].value, s["y"].value) == (0, 1, 100, 101)
         finally:
             await drv.stop()
+
+
+async def test_errors_read_in_the_agents_words(tmp_path: Path) -> None:
+    """Not pymodbus' text ("No response received after 0 retries" while retries: 1 is configured): what the
+    agent did, in its own words."""
+    peer = await ModbusPeer(TABLES, silent={1}).start()
+    drv = await driver_for(tmp_path, peer.port, retries=1)
+    where = f"unit 1 on tcp:127.0.0.1:{peer.port}"
+    try:
+        with pytest.raises(DeviceTimeout) as ei:
+            await drv.read(drv.points)
+        assert str(ei.value) == f"{where}: no valid reply within 0.3 s (2 attempts)"
+        with pytest.raises(DeviceTimeout) as ei:  # the unit failed its last cycle: probed without retries
+            await drv.read(drv.points)
+        assert str(ei.value) == f"{where}: no valid reply within 0.3 s (1 attempt; no retries until it answers again)"
+        await peer.stop()
+        with pytest.raises(DriverError) as ei2:
+            await drv.read(drv.points)
+        assert "Modbus Error" not in str(ei2.value) and "pymodbus" not in str(ei2.value)
+        assert re.search(r"lost$|cannot connect to .*: connection refused$|no (valid )?reply within", str(ei2.value))
+    finally:
+        await drv.stop()
+        await peer.stop()

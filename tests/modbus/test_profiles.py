@@ -78,7 +78,7 @@ async def test_simulated_values_move_plausibly(sim: Any) -> None:
     first, e1 = await snap(), await energy()
     await asyncio.sleep(0.7)
     second, e2 = await snap(), await energy()
-    assert e2 > e1  # counters only go up (Wh, int64: a few Wh in 0.7 s at ~10 kW)
+    assert e2 > e1  # counters only go up (kWh from an int64 of Wh: a few Wh in 0.7 s at ~10 kW)
     assert second["active_power"] != first["active_power"]  # power fluctuates
     assert 1000 < second["active_power"] < 40000
     assert 220 < second["voltage_l1_n"] < 240 and 390 < second["voltage_l1_l2"] < 410
@@ -100,7 +100,8 @@ async def test_documented_encodings_decode_to_documented_values(sim: Any) -> Non
     await put(1, 0x0034, device_registers("int32", 1234567, "CDAB"))
     await put(1, 0x0033, [500])
     await put(1, 0x0031, [(-950) & 0xFFFF])
-    # Schneider iEM3155: Float32 big-endian (kW, V), Int64 Wh; protocol address = register - 1
+    # Schneider iEM3155: Float32 big-endian (kW, V), Int64 Wh; protocol address = register - 1;
+    # the profile scales kW to W and Wh to kWh (docs/profiles.md, Units)
     await put(2, 3059, device_registers("float32", 12.5, "ABCD"))
     await put(2, 3027, device_registers("float32", 231.25, "ABCD"))
     await put(2, 3203, device_registers("int64", 123_456_789_012, "ABCD"))
@@ -116,7 +117,8 @@ async def test_documented_encodings_decode_to_documented_values(sim: Any) -> Non
     want = {
         1: {"voltage_l1_n": 230.5, "active_power_l1": -1234.5, "energy_import": 123456.7, "frequency": 50.0,
             "power_factor": -0.95},
-        2: {"active_power": 12.5, "voltage_l1_n": 231.25, "energy_import": 123_456_789_012},
+        # Wh x 0.001 in binary floating point: 123456789.012 to the last bit of a double (1.5e-8 kWh).
+        2: {"active_power": 12500.0, "voltage_l1_n": 231.25, "energy_import": pytest.approx(123_456_789.012, abs=1e-7)},
         3: {"voltage_v1": 230.12, "current_i1": 12.345, "frequency": 50.01, "active_power": -1500,
             "energy_import": 12345.67},
         4: {"outside_temperature": -2.0, "flow_temperature": 65.43},

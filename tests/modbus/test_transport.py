@@ -128,7 +128,7 @@ async def test_out_of_bounds_writes_refused_before_the_wire(setup: Any) -> None:
         await drv.write(check_write(dev, "limit_u32", -1), -1)
     with pytest.raises(WriteRefused, match="do not fit"):
         await drv.write(check_write(dev, "label", "TOO LONG!"), "TOO LONG!")
-    with pytest.raises(WriteRefused, match="expected true/false"):
+    with pytest.raises(WriteRefused, match="expects true/false, 1/0, on/off or active/inactive"):
         await drv.write(check_write(dev, "relay", 5), 5)
     assert drv.stats["requests"] == sent
     assert await peer.get(1, "holding", 102) == before

@@ -28,6 +28,7 @@ BOOKKEEPING = (
     "/var/lib/dpkg/",
     "/var/log/",
     "/var/cache/debconf/",
+    "/var/cache/man/",  # man-db's trigger re-indexes the man pages on install and purge
     "/etc/passwd-",
     "/etc/group-",
     "/etc/shadow-",

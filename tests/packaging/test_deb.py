@@ -41,7 +41,18 @@ def test_install_runs_maintainer_scripts(throwaway_root: ThrowawayRoot, deb: Pat
     assert root.run(f"readlink {WANTS}").stdout.strip() == UNIT
     assert "ConditionPathExists=!/etc/edge-agent/unprovisioned" in root.run(f"cat {UNIT}").stdout
     root.run("test -f /etc/edge-agent/unprovisioned")
-    assert "/etc/edge-agent/site.yaml" in root.run("cat /var/lib/dpkg/info/edge-agent.conffiles").stdout
+    # The site file is the box's, not a dpkg conffile: an upgrade never asks about what provision wrote.
+    root.run("cmp /usr/share/edge-agent/site.yaml /etc/edge-agent/site.yaml")
+    assert "site.yaml" not in root.run("dpkg-query -W -f='${Conffiles}' edge-agent").stdout
+    root.run("test ! -e /var/lib/dpkg/info/edge-agent.conffiles || ! grep -q site.yaml "
+             "/var/lib/dpkg/info/edge-agent.conffiles")
+
+    # Docs on the box: the user documentation and a man page generated from the CLI.
+    for doc in ("cli.md", "profiles.md", "mqtt.md", "modbus.md", "bacnet.md", "install.md", "operations.md"):
+        root.run(f"test -s /usr/share/doc/edge-agent/{doc}")
+    page = root.run("MANWIDTH=100 man -P cat edge-agent 2>&1").stdout
+    for text in ("edge-agent provision", "diag device", "EXIT STATUS", "141", "--skip-broker-check"):
+        assert text in page, text
 
     # The command on the PATH is the package's own venv on the system's Python 3.11.
     assert root.run("readlink -f /usr/bin/edge-agent").stdout.strip() == "/opt/edge-agent/bin/edge-agent"
@@ -58,7 +69,8 @@ def test_install_runs_maintainer_scripts(throwaway_root: ThrowawayRoot, deb: Pat
         "assert s.devices[0].profile.file.startswith('/opt/edge-agent/profiles/'), s.devices[0].profile.file\""
     )
 
-    # systemd-analyze verify on the installed unit, where ExecStart's binary really exists.
+    # systemd-analyze verify on the installed unit, where ExecStart's binary and the man page of its
+    # Documentation= really exist.
     r = root.run(f"systemd-analyze verify {UNIT}", check=False)
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
 
@@ -107,7 +119,9 @@ def test_upgrade_keeps_configuration_and_outbox(throwaway_root: ThrowawayRoot, d
     before = root.run("md5sum /etc/edge-agent/site.yaml /var/lib/edge-agent/outbox.db /etc/credstore/mqtt-key "
                       "/etc/edge-agent/profiles/local.yaml").stdout
 
-    install(root, deb_v2)
+    root.put(deb_v2, f"/tmp/{deb_v2.name}")
+    r = root.run(f"dpkg -i /tmp/{deb_v2.name} < /dev/null 2>&1")
+    assert "Configuration file" not in r.stdout and "conffile" not in r.stdout.lower(), r.stdout
     assert root.run("dpkg-query -W -f='${Version}' edge-agent").stdout.endswith("-2")
     assert root.run("md5sum /etc/edge-agent/site.yaml /var/lib/edge-agent/outbox.db /etc/credstore/mqtt-key "
                     "/etc/edge-agent/profiles/local.yaml").stdout == before

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,14 +210,113 @@ def test_failure_while_writing_rolls_back(box: Path, tls_broker: Broker, pki: di
     assert snapshot(box) == before
 
 
-def test_prompts_when_interactive(box: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    answers = iter(["museum-1", broker.url])
-    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
-    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
-    args = [a for a in provision_args(box) if a != "-y"]
-    assert main(args) == 0, capsys.readouterr().err
-    assert load_site(box / "edge-agent" / "site.yaml").id == "museum-1"
+class Terminal:
+    """`edge-agent provision` on a real pseudo-terminal, answered one prompt at a time, as a technician does."""
+
+    def __init__(self, argv: list[str]) -> None:
+        import pty
+
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent.tools.cli", *argv], stdin=slave, stdout=slave,
+                                     stderr=slave, cwd=Path(__file__).resolve().parents[2], close_fds=True,
+                                     env={**os.environ, "TERM": "dumb"}, start_new_session=True)
+        os.close(slave)
+        self.seen = ""
+
+    def expect(self, text: str, timeout: float = 20.0) -> str:
+        """Read until ``text`` appears; returns what came before it (and consumes it)."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"waited {timeout:g}s for {text!r}; the terminal shows:\n{self.seen}"
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 4096).decode(errors="replace")
+                except OSError:  # EIO: the program ended
+                    chunk = ""
+                assert chunk or text in self.seen, f"ended before {text!r}:\n{self.seen}"
+                self.seen += chunk.replace("\r\n", "\n")
+        before, _, self.seen = self.seen.partition(text)
+        return before
+
+    def answer(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(30)
+        finally:
+            os.close(self.master)
+
+
+def test_interactive_asks_one_value_at_a_time_and_checks_each(box: Path, broker: Broker) -> None:
+    """A bad site id is refused right after it is typed, before the broker is asked for; so is a bad URL."""
+    argv = [a for a in provision_args(box) if a != "-y"]
+    term = Terminal(argv)
+    try:
+        term.expect("Site id (e.g. townhall-7): ")
+        term.answer("Town Hall 7")
+        shown = term.expect("Site id (e.g. townhall-7): ")  # asked again, and nothing else yet
+        assert "bad site id 'Town Hall 7'" in shown and "Broker" not in shown, shown
+        term.answer("townhall-7")
+        term.expect("Site name (empty: none): ")
+        term.answer("")
+        term.expect("Broker URL (mqtts://host:8883 or mqtt://host:1883): ")
+        term.answer("http://mqtt.example.invalid")
+        shown = term.expect("Broker URL (mqtts://host:8883 or mqtt://host:1883): ")
+        assert "bad broker URL 'http://mqtt.example.invalid'" in shown, shown
+        term.answer(broker.url)
+        done = term.expect("site townhall-7 is provisioned.")
+        assert "answered" in done, done
+    finally:
+        rc = term.close()
+    assert rc == 0, term.seen
+    assert load_site(box / "edge-agent" / "site.yaml").id == "townhall-7"
+
+
+def test_interactive_tls_files_checked_as_typed(box: Path, tls_broker: Broker, pki: dict[str, Path]) -> None:
+    """The key given as the certificate is recognised at once, and so is a key of another certificate."""
+    argv = [a for a in provision_args(box, "--site-id", "lib-2", "--site-name", "Library") if a != "-y"]
+    term = Terminal(argv)
+    try:
+        term.expect("Broker URL (mqtts://host:8883 or mqtt://host:1883): ")
+        term.answer(tls_broker.url)
+        term.expect("Broker CA file (empty: the system's CAs): ")
+        term.answer(str(pki["client_key"]))
+        shown = term.expect("Broker CA file (empty: the system's CAs): ")
+        assert "holds a private key, not a PEM certificate" in shown, shown
+        term.answer(str(pki["ca"]))
+        term.expect("Client certificate file (empty: none): ")
+        term.answer(str(pki["client_key"]))  # swapped with the key
+        shown = term.expect("Client certificate file (empty: none): ")
+        assert "certificate and key swapped?" in shown and "PEM lib" not in shown, shown
+        term.answer(str(pki["client"]))
+        term.expect("Client key file: ")
+        term.answer(str(pki["other_key"]))
+        shown = term.expect("Client key file: ")
+        assert "the key belongs to another certificate" in shown, shown
+        term.answer(str(pki["client_key"]))
+        term.expect("site lib-2 is provisioned.")
+    finally:
+        rc = term.close()
+    assert rc == 0, term.seen
+
+
+@pytest.mark.parametrize(("case", "expect"), [
+    ("swapped", "certificate and key swapped: "),
+    ("no-client-cert", "requires a client certificate: give --cert and --key"),
+])
+def test_tls_failures_name_their_cause(case: str, expect: str, box: Path, tls_broker: Broker,
+                                       pki: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    files = {"swapped": ["--ca", str(pki["ca"]), "--cert", str(pki["client_key"]), "--key", str(pki["client"])],
+             "no-client-cert": ["--ca", str(pki["ca"])]}[case]
+    rc = main(provision_args(box, "--site-id", "t1", "--broker", tls_broker.url, *files))
+    err = capsys.readouterr().err
+    print(err)
+    assert rc in (2, 3) and expect in err and "PEM lib" not in err and "_ssl.c" not in err, err
 
 
 def test_edge_agent_command_exit_code(box: Path) -> None:

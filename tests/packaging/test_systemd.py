@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.common import free_port
 from tests.peers.mosquitto import Broker
 
 from .conftest import ThrowawayRoot
@@ -50,9 +51,15 @@ ExecStart=/bin/sh -c '\
   echo state_writable=$($as_agent sh -c "touch /var/lib/edge-agent/x 2>/dev/null && echo yes || echo no"); \
   /opt/edge-agent/bin/python /opt/netcheck.py | sed "s/^/plain_/"; \
   systemctl start sandbox-check; sed "s/^/sandboxed_/" /run/netcheck.txt; \
-  edge-agent status > /var/tmp/status.txt 2>&1 && echo status_cli=ok || echo status_cli=failed; \
-  systemctl reload edge-agent; sleep 8; \
+  edge-agent status > /var/tmp/status.txt 2>&1; echo status_rc=$?; \
+  journalctl -b -u edge-agent -p warning --no-pager -o cat | sed "s/^/warning_journal: /"; \
+  systemctl reload edge-agent; echo reload_rc=$?; sleep 8; \
   systemctl show edge-agent -p ActiveState,MainPID,NRestarts | sed "s/^/after_reload_/"; \
+  cp /etc/edge-agent/site.yaml /var/tmp/site.good; printf "uplink_typo: 1\\n" >> /etc/edge-agent/site.yaml; \
+  systemctl reload edge-agent > /var/tmp/broken_reload.txt 2>&1; echo broken_reload_rc=$?; \
+  systemctl show edge-agent -p ActiveState,MainPID,NRestarts | sed "s/^/after_broken_reload_/"; \
+  echo broken_reload_logged=$(journalctl -u edge-agent --no-pager | grep -c "site.yaml:[0-9]*: uplink_typo"); \
+  cp /var/tmp/site.good /etc/edge-agent/site.yaml; \
   echo outbox_before_upgrade=$(stat -c %%i /var/lib/edge-agent/outbox.sqlite); \
   dpkg -i /var/tmp/v2.deb > /var/tmp/upgrade.txt 2>&1 && echo upgrade=ok || echo upgrade=failed; \
   sleep 3; \
@@ -129,6 +136,9 @@ def sandbox_check_unit(unit_text: str) -> str:
     return "\n".join(keep) + "\n"
 
 
+# Builds both packages when run alone (~45 s), boots a container and waits for the probe (~90 s): more than
+# the suite's 120 s per test.
+@pytest.mark.timeout(400)
 def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: Path, deb_v2: Path,
                                             broker: Broker, tmp_path: Path) -> None:
     if shutil.which("systemd-nspawn") is None:
@@ -141,6 +151,10 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     root.put(deb_v2, "/var/tmp/v2.deb")
     root.run(f"edge-agent provision -y --site-id {SITE} --broker {broker.url} --username agent "
              "--password-file /var/tmp/pw && rm /var/tmp/pw")
+    # A meter nobody answers for (a closed port on the loopback): its outage must reach `journalctl -p warning`.
+    root.run("printf '%s\\n' '- {name: dead-meter, type: socomec-countis-e34, interval: 5s, timeout: 1s, "
+             f"connection: {{host: 127.0.0.1, port: {free_port()}, unit: 3}}}}' >> /etc/edge-agent/site.yaml "
+             "&& edge-agent validate --config /etc/edge-agent/site.yaml")
     probe = tmp_path / "probe.service"
     probe.write_text(PROBE)
     root.put(probe, "/etc/systemd/system/probe.service")
@@ -174,7 +188,7 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     if "ActiveState=" not in probe_out:
         pytest.fail(f"the probe did not run: nspawn rc={boot.returncode}\n{boot.stdout[-3000:]}\n{boot.stderr}")
     got = dict(line.split("=", 1) for line in probe_out.splitlines() if "=" in line and
-               not line.startswith("journal: "))
+               not line.startswith(("journal: ", "warning_journal: ")))
 
     # Type=notify: "active" only after the agent sent READY=1; no restart since.
     assert got["ActiveState"] == "active" and got["SubState"] == "running", probe_out
@@ -198,11 +212,26 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     assert got["plain_udp_broadcast"] == "ok"
     for name in ("udp_broadcast", "netlink_interfaces", "no_packet_socket"):
         assert got[f"sandboxed_{name}"] == "ok", (name, got[f"sandboxed_{name}"], got.get(f"plain_{name}"))
-    # `edge-agent status` (as root, outside the service) finds the service's socket in /run/edge-agent.
-    assert got["status_cli"] == "ok", root.host(f"cat {root.merged}/var/tmp/status.txt").stdout
-    # reload (SIGHUP): same process re-reads its site file, no restart counted.
+    # `edge-agent status` (as root, outside the service) finds the service's socket in /run/edge-agent, and
+    # as a health check exits 1: the dead meter is unhealthy.
+    status_text = root.host(f"cat {root.merged}/var/tmp/status.txt").stdout
+    assert got["status_rc"] == "1" and "dead-meter" in status_text, status_text
+    # The journal knows the priority of each line: the dead meter is a warning, routine lines are not.
+    warnings = [line for line in probe_out.splitlines() if line.startswith("warning_journal: ")]
+    assert any("dead-meter: unavailable: unreachable" in line for line in warnings), probe_out
+    assert not any(" ready: " in line for line in warnings), warnings
+    # reload: the check of ExecReload= passes (it reads the credentials the site file refers to), then
+    # SIGHUP: the same process re-reads its site file, no restart counted.
+    assert got["reload_rc"] == "0", probe_out
     assert got["after_reload_ActiveState"] == "active"
     assert got["after_reload_MainPID"] == got["MainPID"] and got["after_reload_NRestarts"] == "0", probe_out
+    # reload of a broken site file: ExecReload= validates first, so `systemctl reload` itself fails where it
+    # was typed, the located problem is in the journal, and the agent runs on untouched (same PID).
+    assert got["broken_reload_rc"] != "0", root.host(f"cat {root.merged}/var/tmp/broken_reload.txt").stdout
+    assert "failed" in root.host(f"cat {root.merged}/var/tmp/broken_reload.txt").stdout
+    assert got["after_broken_reload_ActiveState"] == "active", probe_out
+    assert got["after_broken_reload_MainPID"] == got["MainPID"] and got["after_broken_reload_NRestarts"] == "0"
+    assert int(got["broken_reload_logged"]) >= 1, probe_out
     # Upgrade while running: prerm stops it (outbox flushed), postinst starts the new version; same outbox.
     assert got["upgrade"] == "ok", root.host(f"cat {root.merged}/var/tmp/upgrade.txt").stdout
     assert got["after_upgrade_ActiveState"] == "active" and got["after_upgrade_SubState"] == "running"

@@ -85,11 +85,14 @@ class ModbusPeer:
     server: Any = None
     requests: int = 0
     functions: list[tuple[int, int]] = field(default_factory=list)  # (function, address) of requests served
+    reads: list[tuple[int, int, int]] = field(default_factory=list)  # (function, address, count) of FC1-4
 
     def _action_for(self, unit: int) -> Callable[..., Awaitable[Any]]:
         async def action(fc: int, start: int, address: int, count: int, regs: Any, values: Any) -> Any:
             self.requests += 1
             self.functions.append((fc, address))
+            if fc in (1, 2, 3, 4):
+                self.reads.append((fc, address, count))
             if self.delay:
                 await asyncio.sleep(self.delay)
             for a in range(address, address + count):

@@ -23,6 +23,8 @@ class Broker:
     port: int = field(default_factory=free_port)
     tls: dict[str, str] | None = None  # {"ca": ..., "cert": ..., "key": ..., "require_certificate": "true"}
     proc: subprocess.Popen[bytes] | None = None
+    persistence: bool = False  # retained messages and sessions survive stop()/start()
+    extra: list[str] = field(default_factory=list)  # more configuration lines (password_file, ...)
 
     @property
     def url(self) -> str:
@@ -30,8 +32,8 @@ class Broker:
 
     def write_config(self) -> Path:
         lines = [
-            "persistence false",
-            "allow_anonymous true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"allow_anonymous {'false' if any(x.startswith('password_file') for x in self.extra) else 'true'}",
             "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
@@ -39,6 +41,9 @@ class Broker:
             "user root",
             f"listener {self.port} 127.0.0.1",
         ]
+        lines += self.extra
+        if self.persistence:
+            lines += [f"persistence_location {self.workdir}/", f"persistence_file mosquitto-{self.port}.db"]
         if self.tls:
             lines += [
                 f"cafile {self.tls['ca']}",

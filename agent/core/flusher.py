@@ -1,0 +1,155 @@
+"""From the pipeline and the event queue into the outbox: batching, the commit, and what happens when the
+store fails (records held in memory, bounded; the outbox opened again later)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.config import Site
+from agent.core.pipeline import Pipeline
+from agent.errors import EdgeAgentError, StoreError, StoreFull, StoreInUse
+from agent.outbox import Kind, Outbox, Record, row_size
+from agent.uplink.topics import Topics
+
+log = logging.getLogger("edge_agent")
+
+UNSTORED_MAX = 5000  # records held in memory while the outbox cannot be written
+EVENT_QUEUE = 1000
+STORE_RETRY = 5.0  # seconds between attempts to open an outbox that could not be opened (full disk...)
+
+
+class Flusher:
+    """Events are committed at once, telemetry every ``batch_interval``. A record that can never be stored or
+    sent is dropped alone and counted; a failing store never stops polling."""
+
+    def __init__(self, site: Site, outbox: Outbox, pipeline: Pipeline, topics: Topics,
+                 on_open: Callable[[], None]) -> None:
+        self.site = site
+        self.outbox = outbox
+        self.pipeline = pipeline
+        self.topics = topics
+        self.on_open = on_open  # called after every successful open (the store's incident report)
+        self.events: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(EVENT_QUEUE)
+        self.events_dropped = 0
+        self.progress = time.monotonic()  # watchdog: last time the loop was seen alive
+        self.store_error: str | None = None
+        self.unstored: list[Record] = []  # records the outbox refused (store error), retried next flush
+        self.unstored_dropped = 0
+        self.oversize_dropped = 0
+        self._next_open = 0.0  # monotonic time of the next attempt to open the outbox while it is closed
+
+    def queue(self, topic: str, body: bytes, ts: float) -> None:
+        """An event-class record (events, acks, births): committed at the next turn of the loop."""
+        try:
+            self.events.put_nowait((topic, body, ts))
+        except asyncio.QueueFull:
+            self.events_dropped += 1
+
+    async def run(self) -> None:
+        interval = max(self.site.model.uplink.batch_interval, 0.05)
+        next_flush = time.monotonic() + interval
+        while True:
+            self.progress = time.monotonic()
+            records: list[Record] = []
+            try:
+                async with asyncio.timeout(max(0.0, next_flush - time.monotonic())):
+                    topic, body, ts = await self.events.get()
+                    records.append(Record(Kind.EVENT, topic, body, ts))
+            except TimeoutError:
+                pass
+            telemetry = time.monotonic() >= next_flush
+            if telemetry:
+                next_flush = time.monotonic() + interval
+            records += self.pending(telemetry)
+            if records or self.unstored:
+                await self.append(records)
+
+    def pending(self, telemetry: bool) -> list[Record]:
+        """Every queued event, and (when ``telemetry``) the pipeline's batches, as outbox records."""
+        records = []
+        while not self.events.empty():
+            topic, body, ts = self.events.get_nowait()
+            records.append(Record(Kind.EVENT, topic, body, ts))
+        if telemetry:
+            for device, body, ts in self.pipeline.drain():
+                records.append(Record(Kind.TELEMETRY, self.topics.telemetry(device), body, ts))
+        return records
+
+    async def append(self, records: list[Record]) -> None:
+        """Commit to the outbox. If the store fails (disk full, I/O error), keep the records in memory, bounded
+        (oldest telemetry dropped first, counted), and retry at the next flush."""
+        batch = self.unstored + records
+        self.unstored = []
+        # A record that can never fit would make the outbox refuse the whole batch at every flush, and one
+        # the broker refuses would be retried forever: both are dropped here, alone, and counted.
+        limit = min(self.outbox.max_bytes // 4, self.site.model.uplink.max_message_bytes)
+        fits = []
+        for r in batch:
+            if row_size(r.topic, r.body) <= limit:
+                fits.append(r)
+                continue
+            self.oversize_dropped += 1
+            log.error("dropping a %d-byte %s message to %s: larger than uplink.max_message_bytes or a "
+                      "quarter of outbox.max_bytes", len(r.body), r.kind.name.lower(), r.topic)
+        batch = fits
+        if not batch:
+            return
+        if not self.outbox.is_open and time.monotonic() >= self._next_open:
+            await self.open_outbox()
+        try:
+            await self.outbox.append(batch)
+            if self.store_error:
+                log.info("outbox writable again; %d held records stored", len(batch))
+            self.store_error = None
+        except EdgeAgentError as exc:
+            # Keep running: devices keep their live state, status shows the problem. Logged once per streak.
+            if self.store_error is None:
+                hint = " (the disk is full: records are held in memory until there is room)" \
+                    if isinstance(exc, StoreFull) else ""
+                log.error("outbox: %s%s", exc, hint)
+            self.store_error = str(exc)
+            while len(batch) > UNSTORED_MAX:
+                victim = next((i for i, r in enumerate(batch) if r.kind == Kind.TELEMETRY), 0)
+                batch.pop(victim)
+                self.unstored_dropped += 1
+            self.unstored = batch
+
+    async def flush_now(self) -> None:
+        """Move everything pending into the outbox (shutdown, tests)."""
+        records = self.pending(telemetry=True)
+        if records or self.unstored:
+            await self.append(records)
+
+    async def open_outbox(self) -> bool:
+        """Open the outbox. If it cannot be opened (full disk, I/O error, permissions), keep running: polling
+        goes on into memory within ``UNSTORED_MAX`` records, the status socket answers, and the open is retried
+        every ``STORE_RETRY`` seconds. Only another agent holding the outbox stops the start."""
+        try:
+            await self.outbox.open()
+        except StoreInUse:
+            raise
+        except StoreError as exc:
+            self._next_open = time.monotonic() + STORE_RETRY
+            if self.store_error is None:
+                cause = "the disk is full" if isinstance(exc, StoreFull) else "the outbox cannot be opened"
+                log.error("%s: %s; polling goes on into memory (at most %d records) and the outbox is tried again "
+                          "every %g s", cause, exc, UNSTORED_MAX, STORE_RETRY)
+            self.store_error = str(exc)
+            return False
+        if self.store_error is not None:
+            log.info("outbox open now (%s)", self.outbox.path)
+        self.on_open()
+        return True
+
+    def dropped(self) -> int:
+        """Records this side of the outbox dropped (queue full, held past the bound, too large)."""
+        return self.unstored_dropped + self.oversize_dropped + self.events_dropped
+
+    def stats(self) -> dict[str, Any]:
+        return {"store_error": self.store_error, "events_dropped_queue": self.events_dropped,
+                "held_in_memory": len(self.unstored), "dropped_unstored": self.unstored_dropped,
+                "dropped_oversize": self.oversize_dropped}

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics of the running agent (registry, HTTP listener, node-exporter textfile)."""
