@@ -55,42 +55,55 @@ class DeviceChannel:
     reported: dict[str, _Reported] = field(default_factory=dict)
     pending: list[Sample] = field(default_factory=list)
     live: dict[str, PointState] = field(default_factory=dict)
+    rules: dict[str, tuple[float, tuple[float, bool] | None]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.points = {p.name: p for p in self.device.points}
         self.aliases = {p.name: i for i, p in enumerate(self.device.points)}
+        self._rules()
         for p in self.device.points:
             if p.enabled:
                 self.live[p.name] = PointState(unit=p.unit)
 
+    def _rules(self) -> None:
+        """Per point, what ``offer`` needs: (max silence, deadband), looked up once instead of per sample."""
+        self.rules = {name: (p.max_silence if p.max_silence is not None else self.default_silence, p.deadband)
+                      for name, p in self.points.items()}
+
     def offer(self, s: Sample, now_mono: float) -> bool:
         """Update live state; queue the sample if it should be reported. Returns True if queued."""
-        point = self.points.get(s.point)
-        if point is None:
+        name = s.point
+        rule = self.rules.get(name)
+        if rule is None:
             return False
-        st = self.live.setdefault(s.point, PointState(unit=point.unit))
+        st = self.live.get(name)
+        if st is None:
+            st = self.live[name] = PointState(unit=self.points[name].unit)
+        quality, value = s.quality, s.value
         st.ts = s.ts
-        st.quality = s.quality
-        if s.quality == Quality.ERROR:
+        st.quality = quality
+        if quality == Quality.ERROR:
             st.last_error, st.last_error_ts = s.error, s.ts
-            if s.value is not None:
-                st.value = s.value
+            if value is not None:
+                st.value = value
         else:
-            st.value = s.value
-            if s.quality == Quality.GOOD:
+            st.value = value
+            if quality == Quality.GOOD:
                 st.last_good = s.ts
-        prev = self.reported.get(s.point)
-        silence = point.max_silence if point.max_silence is not None else self.default_silence
-        report = (
-            prev is None
-            or prev.quality != s.quality
-            or (s.quality != Quality.ERROR and changed_enough(prev.value, s.value, point.deadband))
-            or (silence > 0 and now_mono - prev.at >= silence)
-        )
-        if report:
-            self.reported[s.point] = _Reported(s.value, s.quality, now_mono)
-            self.pending.append(s)
-        return report
+        prev = self.reported.get(name)
+        silence, deadband = rule
+        if prev is not None and prev.quality == quality:
+            # ``value is prev.value``: a driver that saw unchanged raw data hands back the very object it
+            # reported, which never differs from itself: no change test needed
+            if (quality == Quality.ERROR or value is prev.value
+                    or not changed_enough(prev.value, value, deadband)) \
+                    and not (silence > 0 and now_mono - prev.at >= silence):
+                return False
+            prev.value, prev.at = value, now_mono
+        else:
+            self.reported[name] = _Reported(value, quality, now_mono)
+        self.pending.append(s)
+        return True
 
     def forget(self) -> None:
         """Next value of every point is reported again (used after a rebirth)."""
@@ -108,6 +121,7 @@ class DeviceChannel:
             st = self.live.get(p.name)
             if st is not None:
                 st.unit = p.unit
+        self._rules()
         return changed
 
 

@@ -278,11 +278,15 @@ class DeviceRunner:
 
     async def _poll(self, driver: Driver) -> None:
         dm = self.device.model
-        # Stagger the first poll so that devices of one bus don't all start at the same instant.
-        first = 0.0 if self._urgent or self._wake.is_set() else random.uniform(0, min(dm.interval, 2.0))
+        # Polls are aligned on one grid (the monotonic clock, in steps of the interval, at most 1 s): devices
+        # with the same interval poll in the same event-loop wake-up, so N devices cost one wake-up instead
+        # of N (bench/site_poll.py: 43k -> 69k points per CPU-second on 50 meters). Devices of one bus still
+        # take turns on its lock. retry() polls at once.
+        now = time.monotonic()
+        first = 0.0 if self._urgent or self._wake.is_set() else (-now) % min(dm.interval, 1.0)
         self._urgent = False
         self._wake.clear()
-        next_fast = time.monotonic() + first
+        next_fast = now + first
         next_slow = next_fast
         while True:
             now = time.monotonic()

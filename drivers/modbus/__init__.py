@@ -219,6 +219,16 @@ class ModbusConnection(BaseModel):
     inter_frame_gap: Duration | None = Field(
         None, description="rtu: silence between frames (default 3.5 character times; 1.75 ms above 19200 baud)"
     )
+    tcp_client: Literal["native", "pymodbus"] = Field(
+        "native", description="tcp: the agent's own Modbus TCP client (transaction ids, cheaper per request) or "
+        "pymodbus' client; devices sharing one endpoint use what the first of them says"
+    )
+    max_outstanding: int = Field(
+        1, ge=1, le=16,
+        description="tcp with the native client: the reads of one poll cycle are sent this many at a time on the "
+        "connection (several outstanding transactions, told apart by transaction id); 1: one at a time. Only "
+        "for devices and gateways that accept it",
+    )
     breaker_threshold: int = Field(
         3, ge=1, le=100, description="consecutive timeouts after which the device is probed only occasionally"
     )

@@ -7,6 +7,7 @@ ImportError here, which the registry turns into "driver unavailable" for Modbus 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +33,7 @@ from agent.model import Quality, Sample, Value
 from . import BIT_TABLES, MAX_WRITE_REGISTERS, ModbusConnection, ModbusDeviceQuirks, ModbusPoint, reference_hint
 from .codec import Decoder, compile_decoder, encode, set_bit
 from .planner import TABLE_ORDER, Lessons, Request, plan, refine
+from .tcp import TcpClient
 
 # pymodbus logs every timeout at ERROR level; a silent device on a shared bus would flood the journal.
 # The driver reports failures itself (per-point errors, DriverError to the supervisor).
@@ -76,7 +78,8 @@ class Bus:
         self.last_io = 0.0
         self.users = 0
         self.requests = 0
-        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self.one_at_a_time = False  # learned: several outstanding requests get only the first answered
+        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | TcpClient | None = None
         # Per unit id: what outlives one driver instance (the supervisor builds a new one after a failure).
         self.memory: dict[int, UnitMemory] = {}
 
@@ -86,9 +89,11 @@ class Bus:
             mem = self.memory[conn.unit] = UnitMemory(Breaker(conn.breaker_threshold, conn.breaker_probe))
         return mem
 
-    def _make_client(self, timeout: float) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+    def _make_client(self, timeout: float) -> AsyncModbusTcpClient | AsyncModbusSerialClient | TcpClient:
         c = self.conn
         client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        if c.transport == "tcp" and c.tcp_client == "native":
+            return TcpClient(cast(str, c.host), c.port, timeout)
         if c.transport == "rtu":
             client = AsyncModbusSerialClient(
                 cast(str, c.serial_port), framer=FramerType.RTU, baudrate=c.baudrate, bytesize=c.bytesize,
@@ -135,10 +140,15 @@ class Bus:
                 wait = self.last_io + self.gap - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            client.ctx.comm_params.timeout_connect = timeout
+            if isinstance(client, TcpClient):
+                client.timeout = timeout
+            else:
+                client.ctx.comm_params.timeout_connect = timeout
             self.requests += 1
+            # a guard only, for pymodbus (which times out first); the native client's own timeout is the one
+            guard = contextlib.nullcontext() if isinstance(client, TcpClient) else asyncio.timeout(timeout * 2 + 0.5)
             try:
-                async with asyncio.timeout(timeout * 2 + 0.5):  # guard only; pymodbus times out first
+                async with guard:
                     return await op(client)
             except TimeoutError as exc:
                 raise RequestTimeout(f"no reply within {timeout:g} s") from exc
@@ -307,7 +317,8 @@ class ModbusDriver(Driver):
         """One request with retries; busy (exception 6) is retried after a short delay."""
         attempt = 0
         while True:
-            await self._pace()
+            if self.quirks.pause:
+                await self._pace()
             self.stats["requests"] += 1
             try:
                 rr = await self.bus.transact(self.timeout, op)
@@ -328,14 +339,59 @@ class ModbusDriver(Driver):
                 raise ModbusExceptionReply(code)
             return rr
 
-    async def _read(self, req: Request, retries: int) -> list[Any]:
+    async def _prefetch(self, reqs: list[Request]) -> list[Any]:
+        """First attempts of a cycle's reads, ``max_outstanding`` at a time, under one hold of the bus; per read
+        its reply or its RequestTimeout. Writes wait for the whole window, not for the whole cycle."""
+        window = self.conn.max_outstanding
+        out: list[Any] = []
+        for i in range(0, len(reqs), window):
+            chunk = reqs[i : i + window]
+            reads = [(r.unit, _FUNCTION[r.table], r.start, r.count) for r in chunk]
+
+            async def op(client: Any, reads: list[tuple[int, int, int, int]] = reads) -> Any:
+                if not isinstance(client, TcpClient):  # the endpoint's first device chose pymodbus' client
+                    return [None] * len(reads)
+                return await client.read_many(reads)
+
+            self.stats["requests"] += len(chunk)
+            try:
+                replies = await self.bus.transact(self.timeout, op)
+            except RequestTimeout as exc:  # the guard: nothing came back in time
+                replies = [exc] * len(chunk)
+            finally:
+                self._last_request = time.monotonic()
+            got = [RequestTimeout(str(r)) if isinstance(r, ModbusException) else r for r in replies]
+            if len(got) > 1 and got[0] is not None and not isinstance(got[0], RequestTimeout) \
+                    and all(isinstance(r, RequestTimeout) for r in got[1:]):
+                # only the first of several outstanding reads answered: this device (or gateway) takes one
+                # at a time (pymodbus' own server does so); the bus says so from now on
+                self.bus.one_at_a_time = True
+                log.warning("%s: %s answers one request at a time; max_outstanding %d ignored", self.name,
+                            self.conn.bus_key, window)
+            out += got
+            if self.bus.one_at_a_time:
+                out += [None] * (len(reqs) - len(out))
+                break
+        return out
+
+    async def _read(self, req: Request, retries: int, first: Any = None) -> list[Any]:
+        """One read with its retries. ``first``: the reply (or RequestTimeout) of an attempt already made by
+        ``_prefetch``; anything but a good reply is handled by the ordinary path (exception replies are asked
+        again, so busy, exception 2 and the rest behave as without prefetching)."""
         fn = _READ_FN[req.table]
         unit, start, count = req.unit, req.start, req.count
 
         async def op(client: Any) -> Any:
             return await getattr(client, fn)(start, count=count, device_id=unit)
 
-        rr = await self._request(op, retries)
+        if isinstance(first, RequestTimeout):
+            if retries == 0:
+                raise first
+            first, retries = None, retries - 1
+        if first is not None and not first.isError():
+            rr = first
+        else:
+            rr = await self._request(op, retries)
         fc = getattr(rr, "function_code", None)
         if fc != _FUNCTION[req.table]:
             raise ProtocolError(f"reply to function {fc}, expected {_FUNCTION[req.table]}")
@@ -346,7 +402,7 @@ class ModbusDriver(Driver):
         return cast(list[Any], values)
 
     async def read(self, points: Sequence[PointBase]) -> list[Sample]:
-        pts = [cast(ModbusPoint, p) for p in points]
+        pts = cast("Sequence[ModbusPoint]", points)  # no per-point cast() call: this runs every cycle
         reqs = self._plan_for(pts)
         now = time.monotonic()
         if not self.breaker.allow(now):
@@ -364,6 +420,11 @@ class ModbusDriver(Driver):
         consecutive_timeouts = 0
         new_plan: list[Request] = []
         changed = False
+        first: list[Any] = [None] * len(reqs)
+        if (self.conn.max_outstanding > 1 and len(reqs) > 1 and not probing and not self.quirks.pause
+                and self.conn.transport == "tcp" and self.conn.tcp_client == "native"
+                and not self.bus.one_at_a_time):
+            first = await self._prefetch(reqs)
         for i, req in enumerate(reqs):
             if consecutive_timeouts >= 2:
                 self._fail(req, "timeout (skipped: device stopped answering)", samples)
@@ -371,7 +432,7 @@ class ModbusDriver(Driver):
                 continue
             retries = 0 if (probing or consecutive_timeouts) else self.retries
             try:
-                values = await self._read(req, retries)
+                values = await self._read(req, retries, first[i])
             except RequestTimeout as exc:
                 consecutive_timeouts += 1
                 if ok == 0 and i == 0:
@@ -459,16 +520,32 @@ class ModbusDriver(Driver):
     def _decode(self, req: Request, values: list[Any], samples: dict[str, Sample]) -> None:
         ts = time.time()
         name = self.name
-        for dec in cast(list[Decoder], req.decoders):
+        decoders = cast(list[Decoder], req.decoders)
+        last = req.last
+        if last is not None and last[0] == values:
+            # The same raw reply as last time: nothing in this block changed. The values are not decoded
+            # again, and the very same value objects go out, which lets the pipeline skip its change test
+            # (bench/site_poll.py: most blocks of a meter are unchanged at most polls).
+            for dec, same in zip(decoders, last[1], strict=True):
+                samples[dec.name] = self._sample(name, dec.name, same, ts)
+            return
+        decoded: list[Value | Exception] = []
+        for dec in decoders:
             try:
-                v = dec(values)
+                v: Value | Exception = dec(values)
             except Exception as exc:  # a decoding bug must not blank the other points
-                samples[dec.name] = Sample(name, dec.name, None, Quality.ERROR, ts, f"decode: {exc}")
-                continue
-            if v is None:
-                samples[dec.name] = Sample(name, dec.name, None, Quality.ERROR, ts, "not available (NaN)")
-            else:
-                samples[dec.name] = Sample(name, dec.name, v, Quality.GOOD, ts)
+                v = exc
+            decoded.append(v)
+            samples[dec.name] = self._sample(name, dec.name, v, ts)
+        req.last = (values, decoded)
+
+    @staticmethod
+    def _sample(device: str, point: str, v: Value | Exception, ts: float) -> Sample:
+        if v is None:
+            return Sample(device, point, None, Quality.ERROR, ts, "not available (NaN)")
+        if isinstance(v, Exception):
+            return Sample(device, point, None, Quality.ERROR, ts, f"decode: {v}")
+        return Sample(device, point, v, Quality.GOOD, ts)
 
     def _fail(self, req: Request, error: str, samples: dict[str, Sample]) -> None:
         ts = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +30,7 @@ class FakeDriver(Driver):
 
     count = 0
     unwedge = False
+    reads: list[tuple[str, float]] = []  # (device, monotonic time) of every successful read
 
     async def read(self, points: Sequence[PointBase]) -> list[Sample]:
         mode = self.device.connection.behaviour  # type: ignore[attr-defined]
@@ -44,6 +46,7 @@ class FakeDriver(Driver):
                     continue
             raise DeviceTimeout("unwedged", device=self.name)
         FakeDriver.count += 1
+        FakeDriver.reads.append((self.name, time.monotonic()))
         return [Sample(self.name, p.name, float(FakeDriver.count)) for p in points]
 
 

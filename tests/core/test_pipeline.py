@@ -106,3 +106,22 @@ def test_check_write_refuses_text_for_numeric_points(tmp_path: Path) -> None:
     with pytest.raises(WriteRefused, match="must be finite"):
         check_write(dev, "sp", float("nan"))
     assert check_write(dev, "sp", 21.5).name == "sp"
+
+
+def test_same_value_object_updates_live_state_and_keeps_the_heartbeat(tmp_path: Path) -> None:
+    """A driver hands back the very value object of an unchanged block: not reported again, but the live
+    state (what status shows) follows every sample, and max_silence still resends on schedule."""
+    import time
+
+    pl = _pipeline(tmp_path)
+    t = 1_795_000_000.0
+    v = 1.0
+    assert pl.offer("box", [Sample("box", "load1", v, ts=t)]) == 1
+    assert pl.offer("box", [Sample("box", "load1", v, ts=t + 1)]) == 0
+    live = pl.channels["box"].live["load1"]
+    assert live.ts == t + 1 and live.last_good == t + 1 and live.value is v
+    time.sleep(0.25)  # load1 has max_silence 0.2 s
+    assert pl.offer("box", [Sample("box", "load1", v, ts=t + 2)]) == 1
+    assert pl.offer("box", [Sample("box", "load1", v, ts=t + 3)]) == 0
+    assert pl.offer("box", [Sample("box", "load1", None, Quality.ERROR, t + 4, "timeout")]) == 1
+    assert pl.offer("box", [Sample("box", "load1", v, ts=t + 5)]) == 1

@@ -159,6 +159,30 @@ async def test_wedged_device_loop_withholds_watchdog(tmp_path: Path, fake_profil
     await asyncio.sleep(0.2)
 
 
+async def test_devices_with_one_interval_poll_in_the_same_wakeup(tmp_path: Path, fake_profiles: str) -> None:
+    """Polls are aligned on the interval grid: N devices cost one event-loop wake-up per cycle, not N
+    (bench/site_poll.py measures what that saves). Randomly staggered devices fail this."""
+    devices = "".join(f"  - {{name: d{i}, type: fake-device, interval: 0.5s, timeout: 0.2s, retries: 0, "
+                      "connection: {behaviour: ok}}\n" for i in range(4))
+    site = write_site(tmp_path, BROKER, extra=fake_profiles, devices=devices)
+    fakedrivers.FakeDriver.reads.clear()
+    async with running_agent(site):
+        await asyncio.sleep(2.2)
+    reads = list(fakedrivers.FakeDriver.reads)
+    per_device: dict[str, list[float]] = {}
+    for name, t in reads:
+        per_device.setdefault(name, []).append(t)
+    assert sorted(per_device) == ["d0", "d1", "d2", "d3"]
+    cycles = min(len(v) for v in per_device.values())
+    assert cycles >= 3
+    for k in range(cycles):
+        times = [v[k] for v in per_device.values()]
+        assert max(times) - min(times) < 0.05, f"cycle {k}: devices polled {max(times) - min(times):.3f} s apart"
+    for t in (t for v in per_device.values() for t in v):
+        off = t % 0.5
+        assert min(off, 0.5 - off) < 0.05, f"a poll at {off:.3f} s past the 0.5 s grid"
+
+
 # ------------------------------------------------------------------------------ journald priorities
 
 

@@ -257,6 +257,83 @@ async def test_reconnects_after_the_device_restarts(tmp_path: Path) -> None:
         await peer.stop()
 
 
+@pytest.mark.parametrize("client", ["native", "pymodbus"])
+async def test_late_reply_is_not_taken_for_the_next_request(tmp_path: Path, client: str) -> None:
+    """A reply that arrives after its request timed out carries the old transaction id: it is dropped, the
+    next request gets its own reply, and the connection (shared by a whole bus) stays up."""
+    state: dict[str, Any] = {"silent_tid": None, "connections": 0}
+
+    def responder(tid: int, unit: int, fc: int, pdu: bytes) -> bytes | None:
+        start = struct.unpack(">H", pdu[1:3])[0]
+        if start == 100 and state["silent_tid"] is None:
+            state["silent_tid"] = tid  # no answer now: this request times out
+            return None
+        reply = good(tid, unit, pdu)
+        if state["silent_tid"] is not None and start == 0:
+            # the late reply of the timed-out request (other values), then the right one
+            stale = mbap(state["silent_tid"], unit, registers_reply(3, [7777, 7777]))
+            state["silent_tid"] = -1
+            return stale + reply
+        return reply
+
+    async with RawModbusTcp(responder) as srv:
+        drv = await driver_for(tmp_path, srv.port, retries=0, conn={"tcp_client": client})
+        try:
+            s = by_name(await drv.read(drv.points))
+            assert s["x"].quality == Quality.ERROR and s["a"].value == 0
+            client_before = drv.bus.client
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value, s["x"].value, s["y"].value) == (0, 1, 100, 101)
+            assert drv.bus.client is client_before and client_before.connected
+        finally:
+            await drv.stop()
+
+
+async def test_outstanding_reads_go_out_together(tmp_path: Path) -> None:
+    """A gateway that answers only once both reads of the cycle are in (what several outstanding
+    transactions allow): with max_outstanding 2 every point is read; a read it never answers gives ERROR
+    samples for its points only."""
+    seen: list[tuple[int, bytes]] = []
+    state = {"drop_x": False}
+
+    def responder(tid: int, unit: int, fc: int, pdu: bytes) -> bytes | None:
+        seen.append((tid, pdu))
+        if len(seen) < 2:
+            return None
+        batch, seen[:] = list(seen), []
+        out = b""
+        for t, p in batch:
+            if state["drop_x"] and struct.unpack(">H", p[1:3])[0] == 100:
+                continue
+            out += good(t, unit, p)
+        return out
+
+    async with RawModbusTcp(responder) as srv:
+        drv = await driver_for(tmp_path, srv.port, retries=0, conn={"max_outstanding": 2})
+        try:
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value, s["x"].value, s["y"].value) == (0, 1, 100, 101)
+            state["drop_x"] = True
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value) == (0, 1)
+            assert s["x"].quality == Quality.ERROR and "timeout" in (s["x"].error or "")
+        finally:
+            await drv.stop()
+
+
+@pytest.mark.parametrize("client", ["native", "pymodbus"])
+async def test_device_that_answers_with_transaction_id_0(tmp_path: Path, client: str) -> None:
+    """Some devices do not echo the transaction id and always send 0: one request at a time, the reply is
+    still taken (pymodbus' client does the same)."""
+    async with RawModbusTcp(lambda tid, unit, fc, pdu: good(0, unit, pdu)) as srv:
+        drv = await driver_for(tmp_path, srv.port, retries=0, conn={"tcp_client": client})
+        try:
+            s = by_name(await drv.read(drv.points))
+            assert (s["a"].value, s["b"].value, s["x"].value, s["y"].value) == (0, 1, 100, 101)
+        finally:
+            await drv.stop()
+
+
 async def test_errors_read_in_the_agents_words(tmp_path: Path) -> None:
     """Not pymodbus' text ("No response received after 0 retries" while retries: 1 is configured): what the
     agent did, in its own words."""

@@ -23,13 +23,17 @@ from .conftest import make_driver, write_profile
 from .wire import device_registers
 
 
-@pytest.fixture(params=["tcp", "rtu", "rtu-over-tcp"])
+@pytest.fixture(params=["tcp", "tcp-pymodbus", "rtu", "rtu-over-tcp"])
 async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Any, ModbusPeer, Any]]:
+    """tcp: the agent's own Modbus TCP client (drivers/modbus/tcp.py); tcp-pymodbus: pymodbus' client."""
     data, tables, expected = alltypes.build()
     prof = write_profile(tmp_path, data)
-    if request.param in ("tcp", "rtu-over-tcp"):
-        peer = await ModbusPeer({1: tables}, transport=request.param).start()
-        conn: dict[str, Any] = {"transport": request.param, "host": "127.0.0.1", "port": peer.port, "unit": 1}
+    if request.param in ("tcp", "tcp-pymodbus", "rtu-over-tcp"):
+        transport = "tcp" if request.param == "tcp-pymodbus" else request.param
+        peer = await ModbusPeer({1: tables}, transport=transport).start()
+        conn: dict[str, Any] = {"transport": transport, "host": "127.0.0.1", "port": peer.port, "unit": 1}
+        if request.param == "tcp-pymodbus":
+            conn["tcp_client"] = "pymodbus"
     else:
         pty = request.getfixturevalue("pty_pair")
         peer = await ModbusPeer({1: tables}, transport="rtu", serial_port=pty.a).start()
@@ -177,6 +181,45 @@ async def test_write_function_codes(tmp_path: Path, multiple: bool, coil_fc: int
         assert seen == [(coil_fc, 2), (reg_fc, 4), (16, 6)]  # a float32 is always FC16
         assert await peer.get(1, "coil", 2) == [True]
         assert await peer.get(1, "holding", 4, 4) == [0xFFFB, 0, 0x3FC0, 0]
+    finally:
+        await drv.stop()
+        await peer.stop()
+
+
+async def test_unchanged_block_is_not_decoded_again(setup: Any) -> None:
+    """Equal raw registers: no decoding (the same value objects come back, which the pipeline's change test
+    recognises at once), fresh timestamps; a changed register is decoded as before."""
+    drv, peer, expected = setup
+    first = {s.point: s for s in await drv.read(drv.points)}
+    second = {s.point: s for s in await drv.read(drv.points)}
+    assert {n: s.value for n, s in second.items()} == expected
+    numbers = [n for n, s in first.items() if isinstance(s.value, float)]
+    assert numbers and all(second[n].value is first[n].value for n in numbers)
+    assert all(second[n].ts >= first[n].ts and second[n].quality == Quality.GOOD for n in second)
+    await peer.set(1, "holding", 100, [2417, 0])
+    third = values(await drv.read(drv.points))
+    assert third["volts_x10"] == 241.7
+    assert {n: v for n, v in third.items() if n != "volts_x10"} == {n: v for n, v in expected.items()
+                                                                  if n != "volts_x10"}
+
+
+async def test_outstanding_reads_fall_back_when_the_device_takes_one_at_a_time(tmp_path: Path) -> None:
+    """pymodbus' server answers only the first of several requests sent together: with max_outstanding the
+    first cycle still reads every value (the unanswered reads are asked again), and from then on the bus
+    sends one request at a time, with no timeout."""
+    data, tables, expected = alltypes.build()
+    prof = write_profile(tmp_path, data)
+    peer = await ModbusPeer({1: tables}, transport="tcp").start()
+    conn = {"transport": "tcp", "host": "127.0.0.1", "port": peer.port, "unit": 1, "max_outstanding": 8}
+    drv = make_driver(prof, conn, DriverContext("t", tmp_path), timeout=0.5)
+    await drv.start()
+    try:
+        for _ in range(2):  # learns the exception-2 splits and "one at a time" (one timeout)
+            assert values(await drv.read(drv.points)) == expected
+        assert drv.bus.one_at_a_time
+        sent, t0 = drv.stats["requests"], asyncio.get_running_loop().time()
+        assert values(await drv.read(drv.points)) == expected
+        assert drv.stats["requests"] - sent == 7 and asyncio.get_running_loop().time() - t0 < 0.4
     finally:
         await drv.stop()
         await peer.stop()
