@@ -33,6 +33,7 @@ from agent.core.liveness import Liveness
 from agent.core.notify import Notifier
 from agent.core.pipeline import Pipeline
 from agent.core.reload import Reloader
+from agent.core.remoteops import Hooks, RemoteOps
 from agent.core.snapshot import snapshot
 from agent.core.status import StatusServer
 from agent.core.supervisor import DeviceRunner
@@ -82,8 +83,11 @@ class Agent:
         self.uplink.on_puback = self.metrics.on_puback
         for r in self.runners.values():
             r.on_cycle, r.on_failure = self.metrics.on_cycle, self.metrics.on_failure
+        budget = min(site.model.uplink.max_message_bytes, site.model.outbox.max_bytes // 4) - 1024
+        self.remote = RemoteOps(site, Hooks(self.write, self.retry, self._remote_reload, self.snapshot, self.event),
+                                budget)
         self.commands = CommandChannel(self.topics, self.uplink, self.pipeline, self.flusher.queue, self.started,
-                                       self._snapshot_command)
+                                       self._snapshot_command, self.remote)
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
         self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)
@@ -203,6 +207,7 @@ class Agent:
         # Device tasks live outside the task group: a driver that swallows cancellation must not be able to
         # hold shutdown hostage (the watchdog reports it; shutdown abandons it after DEVICE_STOP seconds).
         devices = [asyncio.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
+        self.remote.attach_log()
         try:
             await self.status_server.start()
             await self.metrics_server.start()
@@ -227,6 +232,7 @@ class Agent:
                 for t in others:
                     t.cancel()
         finally:
+            self.remote.detach_log()
             await self._stop_devices(devices)
             await self.status_server.stop()
             await self.metrics_server.stop()
@@ -242,6 +248,9 @@ class Agent:
         if inc is not None:
             sev = Severity.WARNING if inc.result in ("fresh", "unproven") and inc.lost == 0 else Severity.ALARM
             self.event(Event("agent", "store", inc.doc(), sev))
+
+    def _remote_reload(self) -> None:
+        self.reload_event.set()
 
     def _running(self) -> set[str]:
         return {d.name for d in self.site.devices if d.name in self.runners}

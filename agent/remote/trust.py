@@ -38,8 +38,8 @@ class OperatorKey:
         return {**self.key.as_dict(private=False), "kid": self.name, "roles": sorted(self.roles)}
 
 
-def trust_path(site_file: Path) -> Path:
-    return site_file.parent / TRUST_FILE
+def trust_path(site_file: str | Path) -> Path:
+    return Path(site_file).parent / TRUST_FILE
 
 
 def parse_key(entry: Any, where: str, *, private: bool = False) -> OperatorKey:

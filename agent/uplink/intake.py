@@ -55,6 +55,7 @@ class Command:
     cmd: str
     src: str
     args: dict[str, Any]
+    jws: str | None = None  # a signed command (docs/remote.md): its claims, not ``args``, are what is obeyed
 
 
 def nesting_depth_exceeds(payload: bytes, limit: int) -> bool:
@@ -117,7 +118,10 @@ def parse(payload: bytes) -> Command:
     args = msg.get("args", {})
     if not isinstance(args, dict):
         raise CommandRefused("args must be a JSON object", cid, cmd)
-    return Command(cid, cmd, src, args)
+    jws = msg.get("jws")
+    if jws is not None and not isinstance(jws, str):
+        raise CommandRefused("jws must be a string (a JWS in compact serialisation)", cid, cmd)
+    return Command(cid, cmd, src, args, jws)
 
 
 @dataclass
