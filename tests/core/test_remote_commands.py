@@ -191,3 +191,37 @@ async def test_ops_commands_answer_and_run_no_program(broker: Broker, modbus_sim
             await agent.stop_event.wait()  # the valid site file on disk: a clean stop to re-exec
         assert agent.restart
     assert spawned == []
+
+
+async def test_operator_cli_cmd_signs_sends_and_prints_the_outcome(broker: Broker, modbus_sim: Callable[..., int],
+                                                                   tmp_path: Path) -> None:
+    from .test_write_path import cli
+
+    port = modbus_sim("remeha-gtw08:4")
+    site = boiler_site(tmp_path, broker, port)
+    entries = []
+    for name, roles in (("alice", "write,ops"), ("bob", "config")):
+        r = await asyncio.to_thread(cli, "keys", "generate", "--name", name, "--roles", roles,
+                                    "-o", str(tmp_path / f"{name}.jwk"))
+        assert r.returncode == 0, r.stderr
+        entries.append(json.loads(r.stdout))
+    (tmp_path / "operators.json").write_text(json.dumps({"keys": entries}))
+    base = ["cmd", "--broker", broker.url, "--site", SITE, "--timeout", "20"]
+    async with running_agent(site) as agent:
+        await asyncio.wait_for(agent.uplink.connected.wait(), 10)
+        await online(agent)
+        r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "alice.jwk"),
+                                    "write", "boiler", "fallback_period", "42")
+        assert r.returncode == 0 and '"written": 42' in r.stdout, (r.stdout, r.stderr)
+        assert await _read_register(port, 4, 21022) == 42
+        r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "bob.jwk"),
+                                    "write", "boiler", "fallback_period", "43")
+        assert r.returncode == 1 and "lacks the role 'write'" in r.stderr, r.stderr
+        assert await _read_register(port, 4, 21022) == 42
+        r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "alice.jwk"), "status", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["result"]["devices"]["boiler"]["state"] == "online"
+        r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "alice.jwk"), "write", "boiler")
+        assert r.returncode == 2 and "usage: write DEVICE POINT VALUE" in r.stderr
+    r = await asyncio.to_thread(cli, "cmd", "--broker", "mqtt://127.0.0.1:9", "--site", SITE, "--key",
+                                str(tmp_path / "alice.jwk"), "status")
+    assert r.returncode == 3 and "cannot reach" in r.stderr and "Traceback" not in r.stderr

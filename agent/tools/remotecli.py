@@ -1,0 +1,174 @@
+"""``edge-agent cmd``: an operator signs a command for one site, publishes it on the site's command topic and
+waits for its acknowledgement (docs/remote.md). Connects like ``monitor`` (the same TLS settings)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import ssl
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from agent.errors import ConfigError
+from agent.remote.envelope import claims, sign
+from agent.tools.helptext import epilog
+from agent.tools.keys import load_private
+from agent.tools.monitor import Target, _reason, target_for
+
+# command -> (positional names, how many are required)
+USAGE: dict[str, tuple[list[str], int]] = {
+    "write": (["device", "point", "value"], 3), "retry": (["device"], 1), "reload": ([], 0), "status": ([], 0),
+    "diag": (["device"], 1), "log-tail": (["lines"], 0), "log-level": (["level", "duration"], 1),
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "cmd", help="send a signed command to a site and wait for its acknowledgement",
+        description="Sign a command with an operator key (made by `edge-agent keys generate`), publish it on the "
+                    "site's command topic and print the acknowledgement: the result, or why the box refused it. "
+                    "Commands: write DEVICE POINT VALUE, retry DEVICE, reload, status, diag DEVICE|broker, "
+                    "log-tail [LINES], log-level LEVEL [SECONDS]. Connects like `monitor` (--config for the site's "
+                    "TLS settings and credentials, or --broker).",
+        epilog=epilog(["edge-agent cmd --broker mqtts://broker.example:8883 --site townhall --key alice.jwk "
+                       "write boiler fallback_period 42",
+                       "edge-agent cmd --config site.yaml --key alice.jwk status --json",
+                       "edge-agent cmd --site townhall --key alice.jwk log-level debug 600"],
+                      {0: "the box obeyed (ack ok)", 1: "the box refused (the ack's error is printed)",
+                       2: "bad arguments, an unusable key file", 3: "no broker, or no acknowledgement in time"}))
+    p.add_argument("command", choices=sorted(USAGE), help="the command to send")
+    p.add_argument("words", nargs="*", metavar="ARG", help="the command's arguments (see above)")
+    p.add_argument("--key", required=True, metavar="FILE", help="the operator's private key (keys generate)")
+    p.add_argument("--site", default=None, help="the site id (default: the site file's with --config)")
+    p.add_argument("--config", "-c", default=None, help="a site file: connect with its broker, TLS and credentials")
+    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port (default: the site file's)")
+    p.add_argument("--prefix", default=None, help="topic prefix (default: the site file's, else ea/v1)")
+    p.add_argument("--timeout", type=float, default=40.0, metavar="SECONDS",
+                   help="how long to wait for the acknowledgement (default 40; a write may take 30)")
+    p.add_argument("--lifetime", type=float, default=300.0, metavar="SECONDS",
+                   help="how long the signed message stays valid (default 300, at most 3600)")
+    p.add_argument("--json", action="store_true", help="print the acknowledgement as JSON")
+    p.set_defaults(func=cmd_cmd)
+
+
+def _value(text: str) -> Any:
+    """A VALUE as typed: JSON numbers, true/false and null keep their type; anything else is text."""
+    try:
+        v = json.loads(text)
+    except ValueError:
+        return text
+    return v if v is None or isinstance(v, bool | int | float) else text
+
+
+def build_args(command: str, words: list[str]) -> dict[str, Any]:
+    names, required = USAGE[command]
+    if not required <= len(words) <= len(names):
+        shape = " ".join(n.upper() if i < required else f"[{n.upper()}]" for i, n in enumerate(names))
+        raise ValueError(f"usage: {command} {shape}".rstrip())
+    args: dict[str, Any] = dict(zip(names, words, strict=False))
+    if command == "write":
+        args["value"] = _value(args["value"])
+    if command == "diag" and args["device"] == "broker":
+        args = {"target": "broker"}
+    for k in ("lines", "duration"):
+        if k in args:
+            try:
+                args[k] = int(args[k])
+            except ValueError:
+                raise ValueError(f"{k.upper()} must be a whole number") from None
+    return args
+
+
+def cmd_cmd(args: argparse.Namespace) -> int:
+    from agent.config import load_site
+
+    try:
+        cargs = build_args(args.command, args.words)
+    except ValueError as exc:
+        print(f"cmd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        op = load_private(Path(args.key))
+    except ValueError as exc:
+        print(f"cmd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        site = load_site(args.config, strict=False) if args.config else None
+        target = target_for(args.broker, site, args.prefix, args.site)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"cmd: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ssl.SSLError) as exc:
+        print(f"cmd: cannot load the TLS CA/certificate/key: {exc}", file=sys.stderr)
+        return 2
+    if target.site in ("+", "#", ""):
+        print("cmd: --site is needed (or --config with the site file)", file=sys.stderr)
+        return 2
+    mid = f"{op.name}-{uuid.uuid4().hex[:16]}"
+    token = sign(op.key, op.name, claims(target.site, args.command, cargs, mid, lifetime=args.lifetime))
+    payload = json.dumps({"id": mid, "cmd": args.command, "src": op.name, "jws": token}).encode()
+    ack = asyncio.run(send_and_wait(target, payload, mid, args.timeout))
+    if ack is None:
+        return 3
+    if args.json:
+        print(json.dumps(ack, indent=2))
+    elif ack.get("ok"):
+        print(f"ok: {json.dumps(ack.get('result'))}")
+    else:
+        print(f"refused: {ack.get('error')}", file=sys.stderr)
+    return 0 if ack.get("ok") else 1
+
+
+async def send_and_wait(t: Target, payload: bytes, mid: str, wait: float, *,
+                        acks: int = 1) -> dict[str, Any] | None:
+    """Publish ``payload`` on the site's command topic and return the ack with id ``mid`` (None: told why)."""
+    docs = await exchange(t, [payload], {mid}, wait, acks)
+    return docs[-1] if docs else None
+
+
+async def exchange(t: Target, payloads: list[bytes], mids: set[str], wait: float,
+                   acks: int = 1) -> list[dict[str, Any]]:
+    """Publish ``payloads``, collect up to ``acks`` acknowledgements whose id is in ``mids`` within ``wait`` seconds."""
+    client = aiomqtt.Client(t.host, t.port, identifier=f"edge-agent-cmd-{time.time_ns()}", username=t.username,
+                            password=t.password, tls_context=t.tls, timeout=10)
+    got: list[dict[str, Any]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            async with asyncio.timeout(10):
+                await stack.enter_async_context(client)
+                await client.subscribe(f"{t.prefix}/{t.site}/ack", qos=1)
+                for p in payloads:
+                    await client.publish(f"{t.prefix}/{t.site}/cmd", p, qos=1)
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            print(f"cmd: cannot reach {t.where}: {_reason(exc) if not isinstance(exc, TimeoutError) else 'timeout'}",
+                  file=sys.stderr)
+            return got
+        try:
+            async with asyncio.timeout(wait):
+                async for msg in client.messages:
+                    try:
+                        doc = json.loads(msg.payload if isinstance(msg.payload, bytes) else b"")
+                    except ValueError:
+                        continue
+                    if isinstance(doc, dict) and doc.get("id") in mids:
+                        got.append(doc)
+                        if len(got) >= acks:
+                            break
+        except TimeoutError:
+            if not got:
+                print(f"cmd: no acknowledgement from site {t.site} within {wait:g} s (is the agent connected? "
+                      "`edge-agent monitor` shows its messages)", file=sys.stderr)
+        except aiomqtt.MqttError as exc:
+            print(f"cmd: connection to {t.where} lost: {_reason(exc)}", file=sys.stderr)
+    return got
