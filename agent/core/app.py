@@ -22,16 +22,19 @@ import contextlib
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from agent.config import Site
 from agent.contract.device import DeviceConfig
 from agent.contract.driver import DriverContext
 from agent.core.commanding import CommandChannel
+from agent.core.configstore import BASE
 from agent.core.flusher import Flusher
 from agent.core.liveness import Liveness
 from agent.core.notify import Notifier
 from agent.core.pipeline import Pipeline
+from agent.core.pushing import Pusher
 from agent.core.reload import Reloader
 from agent.core.remoteops import Hooks, RemoteOps
 from agent.core.snapshot import snapshot
@@ -56,7 +59,8 @@ SNAPSHOT_TIMEOUT = 30.0  # one snapshot command: fetch, downscale
 
 
 class Agent:
-    def __init__(self, site: Site, notifier: Notifier | None = None) -> None:
+    def __init__(self, site: Site, notifier: Notifier | None = None, *, version: str = BASE,
+                 base_file: str | None = None) -> None:
         self.site = site
         self.notifier = notifier or Notifier()
         self.started = time.time()
@@ -75,7 +79,7 @@ class Agent:
                 continue
             self.runners[d.name] = DeviceRunner(d, self.ctx, self, h)
         self.flusher = Flusher(site, self.outbox, self.pipeline, self.topics, self._report_store_incident)
-        self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self.pipeline.birth,
+        self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self._birth,
                              self.handle_command, on_reset=self.pipeline.forget)
         self.metrics = Metrics(self.snapshot, config_version(site.file))
         mc = site.model.metrics
@@ -84,10 +88,13 @@ class Agent:
         for r in self.runners.values():
             r.on_cycle, r.on_failure = self.metrics.on_cycle, self.metrics.on_failure
         budget = min(site.model.uplink.max_message_bytes, site.model.outbox.max_bytes // 4) - 1024
-        self.remote = RemoteOps(site, Hooks(self.write, self.retry, self._remote_reload, self.snapshot, self.event),
-                                budget)
+        self.remote = RemoteOps(site, Hooks(self.write, self.retry, self._remote_reload, self.snapshot, self.event,
+                                            self._push), budget)
         self.commands = CommandChannel(self.topics, self.uplink, self.pipeline, self.flusher.queue, self.started,
                                        self._snapshot_command, self.remote)
+        self.pusher = Pusher(site, version, Path(base_file or site.file), self.health,
+                             self.uplink.connected.is_set, self.commands.ack, self.event, self._apply_reload,
+                             self.flush_now)
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
         self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)
@@ -170,8 +177,15 @@ class Agent:
         return {"device": name, "ref": ref, "bytes": len(jpeg), "topic": self.topics.snapshot(name, ref)}
 
     def snapshot(self) -> dict[str, Any]:
-        return snapshot(self.site, self.started, self.health, self.uplink, self.outbox, self.flusher,
-                        self.commands, self.pipeline)
+        return {**snapshot(self.site, self.started, self.health, self.uplink, self.outbox, self.flusher,
+                           self.commands, self.pipeline), "config": self.pusher.info()}
+
+    def _birth(self) -> dict[str, Any]:
+        """The alias map, and the configuration version that runs (docs/remote.md)."""
+        return {**self.pipeline.birth(), "config": self.pusher.running}
+
+    async def _push(self, s: Any) -> dict[str, Any]:
+        return await self.pusher.push(s)
 
     def stats(self) -> dict[str, Any]:
         return {"outbox": self.outbox.stats()}
@@ -218,6 +232,7 @@ class Agent:
                     tg.create_task(self.liveness.watchdog(), name="watchdog"),
                     tg.create_task(self.liveness.ready(), name="ready"),
                     tg.create_task(self.reloader.run(), name="reloader"),
+                    tg.create_task(self.pusher.resume(), name="config:gate"),
                 ]
                 if self.metrics_server.textfile is not None:
                     others.append(tg.create_task(self.metrics_server.run_textfile(), name="metrics:textfile"))

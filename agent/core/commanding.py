@@ -118,6 +118,8 @@ class CommandChannel:
             doc["result"] = result
         else:
             doc["error"] = error
+            if result is not None:  # a refusal with details (a push rolled back: from, to, why)
+                doc["result"] = result
         self.queue(self.topics.ack, dumps(doc), time.time())
         return True
 

@@ -28,7 +28,7 @@ LOG_TAIL_MAX = 500  # lines one log-tail may ask for
 LOG_LEVEL_MAX = 3600.0  # s a temporary log level may last
 LOG_LEVEL_DEFAULT = 600.0
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-CHANGES = {"write", "retry", "reload", "log-level"}  # obeyed commands that are audit events
+CHANGES = {"write", "retry", "reload", "log-level", "push"}  # obeyed commands that are audit events
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Hooks:
     reload: Callable[[], None]
     snapshot: Callable[[], dict[str, Any]]
     event: Callable[[Event], None]
+    push: Callable[[Signed], Awaitable[dict[str, Any]]] | None = None
 
 
 class RemoteOps:
@@ -78,10 +79,13 @@ class RemoteOps:
     async def run(self, s: Signed) -> dict[str, Any]:
         """The result of an obeyed command, or Refused with why (nothing changed)."""
         handler = getattr(self, "_cmd_" + s.cmd.replace("-", "_"), None)
-        if handler is None:
+        if handler is None or (s.cmd == "push" and self.hooks.push is None):
             raise Refused(f"{s.cmd} is not available on this box yet")
         try:
-            result: dict[str, Any] = await handler(s.args)
+            if s.cmd == "push" and self.hooks.push is not None:
+                result: dict[str, Any] = await self.hooks.push(s)
+            else:
+                result = await handler(s.args)
         except Refused as exc:
             self._audit(s, False, str(exc))
             raise
@@ -96,8 +100,8 @@ class RemoteOps:
         log.log(level, "signed %s %s by %s: %s", s.cmd, s.id, s.key, "obeyed" if ok else f"failed: {error}")
         if s.cmd not in CHANGES:
             return
-        data: dict[str, Any] = {"cmd": s.cmd, "id": s.id, "key": s.key, "ok": ok,
-                                "args": {k: v for k, v in list(s.args.items())[:8] if isinstance(k, str)}}
+        shown = {k: v for k, v in list(s.args.items())[:8] if k != "files"}  # a bundle is named by its hash
+        data: dict[str, Any] = {"cmd": s.cmd, "id": s.id, "key": s.key, "ok": ok, "args": shown}
         if error is not None:
             data["error"] = error[:200]
         self.hooks.event(Event("agent", "remote", data, Severity.INFO if ok else Severity.WARNING))
@@ -125,6 +129,9 @@ class RemoteOps:
             raise Refused("args.priority: per-write BACnet priority is not supported; the point's profile sets it")
         written = await self.hooks.write(device, point, value)  # the same checks as the local CLI
         return {"device": device, "point": point, "written": written}
+
+    async def _cmd_push(self, args: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("push is run by run() with the whole signed message")
 
     async def _cmd_retry(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.hooks.retry(self._text(args, "device"))

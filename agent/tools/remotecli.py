@@ -11,6 +11,7 @@ import ssl
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ USAGE: dict[str, tuple[list[str], int]] = {
 
 
 def register(sub: Any) -> None:
+    register_cmd(sub)
+    register_push(sub)
+
+
+def register_cmd(sub: Any) -> None:
     p = sub.add_parser(
         "cmd", help="send a signed command to a site and wait for its acknowledgement",
         description="Sign a command with an operator key (made by `edge-agent keys generate`), publish it on the "
@@ -130,16 +136,25 @@ def cmd_cmd(args: argparse.Namespace) -> int:
     return 0 if ack.get("ok") else 1
 
 
-async def send_and_wait(t: Target, payload: bytes, mid: str, wait: float, *,
-                        acks: int = 1) -> dict[str, Any] | None:
+async def send_and_wait(t: Target, payload: bytes, mid: str, wait: float) -> dict[str, Any] | None:
     """Publish ``payload`` on the site's command topic and return the ack with id ``mid`` (None: told why)."""
-    docs = await exchange(t, [payload], {mid}, wait, acks)
+    docs = await exchange(t, [payload], {mid}, wait, lambda got: bool(got))
     return docs[-1] if docs else None
 
 
+def push_done(got: list[dict[str, Any]]) -> bool:
+    """A push is over with a refusal, a rollback or the health gate passed."""
+    last = got[-1] if got else None
+    if last is None:
+        return False
+    state = (last.get("result") or {}).get("state") if isinstance(last.get("result"), dict) else None
+    return not last.get("ok") or state == "healthy"
+
+
 async def exchange(t: Target, payloads: list[bytes], mids: set[str], wait: float,
-                   acks: int = 1) -> list[dict[str, Any]]:
-    """Publish ``payloads``, collect up to ``acks`` acknowledgements whose id is in ``mids`` within ``wait`` seconds."""
+                   done: Callable[[list[dict[str, Any]]], bool],
+                   show: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Publish ``payloads``, collect the acknowledgements whose id is in ``mids`` until ``done`` or ``wait`` s."""
     client = aiomqtt.Client(t.host, t.port, identifier=f"edge-agent-cmd-{time.time_ns()}", username=t.username,
                             password=t.password, tls_context=t.tls, timeout=10)
     got: list[dict[str, Any]] = []
@@ -163,7 +178,9 @@ async def exchange(t: Target, payloads: list[bytes], mids: set[str], wait: float
                         continue
                     if isinstance(doc, dict) and doc.get("id") in mids:
                         got.append(doc)
-                        if len(got) >= acks:
+                        if show is not None:
+                            show(doc)
+                        if done(got):
                             break
         except TimeoutError:
             if not got:
@@ -172,3 +189,112 @@ async def exchange(t: Target, payloads: list[bytes], mids: set[str], wait: float
         except aiomqtt.MqttError as exc:
             print(f"cmd: connection to {t.where} lost: {_reason(exc)}", file=sys.stderr)
     return got
+
+
+# ------------------------------------------------------------------------------------------------ push
+
+
+def register_push(sub: Any) -> None:
+    p = sub.add_parser(
+        "push", help="push a signed configuration (site file, profiles, keys) to a site; health-gated",
+        description="Sign a configuration bundle with an operator key that has the role config and publish it to "
+                    "one site. The box validates it with the checks of `edge-agent validate`, stores it as a new "
+                    "version, runs it and holds it to a health gate: every device online before the push must be "
+                    "online again and the uplink connected within the window, else the box rolls back by itself. "
+                    "Prints each acknowledgement: accepted, applied (the new version runs), healthy, or refused / "
+                    "rolled back with why. FILES: the site file (a YAML file with a top-level site: key), "
+                    "profiles (other YAML files, stored under profiles/: name them in the site file's "
+                    "profiles_dirs), and operators.json (replaces the box's trusted keys).",
+        epilog=epilog(["edge-agent push --broker mqtts://broker.example:8883 --site townhall --key deploy.jwk "
+                       "--version 2026-12-01 site.yaml profiles/acme-em100.yaml",
+                       "edge-agent push --config site.yaml --key deploy.jwk --health-window 120 site.yaml"],
+                      {0: "applied and the health gate passed", 1: "refused, or rolled back (why is printed)",
+                       2: "bad arguments, an unreadable file or key", 3: "no broker, or no acknowledgement in time"}))
+    p.add_argument("files", nargs="+", metavar="FILE", help="site file, profiles, operators.json")
+    p.add_argument("--key", required=True, metavar="FILE", help="the operator's private key (role config)")
+    p.add_argument("--site", default=None, help="the site id (default: the site file's with --config)")
+    p.add_argument("--config", "-c", default=None, help="a site file: connect with its broker, TLS and credentials")
+    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port (default: the site file's)")
+    p.add_argument("--prefix", default=None, help="topic prefix (default: the site file's, else ea/v1)")
+    p.add_argument("--version", dest="label", default=None, metavar="LABEL",
+                   help="the version label (default: the date and time, UTC)")
+    p.add_argument("--health-window", type=float, default=60.0, metavar="SECONDS",
+                   help="how long the box waits for its devices and uplink before rolling back (default 60)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for the last acknowledgement (default: health window + 60)")
+    p.add_argument("--json", action="store_true", help="print each acknowledgement as JSON")
+    p.set_defaults(func=cmd_push)
+
+
+def bundle_files(paths: list[Path]) -> dict[str, str]:
+    """Bundle names: operators.json; the site file (top-level ``site:``) as site.yaml; profiles/NAME.yaml."""
+    files: dict[str, str] = {}
+    for path in paths:
+        text = path.read_text()
+        if path.name == "operators.json":
+            name = "operators.json"
+        elif path.suffix in (".yaml", ".yml") and any(ln.startswith("site:") for ln in text.splitlines()):
+            name = "site.yaml"
+        elif path.suffix in (".yaml", ".yml"):
+            name = f"profiles/{path.stem}.yaml"
+        else:
+            raise ValueError(f"{path}: not a site file, a profile (.yaml) or operators.json")
+        if name in files:
+            raise ValueError(f"{path}: a second {name} in the bundle")
+        files[name] = text
+    return files
+
+
+def push_payload(op: Any, site: str, files: dict[str, str], label: str, window: float,
+                 mid: str | None = None) -> tuple[str, bytes]:
+    from agent.core.configstore import bundle_hash
+
+    mid = mid or f"{op.name}-push-{uuid.uuid4().hex[:12]}"
+    args = {"version": label, "files": files, "hash": bundle_hash(files), "health_window": window}
+    token = sign(op.key, op.name, claims(site, "push", args, mid, lifetime=600))
+    return mid, json.dumps({"id": mid, "cmd": "push", "src": op.name, "jws": token}).encode()
+
+
+def _show_ack(as_json: bool) -> Callable[[dict[str, Any]], None]:
+    def show(doc: dict[str, Any]) -> None:
+        if as_json:
+            print(json.dumps(doc), flush=True)
+            return
+        res = doc.get("result")
+        r: dict[str, Any] = res if isinstance(res, dict) else {}
+        state = r.get("state", "ok" if doc.get("ok") else "refused")
+        if doc.get("ok"):
+            print(f"{state}: version {r.get('version')} hash {str(r.get('hash'))[:12]}", flush=True)
+        else:
+            print(f"{state}: {doc.get('error')}", flush=True)
+    return show
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from agent.config import load_site
+
+    try:
+        files = bundle_files([Path(f) for f in args.files])
+        op = load_private(Path(args.key))
+        site = load_site(args.config, strict=False) if args.config else None
+        target = target_for(args.broker, site, args.prefix, args.site)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return 2
+    except (ValueError, OSError, ssl.SSLError) as exc:
+        print(f"push: {exc}", file=sys.stderr)
+        return 2
+    if target.site in ("+", "#", ""):
+        print("push: --site is needed (or --config with the site file)", file=sys.stderr)
+        return 2
+    label = args.label or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    mid, payload = push_payload(op, target.site, files, label, args.health_window)
+    wait = args.timeout if args.timeout is not None else args.health_window + 60
+    got = asyncio.run(exchange(target, [payload], {mid}, wait, push_done, _show_ack(args.json)))
+    if not got:
+        return 3
+    if not push_done(got):
+        print(f"push: no final acknowledgement within {wait:g} s (last: {got[-1].get('result')})", file=sys.stderr)
+        return 3
+    return 0 if got[-1].get("ok") else 1

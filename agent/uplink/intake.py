@@ -19,7 +19,7 @@ from typing import Any
 
 log = logging.getLogger("edge_agent.commands")
 
-MAX_COMMAND_BYTES = 4096
+MAX_COMMAND_BYTES = 65536  # a signed configuration push is one message (docs/remote.md)
 MAX_DEPTH = 8  # {"args": {...}} needs 2; anything deeper is not a command
 MAX_ID_CHARS = 64
 MAX_SRC_CHARS = 64
