@@ -86,6 +86,10 @@ class CommandChannel:
             self.gate.refused += 1
             if self.ack(cid, False, error=str(exc)[:intake.MAX_ERROR_CHARS], cmd=c.cmd):
                 log.warning("signed command refused: %s", exc)
+        except Exception as exc:  # a bug or the disk: answered, never a silent end of the task
+            log.exception("signed %s failed", c.cmd)
+            self.ack(cid, False, error=f"{c.cmd} failed: {type(exc).__name__}: {exc}"[:intake.MAX_ERROR_CHARS],
+                     cmd=c.cmd)
         else:
             self.ack(cid, True, result=result, cmd=c.cmd)
 

@@ -135,7 +135,8 @@ class ConfigStore:
         n = int(existing[-1].split("-", 1)[0]) + 1 if existing else 1
         v = Version(f"{n:04d}-{digest[:12]}", label, digest, round(time.time(), 3), push_id)
         meta = stage / "meta.json"
-        write_atomic(meta, json.dumps(v.doc).encode(), mode=0o640)
+        stored = bundle_hash(read_files(stage))  # what is on disk, carried-over files included
+        write_atomic(meta, json.dumps({**v.doc, "stored": stored}).encode(), mode=0o640)
         os.replace(stage, self.versions / v.name)
         _fsync_dir(self.versions)
         return v
@@ -169,6 +170,16 @@ class ConfigStore:
                 shutil.rmtree(self.versions / n, ignore_errors=True)
         for p in self.versions.glob(".stage-*") if self.versions.is_dir() else []:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def read_files(folder: Path) -> dict[str, str]:
+    """The bundle files of a version folder (meta.json aside)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != "meta.json":
+            out[rel] = p.read_text()
+    return out
 
 
 def file_hash(path: Path) -> str:

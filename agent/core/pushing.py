@@ -145,7 +145,7 @@ class Pusher:
             new = load_site_checked(stage / "site.yaml", strict=True)
         except ConfigError as exc:
             return [str(p) for p in exc.problems]
-        problems = []
+        problems = [str(p) for p in new.problems]  # any problem refuses a push (a broken profile too)
         if new.id != self.site.id:
             problems.append(f"site.yaml: site.id: {new.id!r}: a push cannot change the site id ({self.site.id!r})")
         if new.state_dir.resolve() != self.site.state_dir.resolve():
