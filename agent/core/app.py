@@ -40,6 +40,7 @@ from agent.core.remoteops import Hooks, RemoteOps
 from agent.core.snapshot import snapshot
 from agent.core.status import StatusServer
 from agent.core.supervisor import DeviceRunner
+from agent.core.watching import Watcher
 from agent.core.writing import Writer
 from agent.errors import DriverError
 from agent.model import DeviceHealth, Event, Sample, Severity, Value
@@ -99,6 +100,8 @@ class Agent:
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
         self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)
         self.reload_event = self.reloader.requested
+        self.watcher = Watcher(site, self.reload_event.set)
+        self.reloader.before_check = self.watcher.mark_checked
         self.liveness = Liveness(site, self.notifier, self.flusher, self.uplink, self.outbox, self.runners,
                                  self.health)
         self.stop_event = asyncio.Event()
@@ -233,6 +236,7 @@ class Agent:
                     tg.create_task(self.liveness.ready(), name="ready"),
                     tg.create_task(self.reloader.run(), name="reloader"),
                     tg.create_task(self.pusher.resume(), name="config:gate"),
+                    tg.create_task(self.watcher.run(), name="config:watch"),
                 ]
                 if self.metrics_server.textfile is not None:
                     others.append(tg.create_task(self.metrics_server.run_textfile(), name="metrics:textfile"))
