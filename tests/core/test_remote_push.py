@@ -99,6 +99,10 @@ async def test_a_good_push_is_applied_and_a_breaking_one_rolled_back(broker: Bro
         st = await wait_status(site, boiler_online, 10, "online on v2")
         v2 = st["config"]["version"]
         assert v2.startswith("0001-") and st["config"]["label"] == "v2"
+        async with Collector(broker.port) as col:  # the retained status and birth name the version that runs
+            await col.wait(lambda: bool(col.of("status")) and bool(col.of("birth")), 10, "retained status, birth")
+            assert col.of("status")[-1]["doc"]["config"] == v2 and col.of("birth")[-1]["doc"]["config"] == v2
+            assert col.of("status")[-1]["doc"]["config_hash"] == st["config"]["hash"]
         # a push that validates but breaks the device (a wrong address: nothing listens there). (A wrong unit id
         # is not used here: the shipped simulator logs a traceback per request to an unknown unit into a pipe the
         # fixture never reads, and stalls once it is full.)
