@@ -97,6 +97,7 @@ class Agent:
                              self.uplink.connected.is_set, self.commands.ack, self.event, self._apply_reload,
                              self.flush_now)
         self.uplink.status_extra = {"config": self.pusher.running, "config_hash": self.pusher.hash}
+        self.commands.chunks = self.pusher.chunks
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
         self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)

@@ -13,6 +13,7 @@ from typing import Any
 from agent import __version__
 from agent.core.pipeline import Pipeline
 from agent.core.remoteops import RemoteOps
+from agent.remote.chunks import ChunkError, ChunkStore
 from agent.remote.envelope import COMMAND_ROLES, Refused
 from agent.uplink import intake
 from agent.uplink.codec import dumps
@@ -27,7 +28,8 @@ Snapshot = Callable[[Any], Awaitable[dict[str, Any]]]  # device name -> where th
 
 class CommandChannel:
     def __init__(self, topics: Topics, uplink: Uplink, pipeline: Pipeline, queue: Queue, started: float,
-                 snapshot: Snapshot | None = None, remote: RemoteOps | None = None) -> None:
+                 snapshot: Snapshot | None = None, remote: RemoteOps | None = None,
+                 chunks: ChunkStore | None = None) -> None:
         self.topics = topics
         self.uplink = uplink
         self.pipeline = pipeline
@@ -36,6 +38,7 @@ class CommandChannel:
         self.gate = intake.Gate()
         self.snapshot = snapshot
         self.remote = remote
+        self.chunks = chunks  # parts of a chunked configuration push
         self._slow: set[asyncio.Task[None]] = set()  # commands that take long (snapshots): answered when done
 
     async def handle(self, payload: bytes) -> None:
@@ -48,6 +51,12 @@ class CommandChannel:
             self.gate.admit(c)
             if c.jws is not None or c.cmd in COMMAND_ROLES:
                 self._start(self._signed(c), f"command:{c.cmd}")
+                return
+            if c.cmd == "push-chunk" and self.chunks is not None:
+                try:
+                    self.chunks.add(c.args)  # kept silently: the signed push is answered (a flood of acks saved)
+                except ChunkError as exc:
+                    raise intake.CommandRefused(str(exc), c.id, c.cmd) from None
                 return
             if c.cmd == "snapshot" and self.snapshot is not None:
                 # a camera may take seconds: answered when done, without holding up the commands behind it

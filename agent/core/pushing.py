@@ -6,6 +6,7 @@ within the window, else an automatic rollback to the previous version. Acks name
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from agent.config import Site
 from agent.core.configstore import BASE, FILE_RE, LABEL_RE, MAX_FILES, ConfigStore, bundle_hash, file_hash
 from agent.errors import ConfigError
 from agent.model import DeviceHealth, Event, Severity
+from agent.remote.chunks import ChunkError, ChunkStore
 from agent.remote.envelope import Refused, Signed
 from agent.remote.trust import TRUST_FILE, TrustStore, trust_path
 
@@ -25,6 +27,7 @@ DEFAULT_WINDOW = 60.0
 MIN_WINDOW, MAX_WINDOW = 5.0, 3600.0
 MAX_BUNDLE_CHARS = 1024 * 1024
 GATE_POLL = 0.25
+RESTART_DELAY = 0.2  # s between the "accepted" ack and the re-exec (the ack is stored first)
 
 Ack = Callable[..., bool]
 
@@ -46,6 +49,8 @@ class Pusher:
         v = self.store.version(running)
         self.hash = v.hash if v is not None else file_hash(Path(site.file))
         self.gate_state: str | None = None
+        self.chunks = ChunkStore()
+        self._restarting: asyncio.Task[None] | None = None
 
     def info(self) -> dict[str, Any]:
         v = self.store.version(self.running)
@@ -55,11 +60,12 @@ class Pusher:
     # ------------------------------------------------------------------------------------ a push
 
     async def push(self, s: Signed) -> dict[str, Any]:
-        files, label, window = self._bundle(s.args)
+        args = await self._unchunk(s) if "chunks" in s.args else s.args
+        files, label, window = self._bundle(args)
         digest = bundle_hash(files)
-        if "hash" in s.args and s.args["hash"] != digest:
+        if "hash" in args and args["hash"] != digest:
             raise Refused(f"content hash mismatch: the bundle hashes to {digest}, the message says "
-                          f"{str(s.args['hash'])[:64]}")
+                          f"{str(args['hash'])[:64]}")
         if self.busy is not None:
             raise Refused(f"another push ({self.busy}) is being applied; try again when it is acknowledged")
         trial = self.store.read_json("trial.json")
@@ -70,6 +76,22 @@ class Pusher:
             return await self._apply(s, files, label, digest, window)
         finally:
             self.busy = None
+
+    async def _unchunk(self, s: Signed) -> dict[str, Any]:
+        """A bundle in parts: ``chunks`` (how many) and ``chunks_hash`` (sha256 of their text joined) are signed;
+        the parts (``push-chunk`` commands) carry the JSON text of ``files``."""
+        of, digest = s.args.get("chunks"), s.args.get("chunks_hash")
+        if not (isinstance(of, int) and not isinstance(of, bool) and isinstance(digest, str)):
+            raise Refused("args.chunks (a count) and args.chunks_hash (sha256) are needed for a chunked bundle")
+        try:
+            text = await self.chunks.assemble(s.id, of, digest)
+        except ChunkError as exc:
+            raise Refused(f"chunked bundle: {exc}") from None
+        try:
+            files = json.loads(text)
+        except ValueError as exc:
+            raise Refused(f"chunked bundle: not JSON: {exc}"[:200]) from None
+        return {**{k: v for k, v in s.args.items() if k not in ("chunks", "chunks_hash")}, "files": files}
 
     def _bundle(self, args: dict[str, Any]) -> tuple[dict[str, str], str, float]:
         files = args.get("files")
@@ -116,9 +138,16 @@ class Pusher:
         self.store.switch(v.name)  # the switch: from here a restart runs the new version
         log.info("config: push %s by %s: version %s (%s) switched to; restarting with it", s.id, s.key, v.name,
                  label)
-        self.restart()
+        # after this task has queued the "accepted" ack and the flusher has stored it: cancelling the flusher at
+        # shutdown right after it took the ack from its queue would lose it
+        self._restarting = asyncio.get_running_loop().create_task(self._restart_soon(), name="config:restart")
         return {"state": "accepted", "version": v.name, "label": label, "hash": digest, "previous": self.running,
                 "health_window": window, "expect_online": expect}
+
+    async def _restart_soon(self) -> None:
+        await asyncio.sleep(RESTART_DELAY)
+        await self.flush()
+        self.restart()
 
     def _complete(self, files: dict[str, str]) -> dict[str, str]:
         """What the bundle leaves out carries over from the running version: the site file, the trust file

@@ -160,10 +160,12 @@ async def exchange(t: Target, payloads: list[bytes], mids: set[str], wait: float
     got: list[dict[str, Any]] = []
     async with contextlib.AsyncExitStack() as stack:
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(10 + 0.25 * len(payloads)):
                 await stack.enter_async_context(client)
                 await client.subscribe(f"{t.prefix}/{t.site}/ack", qos=1)
-                for p in payloads:
+                for i, p in enumerate(payloads):
+                    if i >= 20:
+                        await asyncio.sleep(0.25)  # under the box's rate limit for all sources (5 per second)
                     await client.publish(f"{t.prefix}/{t.site}/cmd", p, qos=1)
         except (TimeoutError, aiomqtt.MqttError) as exc:
             print(f"cmd: cannot reach {t.where}: {_reason(exc) if not isinstance(exc, TimeoutError) else 'timeout'}",
@@ -255,6 +257,31 @@ def push_payload(op: Any, site: str, files: dict[str, str], label: str, window: 
     return mid, json.dumps({"id": mid, "cmd": "push", "src": op.name, "jws": token}).encode()
 
 
+CHUNK_CHARS = 24_000  # a part's text: with JSON escaping its message stays under the 64 KiB command limit
+SINGLE_MAX = 60_000  # bytes of a push sent as one message
+
+
+def push_messages(op: Any, site: str, files: dict[str, str], label: str, window: float) -> tuple[str, list[bytes]]:
+    """One signed push, or (over SINGLE_MAX) the parts as ``push-chunk`` commands then the signed push naming
+    their count and sha256."""
+    import hashlib
+
+    from agent.core.configstore import bundle_hash
+
+    mid, payload = push_payload(op, site, files, label, window)
+    if len(payload) <= SINGLE_MAX:
+        return mid, [payload]
+    text = json.dumps(files)
+    parts = [text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+    args = {"version": label, "hash": bundle_hash(files), "health_window": window, "chunks": len(parts),
+            "chunks_hash": hashlib.sha256(text.encode()).hexdigest()}
+    token = sign(op.key, op.name, claims(site, "push", args, mid, lifetime=600))
+    msgs = [json.dumps({"cmd": "push-chunk", "src": f"{op.name}-{i}",
+                        "args": {"push": mid, "n": i, "of": len(parts), "data": p}}).encode()
+            for i, p in enumerate(parts)]
+    return mid, [*msgs, json.dumps({"id": mid, "cmd": "push", "src": op.name, "jws": token}).encode()]
+
+
 def _show_ack(as_json: bool) -> Callable[[dict[str, Any]], None]:
     def show(doc: dict[str, Any]) -> None:
         if as_json:
@@ -289,9 +316,9 @@ def cmd_push(args: argparse.Namespace) -> int:
         print("push: --site is needed (or --config with the site file)", file=sys.stderr)
         return 2
     label = args.label or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    mid, payload = push_payload(op, target.site, files, label, args.health_window)
+    mid, payloads = push_messages(op, target.site, files, label, args.health_window)
     wait = args.timeout if args.timeout is not None else args.health_window + 60
-    got = asyncio.run(exchange(target, [payload], {mid}, wait, push_done, _show_ack(args.json)))
+    got = asyncio.run(exchange(target, payloads, {mid}, wait, push_done, _show_ack(args.json)))
     if not got:
         return 3
     if not push_done(got):

@@ -234,3 +234,43 @@ async def test_kill9_at_random_points_of_an_apply_leaves_a_whole_version(broker:
     assert len(seen) > 2  # the kills hit different points: several versions ran
 
 
+
+
+async def test_a_bundle_larger_than_a_message_goes_in_chunks_and_a_missing_one_refuses_it(
+        broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.remote import chunks
+    from agent.tools.remotecli import push_messages
+
+    monkeypatch.setattr(chunks, "WAIT", 2.0)
+    site = write_site(tmp_path, broker.url, site_id=SITE)
+    site_text = site.read_text()
+    trust(tmp_path)
+    deploy = json.loads((tmp_path / "deploy.jwk").read_text())
+    op = Key("deploy", OKPKey.import_key({k: deploy[k] for k in ("kty", "crv", "x", "d")}))
+    big = site_text + "".join(f"# {i:06d} a comment line to make the bundle larger than one message\n"
+                              for i in range(2500))  # about 190 kB
+    async with Collector(broker.port) as col, running_agent(site) as agent:
+        await asyncio.wait_for(agent.uplink.connected.wait(), 10)
+        mid, msgs = push_messages(op, SITE, {"site.yaml": big}, "big", 10)
+        assert len(msgs) > 5 and all(len(m) < 65536 for m in msgs)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            # one part missing: refused after the wait, nothing stored
+            mid2, msgs2 = push_messages(op, SITE, {"site.yaml": big + "# other\n"}, "big2", 10)
+            for m in msgs2[:2] + msgs2[3:]:
+                await c.publish(f"ea/v1/{SITE}/cmd", m, qos=1)
+            ack = await ack_of(col, mid2, 10)
+            assert ack["ok"] is False and "missing chunk(s) 2 of" in ack["error"], ack
+            assert ConfigStore(agent.site.state_dir, site).history() == []
+            # every part: accepted, stored whole
+            for i, m in enumerate(msgs):
+                if i >= 20:
+                    await asyncio.sleep(0.25)
+                await c.publish(f"ea/v1/{SITE}/cmd", m, qos=1)
+            try:
+                ack = await ack_of(col, mid, 20)
+            except AssertionError:
+                raise AssertionError([(m["topic"], m.get("doc")) for m in col.messages if m["kind"] != "t"]) from None
+        assert ack["ok"] is True and ack["result"]["state"] == "accepted", ack
+        store = ConfigStore(agent.site.state_dir, site)
+        (v,) = store.history()
+        assert (store.versions / v.name / "site.yaml").read_text() == big
