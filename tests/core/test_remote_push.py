@@ -88,9 +88,15 @@ async def test_a_good_push_is_applied_and_a_breaking_one_rolled_back(broker: Bro
         good = tmp_path / "push" / "site.yaml"
         good.parent.mkdir()
         good.write_text(site_text.replace("interval: 0.3s", "interval: 0.4s"))
+        keys = json.loads((tmp_path / "operators.json").read_text())
+        (tmp_path / "push" / "operators.json").write_text(json.dumps({**keys, "revoked": ["alice"]}))
+        cmd = ["cmd", "--broker", broker.url, "--site", SITE, "--key", str(tmp_path / "alice.jwk"), "status"]
+        r = await asyncio.to_thread(cli, *cmd)
+        assert r.returncode == 0, r.stderr  # alice is trusted before the push...
         base = ["push", "--broker", broker.url, "--site", SITE, "--key", str(key)]
         t0 = time.monotonic()
-        r = await asyncio.to_thread(cli, *base, "--version", "v2", "--health-window", "15", str(good))
+        r = await asyncio.to_thread(cli, *base, "--version", "v2", "--health-window", "15", str(good),
+                                    str(tmp_path / "push" / "operators.json"))
         took = time.monotonic() - t0
         assert r.returncode == 0, (r.stdout, r.stderr, (tmp_path / "agent.log").read_text()[-3000:])
         lines = r.stdout.splitlines()
@@ -99,6 +105,8 @@ async def test_a_good_push_is_applied_and_a_breaking_one_rolled_back(broker: Bro
         st = await wait_status(site, boiler_online, 10, "online on v2")
         v2 = st["config"]["version"]
         assert v2.startswith("0001-") and st["config"]["label"] == "v2"
+        r = await asyncio.to_thread(cli, *cmd)
+        assert r.returncode == 1 and "key 'alice' is revoked" in r.stderr, r.stderr  # ...revoked by the push
         async with Collector(broker.port) as col:  # the retained status and birth name the version that runs
             await col.wait(lambda: bool(col.of("status")) and bool(col.of("birth")), 10, "retained status, birth")
             assert col.of("status")[-1]["doc"]["config"] == v2 and col.of("birth")[-1]["doc"]["config"] == v2
