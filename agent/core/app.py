@@ -98,6 +98,8 @@ class Agent:
                              self.flush_now)
         self.uplink.status_extra = {"config": self.pusher.running, "config_hash": self.pusher.hash}
         self.commands.chunks = self.pusher.chunks
+        self.remote.hooks.send = lambda doc: self.flusher.queue(self.topics.ack, dumps(doc), time.time())
+        self.remote.hooks.config = self.pusher.info
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
         self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)

@@ -41,6 +41,8 @@ class Hooks:
     snapshot: Callable[[], dict[str, Any]]
     event: Callable[[Event], None]
     push: Callable[[Signed], Awaitable[dict[str, Any]]] | None = None
+    send: Callable[[dict[str, Any]], None] | None = None  # an ack-shaped message without the answer budget
+    config: Callable[[], dict[str, Any]] | None = None  # the configuration version that runs
 
 
 class RemoteOps:
@@ -84,6 +86,8 @@ class RemoteOps:
         try:
             if s.cmd == "push" and self.hooks.push is not None:
                 result: dict[str, Any] = await self.hooks.push(s)
+            elif s.cmd == "bundle":
+                result = await self._bundle(s)
             else:
                 result = await handler(s.args)
         except Refused as exc:
@@ -132,6 +136,20 @@ class RemoteOps:
 
     async def _cmd_push(self, args: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError("push is run by run() with the whole signed message")
+
+    async def _cmd_bundle(self, args: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("bundle is run by run() with the whole signed message")
+
+    async def _bundle(self, s: Signed) -> dict[str, Any]:
+        """The support bundle as parts (acks with ``part``, ``of``, ``data``), then this summary."""
+        from agent.core import supportbundle
+
+        if self.hooks.send is None:
+            raise Refused("bundle is not available on this box")
+        config = self.hooks.config() if self.hooks.config is not None else {}
+        archive = await asyncio.to_thread(supportbundle.build, self.site, self.ring, self.hooks.snapshot(), config)
+        part = max(1024, min(48 * 1024, (self.budget - 512) * 3 // 4))
+        return supportbundle.send(s.id, archive, part, self.hooks.send)
 
     async def _cmd_retry(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.hooks.retry(self._text(args, "device"))

@@ -27,6 +27,7 @@ from agent.tools.monitor import Target, _reason, target_for
 USAGE: dict[str, tuple[list[str], int]] = {
     "write": (["device", "point", "value"], 3), "retry": (["device"], 1), "reload": ([], 0), "status": ([], 0),
     "diag": (["device"], 1), "log-tail": (["lines"], 0), "log-level": (["level", "duration"], 1),
+    "bundle": ([], 0),
 }
 
 
@@ -41,7 +42,8 @@ def register_cmd(sub: Any) -> None:
         description="Sign a command with an operator key (made by `edge-agent keys generate`), publish it on the "
                     "site's command topic and print the acknowledgement: the result, or why the box refused it. "
                     "Commands: write DEVICE POINT VALUE, retry DEVICE, reload, status, diag DEVICE|broker, "
-                    "log-tail [LINES], log-level LEVEL [SECONDS]. Connects like `monitor` (--config for the site's "
+                    "log-tail [LINES], log-level LEVEL [SECONDS], bundle -o FILE (a support bundle, tar.gz). "
+                    "Connects like `monitor` (--config for the site's "
                     "TLS settings and credentials, or --broker).",
         epilog=epilog(["edge-agent cmd --broker mqtts://broker.example:8883 --site townhall --key alice.jwk "
                        "write boiler fallback_period 42",
@@ -61,6 +63,7 @@ def register_cmd(sub: Any) -> None:
     p.add_argument("--lifetime", type=float, default=300.0, metavar="SECONDS",
                    help="how long the signed message stays valid (default 300, at most 3600)")
     p.add_argument("--json", action="store_true", help="print the acknowledgement as JSON")
+    p.add_argument("-o", "--out", metavar="FILE", help="bundle: where to write the support bundle (tar.gz, 0600)")
     p.set_defaults(func=cmd_cmd)
 
 
@@ -124,6 +127,11 @@ def cmd_cmd(args: argparse.Namespace) -> int:
     mid = f"{op.name}-{uuid.uuid4().hex[:16]}"
     token = sign(op.key, op.name, claims(target.site, args.command, cargs, mid, lifetime=args.lifetime))
     payload = json.dumps({"id": mid, "cmd": args.command, "src": op.name, "jws": token}).encode()
+    if args.command == "bundle":
+        if not args.out:
+            print("cmd: bundle needs -o FILE", file=sys.stderr)
+            return 2
+        return _bundle(target, payload, mid, args)
     ack = asyncio.run(send_and_wait(target, payload, mid, args.timeout))
     if ack is None:
         return 3
@@ -134,6 +142,41 @@ def cmd_cmd(args: argparse.Namespace) -> int:
     else:
         print(f"refused: {ack.get('error')}", file=sys.stderr)
     return 0 if ack.get("ok") else 1
+
+
+def _bundle_done(got: list[dict[str, Any]]) -> bool:
+    summary = [d for d in got if not d.get("ok") or "parts" in (d.get("result") or {})]
+    if not summary:
+        return False
+    if not summary[-1].get("ok"):
+        return True
+    return sum(1 for d in got if "part" in (d.get("result") or {})) >= int(summary[-1]["result"]["parts"])
+
+
+def _bundle(target: Target, payload: bytes, mid: str, args: argparse.Namespace) -> int:
+    import base64
+    import hashlib
+    import os
+
+    got = asyncio.run(exchange(target, [payload], {mid}, args.timeout, _bundle_done))
+    if not got or not _bundle_done(got):
+        if got:
+            print("cmd: the bundle did not arrive whole in time", file=sys.stderr)
+        return 3
+    summary = next(d for d in reversed(got) if not d.get("ok") or "parts" in (d.get("result") or {}))
+    if not summary.get("ok"):
+        print(f"refused: {summary.get('error')}", file=sys.stderr)
+        return 1
+    parts = {d["result"]["part"]: base64.b64decode(d["result"]["data"]) for d in got if "part" in d["result"]}
+    data = b"".join(parts[i] for i in sorted(parts))
+    if hashlib.sha256(data).hexdigest() != summary["result"]["sha256"]:
+        print("cmd: the bundle's parts do not match its sha256", file=sys.stderr)
+        return 1
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    print(f"support bundle written to {args.out} ({len(data)} bytes, {len(parts)} parts)")
+    return 0
 
 
 async def send_and_wait(t: Target, payload: bytes, mid: str, wait: float) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,17 @@ async def test_operator_cli_cmd_signs_sends_and_prints_the_outcome(broker: Broke
         assert r.returncode == 0 and json.loads(r.stdout)["result"]["devices"]["boiler"]["state"] == "online"
         r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "alice.jwk"), "write", "boiler")
         assert r.returncode == 2 and "usage: write DEVICE POINT VALUE" in r.stderr
+        # a support bundle, in parts, from what the agent knows (redacted)
+        logging.getLogger("edge_agent").warning("token: hunter22xyz")
+        out = tmp_path / "support.tar.gz"
+        r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "alice.jwk"), "bundle", "-o", str(out))
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        with tarfile.open(out) as tar:
+            names = set(tar.getnames())
+            assert {"versions.json", "status.json", "validate.txt", "journal.txt", "site/site.yaml",
+                    "site/operators.json"} <= names, names
+            journal = tar.extractfile("journal.txt").read().decode()  # type: ignore[union-attr]
+        assert "token: <redacted>" in journal and "hunter22xyz" not in journal
     r = await asyncio.to_thread(cli, "cmd", "--broker", "mqtt://127.0.0.1:9", "--site", SITE, "--key",
                                 str(tmp_path / "alice.jwk"), "status")
     assert r.returncode == 3 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
