@@ -102,7 +102,7 @@ class Agent:
         self.remote.hooks.config = self.pusher.info
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
-        self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)
+        self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_local_edit)
         self.reload_event = self.reloader.requested
         self.watcher = Watcher(site, self.reload_event.set)
         self.reloader.before_check = self.watcher.mark_checked
@@ -281,6 +281,17 @@ class Agent:
     def _apply_reload(self) -> None:
         self.restart = True
         self.stop_event.set()
+
+    def _apply_local_edit(self) -> None:
+        """A reload (saved edit or SIGHUP) of the provisioned files: held to the push health gate, with what
+        ran before kept as a version to fall back to (docs/remote.md)."""
+        if self.pusher.running == BASE and self.pusher.store.read_json("trial.json") is None:
+            try:
+                if self.watcher.changed_since_start():
+                    self.pusher.local_trial(self.watcher.before())
+            except OSError as exc:
+                log.error("config: cannot keep the configuration before the edit (%s): applied without a gate", exc)
+        self._apply_reload()
 
     async def _stop_devices(self, tasks: list[asyncio.Task[None]]) -> None:
         live = [t for t in tasks if not t.done()]

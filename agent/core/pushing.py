@@ -192,13 +192,31 @@ class Pusher:
 
     # ------------------------------------------------------------------------------ at start: acks, gate
 
+    def local_trial(self, before: dict[str, str]) -> None:
+        """A local edit of the provisioned files is being applied: what ran before it is stored as a version
+        (site file, trust file, site-local profiles/) and the edit is held to the same health gate, with that
+        version to fall back to. No acks (nobody upstream asked); ``config`` events say what happened."""
+        stage = self.store.stage(before, f"local-{int(time.time())}")
+        v = self.store.commit(stage, "before-local-edit", bundle_hash(before), None)
+        expect = sorted(n for n, h in self.health.items() if h.available)
+        self.store.write_json("trial.json", {"id": None, "local": True, "version": BASE, "previous": v.name,
+                                             "hash": "", "label": "local edit", "window": DEFAULT_WINDOW,
+                                             "expect": expect, "starts": 0, "applied_acked": True,
+                                             "ts": time.time()})
+        log.info("config: local edit applied under a %g s health gate; %s keeps what ran before", DEFAULT_WINDOW,
+                 v.name)
+
+    def _answer(self, doc: dict[str, Any], ok: bool, **kw: Any) -> None:
+        if not doc.get("local"):
+            self.ack(doc.get("id"), ok, cmd="push", **kw)
+
     async def resume(self) -> None:
         """Acknowledge what a previous process left (a rollback), and hold a pending push to its gate."""
         rb = self.store.read_json("rollback.json")
         if rb is not None:
             reason = str(rb.get("reason", ""))[:150]
-            self.ack(rb.get("id"), False, cmd="push", error=f"rolled back to {rb.get('to')}: {reason}",
-                     result={"state": "rolled_back", "from": rb.get("from"), "to": rb.get("to"), "reason": reason,
+            self._answer(rb, False, error=f"rolled back to {rb.get('to')}: {reason}",
+                         result={"state": "rolled_back", "from": rb.get("from"), "to": rb.get("to"), "reason": reason,
                              "running": self.running, "hash": self.hash})
             self.event(Event("agent", "config", {"result": "rolled_back", **rb}, Severity.ALARM))
             await self.flush()
@@ -207,8 +225,8 @@ class Pusher:
         if trial is None:
             return
         if trial.get("version") != self.running:  # died between writing the trial and the switch
-            self.ack(trial.get("id"), False, cmd="push", error=f"interrupted before the switch; running {self.running}",
-                     result={"state": "interrupted", "running": self.running, "hash": self.hash})
+            self._answer(trial, False, error=f"interrupted before the switch; running {self.running}",
+                         result={"state": "interrupted", "running": self.running, "hash": self.hash})
             await self.flush()
             self.store.remove("trial.json")
             return
@@ -229,11 +247,12 @@ class Pusher:
         while time.monotonic() < deadline:
             if self.uplink_up() and all(self.health[n].available for n in expect):
                 self.gate_state = "passed"
-                self.ack(trial.get("id"), True, cmd="push",
-                         result={"state": "healthy", "version": self.running, "hash": self.hash,
+                self._answer(trial, True,
+                             result={"state": "healthy", "version": self.running, "hash": self.hash,
                                  "online": expect})
                 self.event(Event("agent", "config", {"result": "applied", "version": self.running,
-                                                     "hash": self.hash, "id": trial.get("id")}, Severity.INFO))
+                                                     "hash": self.hash, "id": trial.get("id"),
+                                                     "local": bool(trial.get("local"))}, Severity.INFO))
                 await self.flush()
                 self.store.remove("trial.json")
                 self.store.prune({self.running, str(trial.get("previous"))})
@@ -248,7 +267,7 @@ class Pusher:
         log.error("config: %s; rolling back from %s to %s", reason, self.running, prev)
         self.gate_state = "failed"
         self.store.write_json("rollback.json", {"id": trial.get("id"), "from": self.running, "to": prev,
-                                                "reason": reason[:500]})
+                                                "reason": reason[:500], "local": bool(trial.get("local"))})
         self.store.switch(prev)
         self.store.remove("trial.json")
         self.restart()

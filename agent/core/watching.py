@@ -46,6 +46,18 @@ def fingerprint(dirs: list[Path]) -> str:
     return h.hexdigest()
 
 
+def read_bundle(site_file: Path) -> dict[str, str]:
+    """The site file, its trust file and its profiles/ folder as bundle files (docs/remote.md)."""
+    out: dict[str, str] = {}
+    folder = site_file.parent
+    for name, p in [("site.yaml", site_file), ("operators.json", folder / "operators.json"),
+                    *((f"profiles/{q.name}", q) for q in sorted(folder.glob("profiles/*.yaml")))]:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if p.is_file() and p.stat().st_size <= 1024 * 1024:
+                out[name] = p.read_text()
+    return out
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, loop: asyncio.AbstractEventLoop, poke: Callable[[], None]) -> None:
         self.loop = loop
@@ -67,6 +79,14 @@ class Watcher:
         self.changed = asyncio.Event()
         self.requests = 0
         self.known: str | None = None  # the content last checked (by this watcher or a SIGHUP)
+        self._before = read_bundle(Path(site.file))
+
+    def before(self) -> dict[str, str]:
+        """What runs, as bundle files (site.yaml, operators.json, profiles/NAME.yaml), read at start."""
+        return dict(self._before)
+
+    def changed_since_start(self) -> bool:
+        return read_bundle(Path(self.site.file)) != self._before
 
     def mark_checked(self) -> None:
         """A reload check starts (SIGHUP or this watcher): the files as they are now need no other check."""

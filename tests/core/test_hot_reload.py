@@ -4,10 +4,14 @@ keeps running; a burst of writes is one check; a good save is applied (same PID,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.peers.mosquitto import Broker
 
@@ -66,3 +70,48 @@ async def test_saved_edits_are_checked_broken_refused_good_applied(broker: Broke
     log = (tmp_path / "agent.log").read_text()
     assert "Traceback" not in log
     assert "a local edit was saved" in log
+
+
+async def test_a_saved_edit_that_breaks_a_device_is_rolled_back_by_the_health_gate(
+        broker: Broker, modbus_sim: Callable[..., int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process, each restart done as `run` does it (resolve the version, then a new Agent)."""
+    from agent.config import load_site
+    from agent.core import pushing
+    from agent.core.app import Agent
+    from agent.core.configstore import resolve
+
+    monkeypatch.setattr(pushing, "DEFAULT_WINDOW", 3.0)
+    port = modbus_sim("remeha-gtw08:4")
+    dev = (f"  - {{name: boiler, type: remeha-gtw08, interval: 0.3s, timeout: 0.5s, retries: 0, "
+           f"connection: {{host: 127.0.0.1, port: {port}, unit: 4}}}}\n")
+    site = write_site(tmp_path, broker.url, devices=dev)
+    good = site.read_text()
+
+    async def run_once(until: Callable[[Agent], bool], edit: Callable[[], None] | None = None) -> Agent:
+        path, name = resolve(tmp_path / "state", site)
+        agent = Agent(load_site(path, strict=False), version=name, base_file=str(site))
+        task = asyncio.create_task(agent.run())
+        try:
+            async with asyncio.timeout(20):
+                while not until(agent) and not task.done():
+                    if edit is not None and agent.health["boiler"].available:
+                        edit()
+                        edit = None
+                    await asyncio.sleep(0.05)
+        finally:
+            agent.stop_event.set()
+            await asyncio.wait_for(task, 20)
+        return agent
+
+    async with Collector(broker.port) as col:
+        a1 = await run_once(lambda a: a.restart, lambda: editor_save(site, good.replace(f"port: {port}", "port: 9")))
+        assert a1.restart and a1.pusher.running == "base"  # the edit was valid: applied by a restart
+        a2 = await run_once(lambda a: a.restart)  # runs the edit; the gate fails within 3 s: rolled back
+        assert a2.pusher.running == "base" and a2.pusher.gate_state == "failed"
+        a3 = await run_once(lambda a: a.health["boiler"].available)  # what ran before the edit, from the store
+        assert a3.pusher.running.startswith("0001-") and a3.health["boiler"].available
+        await col.wait(lambda: any(e["data"].get("result") == "rolled_back" for e in config_events(col)), 10,
+                       "rolled_back event")
+        ev = next(e for e in config_events(col) if e["data"].get("result") == "rolled_back")
+        assert ev["data"]["local"] is True and "boiler" in ev["data"]["reason"]
+    assert site.read_text() != good  # the technician's file is left as saved; the box says what it runs
