@@ -22,20 +22,25 @@ import contextlib
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from agent.config import Site
 from agent.contract.device import DeviceConfig
 from agent.contract.driver import DriverContext
 from agent.core.commanding import CommandChannel
+from agent.core.configstore import BASE
 from agent.core.flusher import Flusher
 from agent.core.liveness import Liveness
 from agent.core.notify import Notifier
 from agent.core.pipeline import Pipeline
+from agent.core.pushing import Pusher
 from agent.core.reload import Reloader
+from agent.core.remoteops import Hooks, RemoteOps
 from agent.core.snapshot import snapshot
 from agent.core.status import StatusServer
 from agent.core.supervisor import DeviceRunner
+from agent.core.watching import Watcher
 from agent.core.writing import Writer
 from agent.errors import DriverError
 from agent.model import DeviceHealth, Event, Sample, Severity, Value
@@ -55,7 +60,8 @@ SNAPSHOT_TIMEOUT = 30.0  # one snapshot command: fetch, downscale
 
 
 class Agent:
-    def __init__(self, site: Site, notifier: Notifier | None = None) -> None:
+    def __init__(self, site: Site, notifier: Notifier | None = None, *, version: str = BASE,
+                 base_file: str | None = None) -> None:
         self.site = site
         self.notifier = notifier or Notifier()
         self.started = time.time()
@@ -74,7 +80,7 @@ class Agent:
                 continue
             self.runners[d.name] = DeviceRunner(d, self.ctx, self, h)
         self.flusher = Flusher(site, self.outbox, self.pipeline, self.topics, self._report_store_incident)
-        self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self.pipeline.birth,
+        self.uplink = Uplink(site.model.uplink, site.secrets, self.topics, self.outbox, self._birth,
                              self.handle_command, on_reset=self.pipeline.forget)
         self.metrics = Metrics(self.snapshot, config_version(site.file))
         mc = site.model.metrics
@@ -82,12 +88,24 @@ class Agent:
         self.uplink.on_puback = self.metrics.on_puback
         for r in self.runners.values():
             r.on_cycle, r.on_failure = self.metrics.on_cycle, self.metrics.on_failure
+        budget = min(site.model.uplink.max_message_bytes, site.model.outbox.max_bytes // 4) - 1024
+        self.remote = RemoteOps(site, Hooks(self.write, self.retry, self._remote_reload, self.snapshot, self.event,
+                                            self._push), budget)
         self.commands = CommandChannel(self.topics, self.uplink, self.pipeline, self.flusher.queue, self.started,
-                                       self._snapshot_command)
+                                       self._snapshot_command, self.remote)
+        self.pusher = Pusher(site, version, Path(base_file or site.file), self.health,
+                             self.uplink.connected.is_set, self.commands.ack, self.event, self._apply_reload,
+                             self.flush_now)
+        self.uplink.status_extra = {"config": self.pusher.running, "config_hash": self.pusher.hash}
+        self.commands.chunks = self.pusher.chunks
+        self.remote.hooks.send = lambda doc: self.flusher.queue(self.topics.ack, dumps(doc), time.time())
+        self.remote.hooks.config = self.pusher.info
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
-        self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_reload)
+        self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_local_edit)
         self.reload_event = self.reloader.requested
+        self.watcher = Watcher(site, self.reload_event.set)
+        self.reloader.before_check = self.watcher.mark_checked
         self.liveness = Liveness(site, self.notifier, self.flusher, self.uplink, self.outbox, self.runners,
                                  self.health)
         self.stop_event = asyncio.Event()
@@ -166,8 +184,15 @@ class Agent:
         return {"device": name, "ref": ref, "bytes": len(jpeg), "topic": self.topics.snapshot(name, ref)}
 
     def snapshot(self) -> dict[str, Any]:
-        return snapshot(self.site, self.started, self.health, self.uplink, self.outbox, self.flusher,
-                        self.commands, self.pipeline)
+        return {**snapshot(self.site, self.started, self.health, self.uplink, self.outbox, self.flusher,
+                           self.commands, self.pipeline), "config": self.pusher.info()}
+
+    def _birth(self) -> dict[str, Any]:
+        """The alias map, and the configuration version that runs (docs/remote.md)."""
+        return {**self.pipeline.birth(), "config": self.pusher.running}
+
+    async def _push(self, s: Any) -> dict[str, Any]:
+        return await self.pusher.push(s)
 
     def stats(self) -> dict[str, Any]:
         return {"outbox": self.outbox.stats()}
@@ -203,6 +228,7 @@ class Agent:
         # Device tasks live outside the task group: a driver that swallows cancellation must not be able to
         # hold shutdown hostage (the watchdog reports it; shutdown abandons it after DEVICE_STOP seconds).
         devices = [asyncio.create_task(r.run(), name=f"device:{n}") for n, r in self.runners.items()]
+        self.remote.attach_log()
         try:
             await self.status_server.start()
             await self.metrics_server.start()
@@ -213,6 +239,8 @@ class Agent:
                     tg.create_task(self.liveness.watchdog(), name="watchdog"),
                     tg.create_task(self.liveness.ready(), name="ready"),
                     tg.create_task(self.reloader.run(), name="reloader"),
+                    tg.create_task(self.pusher.resume(), name="config:gate"),
+                    tg.create_task(self.watcher.run(), name="config:watch"),
                 ]
                 if self.metrics_server.textfile is not None:
                     others.append(tg.create_task(self.metrics_server.run_textfile(), name="metrics:textfile"))
@@ -227,6 +255,7 @@ class Agent:
                 for t in others:
                     t.cancel()
         finally:
+            self.remote.detach_log()
             await self._stop_devices(devices)
             await self.status_server.stop()
             await self.metrics_server.stop()
@@ -243,12 +272,26 @@ class Agent:
             sev = Severity.WARNING if inc.result in ("fresh", "unproven") and inc.lost == 0 else Severity.ALARM
             self.event(Event("agent", "store", inc.doc(), sev))
 
+    def _remote_reload(self) -> None:
+        self.reload_event.set()
+
     def _running(self) -> set[str]:
         return {d.name for d in self.site.devices if d.name in self.runners}
 
     def _apply_reload(self) -> None:
         self.restart = True
         self.stop_event.set()
+
+    def _apply_local_edit(self) -> None:
+        """A reload (saved edit or SIGHUP) of the provisioned files: held to the push health gate, with what
+        ran before kept as a version to fall back to (docs/remote.md)."""
+        if self.pusher.running == BASE and self.pusher.store.read_json("trial.json") is None:
+            try:
+                if self.watcher.changed_since_start():
+                    self.pusher.local_trial(self.watcher.before())
+            except OSError as exc:
+                log.error("config: cannot keep the configuration before the edit (%s): applied without a gate", exc)
+        self._apply_reload()
 
     async def _stop_devices(self, tasks: list[asyncio.Task[None]]) -> None:
         live = [t for t in tasks if not t.done()]

@@ -1,16 +1,20 @@
 """Commands from upstream (docs/mqtt.md): checked and rate-limited by ``agent.uplink.intake``, run, and
-answered on the ack topic. Remote operations (signed pushes, writes) grow here."""
+answered on the ack topic. ``ping``, ``rebirth`` and ``snapshot`` change nothing on site and may come unsigned;
+every other command must be signed (docs/remote.md) and is verified and run by ``RemoteOps``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from agent import __version__
 from agent.core.pipeline import Pipeline
+from agent.core.remoteops import RemoteOps
+from agent.remote.chunks import ChunkError, ChunkStore
+from agent.remote.envelope import COMMAND_ROLES, Refused
 from agent.uplink import intake
 from agent.uplink.codec import dumps
 from agent.uplink.mqtt import Uplink
@@ -24,7 +28,8 @@ Snapshot = Callable[[Any], Awaitable[dict[str, Any]]]  # device name -> where th
 
 class CommandChannel:
     def __init__(self, topics: Topics, uplink: Uplink, pipeline: Pipeline, queue: Queue, started: float,
-                 snapshot: Snapshot | None = None) -> None:
+                 snapshot: Snapshot | None = None, remote: RemoteOps | None = None,
+                 chunks: ChunkStore | None = None) -> None:
         self.topics = topics
         self.uplink = uplink
         self.pipeline = pipeline
@@ -32,6 +37,8 @@ class CommandChannel:
         self.started = started
         self.gate = intake.Gate()
         self.snapshot = snapshot
+        self.remote = remote
+        self.chunks = chunks  # parts of a chunked configuration push
         self._slow: set[asyncio.Task[None]] = set()  # commands that take long (snapshots): answered when done
 
     async def handle(self, payload: bytes) -> None:
@@ -42,11 +49,18 @@ class CommandChannel:
         try:
             c = intake.parse(payload)
             self.gate.admit(c)
+            if c.jws is not None or c.cmd in COMMAND_ROLES:
+                self._start(self._signed(c), f"command:{c.cmd}")
+                return
+            if c.cmd == "push-chunk" and self.chunks is not None:
+                try:
+                    self.chunks.add(c.args)  # kept silently: the signed push is answered (a flood of acks saved)
+                except ChunkError as exc:
+                    raise intake.CommandRefused(str(exc), c.id, c.cmd) from None
+                return
             if c.cmd == "snapshot" and self.snapshot is not None:
                 # a camera may take seconds: answered when done, without holding up the commands behind it
-                task = asyncio.create_task(self._slow_command(c, self.snapshot), name="command:snapshot")
-                self._slow.add(task)
-                task.add_done_callback(self._slow.discard)
+                self._start(self._slow_command(c, self.snapshot), "command:snapshot")
                 return
             result = self._run(c)
         except intake.CommandRefused as exc:
@@ -55,6 +69,38 @@ class CommandChannel:
                 log.warning("command refused: %s", exc.error)
         else:
             self.ack(c.id, True, result=result, cmd=c.cmd)
+
+    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._slow.add(task)
+        task.add_done_callback(self._slow.discard)
+
+    async def _signed(self, c: intake.Command) -> None:
+        """A signed command: verified (key, role, site, times, replay) and run, or refused with why."""
+        cid: str | int | None = c.id
+        try:
+            if c.jws is None:
+                role = COMMAND_ROLES.get(c.cmd, "?")
+                raise Refused(f"unsigned: {c.cmd} changes or reveals the site and needs a signed message (jws) "
+                              f"by a key with the role {role!r} (docs/remote.md)")
+            if self.remote is None:
+                raise Refused("signed commands are not enabled on this box")
+            s = self.remote.verify(c.jws)
+            if s.cmd != c.cmd or (c.id is not None and c.id != s.id):
+                raise Refused(f"cmd/id outside the signature ({c.cmd!r}/{c.id!r}) differ from the signed "
+                              f"{s.cmd!r}/{s.id!r}")
+            cid = s.id
+            result = await self.remote.run(s)
+        except Refused as exc:
+            self.gate.refused += 1
+            if self.ack(cid, False, error=str(exc)[:intake.MAX_ERROR_CHARS], cmd=c.cmd):
+                log.warning("signed command refused: %s", exc)
+        except Exception as exc:  # a bug or the disk: answered, never a silent end of the task
+            log.exception("signed %s failed", c.cmd)
+            self.ack(cid, False, error=f"{c.cmd} failed: {type(exc).__name__}: {exc}"[:intake.MAX_ERROR_CHARS],
+                     cmd=c.cmd)
+        else:
+            self.ack(cid, True, result=result, cmd=c.cmd)
 
     async def _slow_command(self, c: intake.Command, run: Snapshot) -> None:
         try:
@@ -85,6 +131,8 @@ class CommandChannel:
             doc["result"] = result
         else:
             doc["error"] = error
+            if result is not None:  # a refusal with details (a push rolled back: from, to, why)
+                doc["result"] = result
         self.queue(self.topics.ack, dumps(doc), time.time())
         return True
 

@@ -25,6 +25,7 @@ class Reloader:
         self.notifier = notifier
         self.apply = apply  # a valid new configuration: stop cleanly so the caller re-execs with it
         self.requested = asyncio.Event()
+        self.before_check: Callable[[], None] | None = None  # the edit watcher: what is checked now is known
 
     def announce_problems(self) -> None:
         """Devices skipped at start-up (a broken entry or profile) are announced upstream as a ``config`` event,
@@ -59,6 +60,8 @@ class Reloader:
         while True:
             await self.requested.wait()
             self.requested.clear()
+            if self.before_check is not None:
+                self.before_check()
             try:
                 blocking, other = await asyncio.to_thread(self.check)
             except EdgeAgentError as exc:

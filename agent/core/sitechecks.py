@@ -15,7 +15,7 @@ from agent.outbox import row_size
 from agent.uplink.codec import dumps
 from agent.uplink.topics import Topics
 
-BIRTH_MARGIN = 64  # the "seq" member added when the birth is published, and the ts/version growing
+BIRTH_MARGIN = 128  # the "seq" member added when the birth is published, the ts/version growing, the "config" name
 TS_WIDTH = 1_800_000_000.123  # a timestamp as wide as the real ones: the same file gives the same size
 
 

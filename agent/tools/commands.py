@@ -196,12 +196,25 @@ def setup_logging(level: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.core.app import Agent, install_signal_handlers
+    from agent.core.configstore import BASE, fail_version, resolve
     from agent.core.sitechecks import load_site_checked
 
     setup_logging(args.log_level)
     log = logging.getLogger("edge_agent")
+    version = BASE
     try:
         site = load_site_checked(args.config, strict=False)
+        try:
+            path, version = resolve(site.state_dir, Path(args.config))  # a pushed version (docs/remote.md)
+        except OSError as exc:
+            log.error("config store unusable (%s); running the provisioned site file", exc)
+        while version != BASE:
+            try:
+                site = load_site_checked(path, strict=False)
+                break
+            except ConfigError as exc:  # validated before the switch: only a changed environment gets here
+                log.error("config version %s does not load: %s", version, exc)
+                path, version = fail_version(site.state_dir, Path(args.config), version, str(exc))
     except ConfigError as exc:
         for p in exc.problems:
             print(p, file=sys.stderr)
@@ -211,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EX_CONFIG
 
     async def main() -> None:
-        agent = Agent(site)
+        agent = Agent(site, version=version, base_file=args.config)
         install_signal_handlers(agent)
         await agent.run()
         if agent.restart:

@@ -19,7 +19,7 @@ from typing import Any
 
 log = logging.getLogger("edge_agent.commands")
 
-MAX_COMMAND_BYTES = 4096
+MAX_COMMAND_BYTES = 65536  # a signed configuration push is one message (docs/remote.md)
 MAX_DEPTH = 8  # {"args": {...}} needs 2; anything deeper is not a command
 MAX_ID_CHARS = 64
 MAX_SRC_CHARS = 64
@@ -55,6 +55,7 @@ class Command:
     cmd: str
     src: str
     args: dict[str, Any]
+    jws: str | None = None  # a signed command (docs/remote.md): its claims, not ``args``, are what is obeyed
 
 
 def nesting_depth_exceeds(payload: bytes, limit: int) -> bool:
@@ -117,7 +118,10 @@ def parse(payload: bytes) -> Command:
     args = msg.get("args", {})
     if not isinstance(args, dict):
         raise CommandRefused("args must be a JSON object", cid, cmd)
-    return Command(cid, cmd, src, args)
+    jws = msg.get("jws")
+    if jws is not None and not isinstance(jws, str):
+        raise CommandRefused("jws must be a string (a JWS in compact serialisation)", cid, cmd)
+    return Command(cid, cmd, src, args, jws)
 
 
 @dataclass

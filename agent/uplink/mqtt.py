@@ -121,6 +121,7 @@ class Uplink:
         self.on_reset = on_reset
         self._last_birth = -REBIRTH_MIN_INTERVAL  # monotonic time of the last birth published
         self.retained_ignored = 0
+        self.status_extra: dict[str, Any] = {}  # more members of the online status (the configuration version)
         self._suspects = Suspects()
         self.progress = time.monotonic()  # watchdog: last time the publisher loop was seen alive
         self.on_puback: Callable[[float, int], None] | None = None  # metrics: (seconds to PUBACK, payload bytes)
@@ -196,7 +197,8 @@ class Uplink:
         self._urgent.clear()
         await self._publish_birth(client)
         await client.publish(self.topics.status, dumps({"state": "online", "ts": round(time.time(), 3),
-                                                        "agent": __version__}), qos=1, retain=True, timeout=t)
+                                                        "agent": __version__, **self.status_extra}),
+                             qos=1, retain=True, timeout=t)
 
     def birth_doc(self) -> dict[str, Any]:
         return {"v": 1, "site": self.topics.site, "agent": __version__, "ts": round(time.time(), 3),

@@ -120,8 +120,10 @@ ALLOWED = {
     "agent.outbox": set(),
     "agent.uplink": {"agent.config", "agent.outbox"},
     "agent.obs": set(),
-    "agent.core": {"agent.contract", "agent.config", "agent.outbox", "agent.uplink", "agent.obs"},
-    "agent.tools": {"agent.contract", "agent.config", "agent.outbox", "agent.uplink", "agent.core", "agent.obs"},
+    "agent.remote": set(),
+    "agent.core": {"agent.contract", "agent.config", "agent.outbox", "agent.uplink", "agent.obs", "agent.remote"},
+    "agent.tools": {"agent.contract", "agent.config", "agent.outbox", "agent.uplink", "agent.core", "agent.obs",
+                    "agent.remote"},
 }
 
 
