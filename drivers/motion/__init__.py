@@ -1,0 +1,95 @@
+"""``motion`` driver: on-box motion pre-filter over a camera's stream (or a video file).
+
+This module holds the configuration schema only (pydantic): it never imports OpenCV or numpy, so validating a
+profile stays cheap. ``analysis.py`` is the filter (a pure function of frames), ``events.py`` turns its
+per-frame verdicts into motion start/update/end events, ``reader.py`` decodes the stream off the event loop.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Polygon = list[tuple[float, float]]
+
+
+def _check_polygon(poly: Polygon) -> Polygon:
+    if len(poly) < 3:
+        raise ValueError("a polygon needs at least 3 points")
+    for x, y in poly:
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise ValueError(f"polygon point ({x}, {y}) is outside 0..1 (coordinates are shares of width, height)")
+    return poly
+
+
+class Zone(BaseModel):
+    """A named area of the picture with its own sensitivity; events name the zones they touched."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=40, description="zone name, reported in motion events")
+    polygon: Polygon = Field(description="[[x, y], ...] in shares of width and height (0..1), at least 3 points")
+    sensitivity: float = Field(
+        1.0, gt=0, le=4, description="scales detection in the zone: 2 halves the minimum object area, 0.5 doubles it"
+    )
+
+    _poly = field_validator("polygon")(_check_polygon)
+
+
+class MotionParams(BaseModel):
+    """The filter's tuning; the defaults suit a 640x360 sub stream of a fixed camera."""
+
+    model_config = ConfigDict(extra="forbid")
+    height: int = Field(120, ge=60, le=240, description="analysis height in pixels (the frame is downscaled)")
+    threshold: float = Field(
+        16.0, ge=2, le=120, description="gray-level difference from the background that counts as changed"
+    )
+    noise_factor: float = Field(
+        4.0, ge=0, le=20, description="threshold is at least this many times the frame's measured noise"
+    )
+    min_area: float = Field(
+        0.001, gt=0, lt=0.5, description="smallest moving object, as a share of the picture (0.001 = 0.1 %)"
+    )
+    alpha: float = Field(0.05, gt=0, le=0.5, description="background learning rate per analysed frame")
+    global_gate: float = Field(
+        0.3, gt=0, le=1, description="share of the picture changing at once that is taken as lighting, IR or "
+        "camera movement: the background is relearned and nothing is reported"
+    )
+    flicker: float = Field(
+        0.3, gt=0, le=1, description="pixels changed more often than this share of recent frames (foliage, water) "
+        "are ignored"
+    )
+    shadow: float = Field(
+        0.85, gt=0, le=1, description="a changed area whose texture still matches the background this well "
+        "(normalised correlation) is a shadow or a light, not an object"
+    )
+    persistence: tuple[int, int] = Field(
+        (3, 5), description="[k, n]: motion must be seen in k of the last n analysed frames to start an event"
+    )
+    masks: list[Polygon] = Field(
+        default_factory=list, description="areas never analysed (clocks, roads, trees): polygons in shares 0..1"
+    )
+    zones: list[Zone] = Field(default_factory=list, description="named areas with their own sensitivity")
+
+    @field_validator("masks")
+    @classmethod
+    def _masks(cls, v: list[Polygon]) -> list[Polygon]:
+        return [_check_polygon(p) for p in v]
+
+    @field_validator("persistence")
+    @classmethod
+    def _kn(cls, v: tuple[int, int]) -> tuple[int, int]:
+        k, n = v
+        if not 1 <= k <= n <= 30:
+            raise ValueError("persistence is [k, n] with 1 <= k <= n <= 30")
+        return v
+
+
+class MotionEvents(BaseModel):
+    """How per-frame motion becomes events."""
+
+    model_config = ConfigDict(extra="forbid")
+    quiet: float = Field(5.0, gt=0, le=600, description="seconds without motion before the end event")
+    update_every: float = Field(5.0, gt=0, le=600, description="at most one update event this often during motion")
+    max_per_minute: int = Field(6, ge=1, le=120, description="at most this many start events per minute per camera")
+
+
+__all__ = ["MotionEvents", "MotionParams", "Polygon", "Zone"]
