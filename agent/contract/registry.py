@@ -23,6 +23,7 @@ DRIVERS: dict[str, str] = {
     "modbus": "drivers.modbus",
     "bacnet": "drivers.bacnet",
     "onvif": "drivers.onvif",
+    "motion": "drivers.motion",
 }
 
 ProfileCheck = Callable[[Sequence[PointBase], dict[str, Any]], list[tuple[tuple[str | int, ...], str]]]

@@ -7,7 +7,13 @@ per-frame verdicts into motion start/update/end events, ``reader.py`` decodes th
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.contract.points import PointBase
+from agent.contract.registry import DriverSpec
+from agent.types import PositiveDuration
 
 Polygon = list[tuple[float, float]]
 
@@ -87,9 +93,84 @@ class MotionEvents(BaseModel):
     """How per-frame motion becomes events."""
 
     model_config = ConfigDict(extra="forbid")
-    quiet: float = Field(5.0, gt=0, le=600, description="seconds without motion before the end event")
-    update_every: float = Field(5.0, gt=0, le=600, description="at most one update event this often during motion")
+    quiet: PositiveDuration = Field(5.0, description="seconds without motion before the end event")
+    update_every: PositiveDuration = Field(5.0, description="at most one update event this often during motion")
     max_per_minute: int = Field(6, ge=1, le=120, description="at most this many start events per minute per camera")
 
 
-__all__ = ["MotionEvents", "MotionParams", "Polygon", "Zone"]
+FACTS = ("connected", "fps_in", "fps_analysed", "decode_errors", "reconnects", "motion", "analysis_time")
+
+
+class MotionPoint(PointBase):
+    """One stream-health or motion fact of the camera."""
+
+    fact: Literal["connected", "fps_in", "fps_analysed", "decode_errors", "reconnects", "motion", "analysis_time"] = (
+        Field(description="connected (frames arrive), fps_in (decoded per second), fps_analysed, decode_errors and "
+              "reconnects (counts since start), motion (an event is open), "
+              "analysis_time (mean filter time per analysed frame, s)")
+    )
+
+
+class MotionConnection(BaseModel):
+    """The stream to analyse: the camera's sub stream (RTSP, over TCP) or a video file; per-camera masks, zones."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, description="rtsp://[user@]host[:port]/path of the sub stream, or a video file path")
+    password_file: str | None = Field(
+        None, description="file holding the RTSP password (inserted for the user named in the URL); never inline"
+    )
+    masks: list[Polygon] = Field(default_factory=list, description="this camera's masks (added to the profile's)")
+    zones: list[Zone] = Field(default_factory=list, description="this camera's zones (added to the profile's)")
+
+    @field_validator("url")
+    @classmethod
+    def _no_inline_password(cls, v: str) -> str:
+        if "://" in v and ":" in v.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]:
+            raise ValueError("no password in the URL: use password_file")
+        return v
+
+    @field_validator("masks")
+    @classmethod
+    def _masks(cls, v: list[Polygon]) -> list[Polygon]:
+        return [_check_polygon(p) for p in v]
+
+    @property
+    def bus_key(self) -> str:
+        return f"motion:{self.url}"
+
+
+class MotionSnapshot(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="publish a picture of the frame of peak motion with each start event")
+    width: int = Field(320, ge=64, le=1920, description="downscale to at most this width")
+    quality: int = Field(70, ge=10, le=95, description="JPEG quality (lowered until max_bytes is met)")
+    max_bytes: int = Field(30_000, ge=2_000, le=500_000, description="bound of the published JPEG")
+
+
+class MotionDevice(BaseModel):
+    """Profile ``device:`` section of a motion camera."""
+
+    model_config = ConfigDict(extra="forbid")
+    fps: float = Field(5.0, gt=0, le=30, description="frames analysed per second (the stream is decoded whole)")
+    open_timeout: PositiveDuration = Field(10.0, description="budget to open the stream")
+    read_timeout: PositiveDuration = Field(5.0, description="a stream silent this long is stalled: reopened")
+    backoff_max: PositiveDuration = Field(30.0, description="longest wait between two attempts to open the stream")
+    realtime: bool = Field(True, description="play a video file at its own frame rate, as a camera would send it")
+    filter: MotionParams = Field(default_factory=MotionParams, description="the filter's tuning")
+    events: MotionEvents = Field(default_factory=MotionEvents, description="event hysteresis and rate limit")
+    snapshot: MotionSnapshot = Field(default_factory=MotionSnapshot, description="picture of each motion")
+
+
+SPEC = DriverSpec(
+    name="motion",
+    point_model=MotionPoint,
+    connection_model=MotionConnection,
+    device_model=MotionDevice,
+    driver_class="drivers.motion.driver:MotionDriver",
+    description="on-box motion pre-filter over a camera stream or a video file (OpenCV), events with a snapshot",
+)
+
+__all__ = [
+    "FACTS", "SPEC", "MotionConnection", "MotionDevice", "MotionEvents", "MotionParams", "MotionPoint",
+    "MotionSnapshot", "Polygon", "Zone",
+]
