@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agent.contract.points import PointBase
 from agent.contract.registry import DriverSpec
 from agent.types import PositiveDuration
+from drivers.onvif import OnvifConnection
 
 Polygon = list[tuple[float, float]]
 
@@ -121,6 +122,10 @@ class MotionConnection(BaseModel):
     )
     masks: list[Polygon] = Field(default_factory=list, description="this camera's masks (added to the profile's)")
     zones: list[Zone] = Field(default_factory=list, description="this camera's zones (added to the profile's)")
+    onvif: OnvifConnection | None = Field(
+        None, description="the camera's ONVIF service, whose motion events are fused with the filter "
+        "(device.mode camera, both or either): host, port, user, password by reference"
+    )
 
     @field_validator("url")
     @classmethod
@@ -159,6 +164,11 @@ class MotionDevice(BaseModel):
     filter: MotionParams = Field(default_factory=MotionParams, description="the filter's tuning")
     events: MotionEvents = Field(default_factory=MotionEvents, description="event hysteresis and rate limit")
     snapshot: MotionSnapshot = Field(default_factory=MotionSnapshot, description="picture of each motion")
+    mode: Literal["local", "camera", "both", "either"] = Field(
+        "local", description="local: the filter alone; camera: the camera's ONVIF motion events alone; either: "
+        "motion when either says so; both: the camera's motion confirmed by the filter within 'window'"
+    )
+    window: PositiveDuration = Field(10.0, description="for mode both: camera and filter agree within this time")
 
 
 SPEC = DriverSpec(

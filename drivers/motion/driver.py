@@ -26,6 +26,7 @@ from agent.model import Event, Quality, Sample, Severity, Value
 from . import MotionConnection, MotionDevice, MotionPoint, MotionSnapshot
 from .analysis import FrameResult
 from .events import MotionTracker
+from .fusion import CameraMotion, LocalMotion, fuse
 from .reader import StreamReader, redact
 
 if TYPE_CHECKING:
@@ -87,9 +88,16 @@ class MotionDriver(Driver):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.dropped = 0
         self._last: tuple[float, int, int, float] | None = None  # time, frames_in, analysed, analysis_s
+        self.camera = CameraMotion()
+        self.local = LocalMotion()
+        self.session: Any = None  # drivers.onvif.session.CameraSession when the camera's events are fused
+        if self.cfg.mode != "local" and conn.onvif is None:
+            raise ValueError(f"mode {self.cfg.mode} needs connection.onvif (the camera's ONVIF service)")
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.cfg.mode != "local" and self.conn.onvif is not None and self.session is None:
+            await self._connect_camera(self.conn.onvif)
         url = with_password(self.conn.url, self.conn.password_file)
         c = self.cfg
         self.reader = StreamReader(url, self.params, self._on_result, self._on_state, fps=c.fps,
@@ -97,7 +105,25 @@ class MotionDriver(Driver):
                                    backoff_max=c.backoff_max, name=self.name)
         self.reader.start()
 
+    async def _connect_camera(self, oc: Any) -> None:
+        from drivers.onvif.session import CameraSession
+
+        try:
+            password = oc.password.read() if oc.password is not None else ""
+        except ValueError as exc:
+            raise DeviceUnreachable(str(exc)) from None
+        session = CameraSession(oc.host, oc.port, oc.user, password, self.device.model.timeout, True)
+        try:
+            await session.connect()
+        except BaseException:
+            await session.close()
+            raise
+        self.session = session
+
     async def stop(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            await session.close()
         rd, self.reader = self.reader, None
         if rd is not None:
             await asyncio.to_thread(rd.stop, 2.0 + self.cfg.read_timeout)
@@ -106,6 +132,7 @@ class MotionDriver(Driver):
 
     # -- in the reader thread --------------------------------------------------------------------------
     def _on_result(self, ts: float, r: FrameResult, frame: np.ndarray) -> None:
+        r = fuse(self.cfg.mode, r, ts, self.camera, self.local, self.cfg.window)
         for ev in self.tracker.feed(ts, r, frame):
             jpeg = None
             if ev.state == "start" and self.cfg.snapshot.enabled and ev.frame is not None:
@@ -141,11 +168,24 @@ class MotionDriver(Driver):
             self.dropped += 1
 
     async def follow(self, sink: Sink) -> None:
-        while True:
-            event, jpeg = await self.queue.get()
-            sink.event(event)
-            if jpeg is not None:
-                sink.picture(self.name, str(event.data["id"]), jpeg)
+        async with asyncio.TaskGroup() as tg:
+            if self.session is not None:
+                tg.create_task(self._camera_events(), name=f"{self.name}:camera-events")
+            while True:
+                event, jpeg = await self.queue.get()
+                if event.kind == "motion" and self.cfg.mode != "local":
+                    event.data["mode"] = self.cfg.mode
+                sink.event(event)
+                if jpeg is not None:
+                    sink.picture(self.name, str(event.data["id"]), jpeg)
+
+    async def _camera_events(self) -> None:
+        """The camera's own motion events (ONVIF PullPoint) update the fusion state; nothing else is sent."""
+        from drivers.onvif import OnvifEvents
+        from drivers.onvif.events import EventFollower
+
+        follower = EventFollower(self.name, self.session, OnvifEvents(kinds=["motion"]))
+        await follower.run(_CameraSink(self.camera))
 
     async def read(self, points: Sequence[PointBase]) -> list[Sample]:
         rd = self.reader
@@ -174,3 +214,26 @@ class MotionDriver(Driver):
                 q = Quality.GOOD if v is not None else Quality.STALE
                 out.append(Sample(self.name, p.name, v, q, ts))
         return out
+
+
+class _CameraSink:
+    """Takes the camera's events from the ONVIF follower: motion state only (the ``onvif`` device, if the site
+    has one for this camera, publishes the camera's events itself)."""
+
+    def __init__(self, camera: CameraMotion) -> None:
+        self.camera = camera
+
+    def samples(self, device: str, samples: Sequence[Sample]) -> None:
+        return None
+
+    def event(self, event: Event) -> None:
+        if event.kind == "motion":
+            self.camera.update(time.time(), event.data.get("state") is True)
+        elif event.kind == "availability":
+            log.info("%s: camera events: %s", event.source, event.data)
+
+    def points_changed(self, device: str) -> None:
+        return None
+
+    def picture(self, device: str, ref: str, jpeg: bytes) -> None:
+        return None
