@@ -190,6 +190,8 @@ class MotionDriver(Driver):
     async def read(self, points: Sequence[PointBase]) -> list[Sample]:
         rd = self.reader
         assert rd is not None, "read before start"
+        if not rd.alive:
+            raise DeviceUnreachable(f"the reader of {redact(self.conn.url)} stopped")  # the supervisor restarts us
         st = rd.stats
         now = time.monotonic()
         last = self._last or (now - 1e-9, st.frames_in, st.analysed, st.analysis_s)

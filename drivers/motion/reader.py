@@ -117,6 +117,9 @@ class StreamReader:
             else:
                 try:
                     why = self._read(cap)
+                except Exception as exc:  # a frame the filter cannot take must not end the camera's thread
+                    log.exception("%s: reader failed", self.name)
+                    why = ("garbage", f"{type(exc).__name__}: {exc}")
                 finally:
                     cap.release()
                     self.stats.connected = False

@@ -107,3 +107,27 @@ def test_a_garbage_file_is_unreachable_and_retried(tmp_path: Path) -> None:
 def test_redact() -> None:
     assert redact("rtsp://admin:pw@10.0.0.1:554/s") == "rtsp://admin:***@10.0.0.1:554/s"
     assert redact("/var/clips/a.avi") == "/var/clips/a.avi"
+
+
+def test_a_filter_failure_does_not_end_the_reader(tmp_path: Path) -> None:
+    """Fault injection: the filter raises on one frame; the reader reports it, reopens and goes on."""
+    path = write_clip(make_clip("person", 0), tmp_path / "p.avi", fps=15)
+    seen = Seen()
+    rd = StreamReader(str(path), MotionParams(), seen.result, seen.state, realtime=False, backoff_max=1.0)
+    real = rd.filter.analyse
+    calls = [0]
+
+    def flaky(frame: object) -> FrameResult:
+        calls[0] += 1
+        if calls[0] == 10:
+            raise ValueError("injected")
+        return real(frame)  # type: ignore[arg-type]
+
+    rd.filter.analyse = flaky  # type: ignore[method-assign]
+    rd.start()
+    try:
+        _wait(lambda: len(seen.results) > 100, 20)
+    finally:
+        rd.stop()
+    assert ("garbage", "ValueError: injected") in seen.states
+    assert rd.stats.reconnects >= 1 and not rd.alive
