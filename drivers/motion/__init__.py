@@ -7,7 +7,7 @@ per-frame verdicts into motion start/update/end events, ``reader.py`` decodes th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -171,12 +171,22 @@ class MotionDevice(BaseModel):
     window: PositiveDuration = Field(10.0, description="for mode both: camera and filter agree within this time")
 
 
+def check_device(device: dict[str, Any], conn: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+    """A fused mode needs the camera's ONVIF service in the site entry."""
+    mode = device.get("mode", "local")
+    if mode != "local" and isinstance(conn, MotionConnection) and conn.onvif is None:
+        return [(("connection",), f"the profile's mode {mode} needs connection.onvif (the camera's ONVIF service: "
+                                  "host, port, user, password)")]
+    return []
+
+
 SPEC = DriverSpec(
     name="motion",
     point_model=MotionPoint,
     connection_model=MotionConnection,
     device_model=MotionDevice,
     driver_class="drivers.motion.driver:MotionDriver",
+    check_device=check_device,
     description="on-box motion pre-filter over a camera stream or a video file (OpenCV), events with a snapshot",
 )
 

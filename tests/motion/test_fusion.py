@@ -73,3 +73,22 @@ async def test_modes_end_to_end_with_a_camera_and_rtsp(tmp_path: Path, broker: A
         cam.stop()
         person.stop()
         quiet.stop()
+
+
+def test_a_fused_mode_without_the_cameras_onvif_service_is_a_located_error(tmp_path: Path) -> None:
+    import pytest
+
+    from agent.config import load_site
+    from agent.errors import ConfigError
+
+    (tmp_path / "profiles").mkdir()
+    base = (Path(__file__).resolve().parents[2] / "profiles" / "generic-motion-camera.yaml").read_text()
+    (tmp_path / "profiles" / "m-both.yaml").write_text(base.replace("device:\n", "device:\n  mode: both\n"))
+    devices = "  - name: door\n    type: m-both\n    connection: {url: /var/clips/door.avi}\n"
+    site = write_site(tmp_path, "mqtt://127.0.0.1:9", devices=devices)
+    site.write_text(site.read_text().replace("devices:\n", f"profiles_dirs: [{tmp_path / 'profiles'}]\ndevices:\n"))
+    line = site.read_text().splitlines().index("  - name: door") + 1
+    with pytest.raises(ConfigError) as err:
+        load_site(site)
+    assert f"{site}:{line + 2}: devices[0].connection: the profile's mode both needs connection.onvif" in str(err.value)
+    assert [d.name for d in load_site(site, strict=False).devices] == []  # run: the entry is skipped, not fatal
