@@ -584,6 +584,8 @@ def build_device(doc: LocatedDoc, index: int, dm: DeviceConfigModel,
                 problems.extend(_problems_from(exc, doc, (*loc, "overrides", p.name)))
                 continue
         points.append(p)
+    if conn is not None and spec.check_device is not None:
+        problems += [doc.problem((*loc, *sub), msg) for sub, msg in spec.check_device(prof.device or {}, conn)]
     if problems or conn is None:
         raise ConfigError(problems)
     return DeviceConfig(dm.name, dm.type, prof.driver, spec, dm, prof, conn, points)

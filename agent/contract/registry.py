@@ -23,6 +23,7 @@ DRIVERS: dict[str, str] = {
     "modbus": "drivers.modbus",
     "bacnet": "drivers.bacnet",
     "onvif": "drivers.onvif",
+    "motion": "drivers.motion",
 }
 
 ProfileCheck = Callable[[Sequence[PointBase], dict[str, Any]], list[tuple[tuple[str | int, ...], str]]]
@@ -36,6 +37,9 @@ class DriverSpec:
     driver_class: str  # "package.module:Class"
     device_model: type[BaseModel] | None = None  # schema of the profile's ``device:`` quirks section
     check_profile: ProfileCheck | None = None  # cross-point checks: [((point_index, key...), message)]
+    # a site entry against its profile's ``device:`` section: (profile device dict, connection) ->
+    # [((key under the device entry...), message)], e.g. a setting of the profile that needs a connection key
+    check_device: Callable[[dict[str, Any], BaseModel], list[tuple[tuple[str | int, ...], str]]] | None = None
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -16,9 +16,8 @@ from agent.tools.helptext import EXIT_CODES
 
 # Modules that add sub-commands: each exposes register(subparsers: argparse._SubParsersAction) -> None.
 COMMAND_MODULES: list[str] = ["agent.tools.commands", "agent.tools.diag", "drivers.bacnet.cli", "drivers.onvif.cli",
-                              "agent.tools.provision", "agent.tools.bundle", "agent.tools.bridge",
-                              "agent.tools.keys", "agent.tools.remotecli",
-                              "agent.tools.configcli"]
+                              "drivers.motion.cli", "agent.tools.provision", "agent.tools.bundle", "agent.tools.bridge",
+                              "agent.tools.keys", "agent.tools.remotecli", "agent.tools.configcli"]
 
 # Exit codes every command shares (docs/cli.md, "Exit codes"); a command may add its own (run: 78).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
@@ -167,7 +166,8 @@ def _failed(raised: BaseException, args: argparse.Namespace | None, argv: list[s
         _silence_stdout()
         return EXIT_OUTPUT_CLOSED
     words = [str(w) for w in (getattr(args, "command", None), getattr(args, "diag_command", None),
-                              getattr(args, "bacnet_command", None), getattr(args, "onvif_command", None)) if w]
+                              getattr(args, "bacnet_command", None), getattr(args, "onvif_command", None),
+                              getattr(args, "motion_command", None)) if w]
     name = " ".join(["edge-agent", *words])
     if isinstance(exc, KeyboardInterrupt):
         _say(f"{name}: interrupted")

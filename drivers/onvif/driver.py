@@ -154,7 +154,27 @@ class OnvifDriver(Driver):
                                           "auth)"))
         except DriverError as exc:
             out.append(("snapshot", False, f"{exc.code}: {exc}"))
+        out.append(await self._diag_stream())
         return out
+
+    async def _diag_stream(self) -> tuple[str, bool, str]:
+        """The sub stream opened with OpenCV (as the motion driver would) and one frame decoded."""
+        from .streamcheck import read_one_frame
+
+        s = self.session
+        assert s is not None
+        st = s.stream("sub")
+        if st is None or not st.uri:
+            try:
+                await s.streams()
+            except DriverError as exc:
+                return ("sub stream", False, f"{exc.code}: {exc}")
+            st = s.stream("sub")
+        if st is None or not st.uri:
+            return ("sub stream", False, "the camera offers no stream URI")
+        ok, detail = await asyncio.to_thread(read_one_frame, st.uri, self.conn.user, self._password(),
+                                             max(5.0, s.timeout * 2))
+        return ("sub stream", ok, detail)
 
     async def snapshot(self) -> tuple[str, bytes]:
         """A snapshot now (operator command): (ref, jpeg). DeviceBusy when rate-limited or not running."""

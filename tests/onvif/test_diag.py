@@ -32,13 +32,39 @@ def _steps(doc: dict) -> dict[str, dict]:
     return {s["name"]: s for s in doc["steps"]}
 
 
-def test_diag_camera_ok_with_events_and_snapshot(onvif_camera: OnvifCamera, tmp_path: Path) -> None:
-    rc, doc, err = _diag(tmp_path, onvif_camera, onvif_camera.password)
+def test_diag_camera_ok_with_events_snapshot_and_sub_stream(tmp_path: Path) -> None:
+    from tests.motion.clips import make_clip, write_clip
+    from tests.peers.rtsp import RtspServer
+
+    rtsp = RtspServer(write_clip(make_clip("person", 0), tmp_path / "sub.avi", fps=15), path="/sub").start()
+    cam = OnvifCamera(tmp_path, extra=["--rtsp-port", str(rtsp.port)]).start()
+    try:
+        rc, doc, err = _diag(tmp_path, cam, cam.password)
+    finally:
+        cam.stop()
+        rtsp.stop()
     assert rc == 0, (doc, err)
     steps = _steps(doc)
     assert steps["events subscription"]["ok"] and "PullPoint created" in steps["events subscription"]["detail"]
     assert steps["snapshot"]["ok"] and "bytes after downscale" in steps["snapshot"]["detail"]
-    assert onvif_camera.password not in json.dumps(doc)
+    sub = steps["sub stream"]
+    assert sub["ok"] and sub["detail"].startswith(f"640x360 frame decoded from rtsp://127.0.0.1:{rtsp.port}/sub"), sub
+    assert cam.password not in json.dumps(doc)
+
+
+def test_diag_camera_sub_stream_that_does_not_open(onvif_camera: OnvifCamera, tmp_path: Path) -> None:
+    from tests.peers.common import free_port
+
+    closed = free_port()  # nothing listens there: the camera's RTSP service is down
+    cam = OnvifCamera(tmp_path, extra=["--rtsp-port", str(closed)]).start()
+    try:
+        rc, doc, _ = _diag(tmp_path, cam, cam.password)
+    finally:
+        cam.stop()
+    assert rc == 1
+    sub = _steps(doc)["sub stream"]
+    assert not sub["ok"] and sub["detail"].startswith(f"cannot open rtsp://127.0.0.1:{closed}/sub"), sub
+    assert cam.password not in json.dumps(doc)
 
 
 def test_diag_tells_wrong_password_from_clock_skew(tmp_path: Path) -> None:
@@ -57,6 +83,7 @@ def test_diag_tells_wrong_password_from_clock_skew(tmp_path: Path) -> None:
         start = _steps(doc)["start"]
         assert "clock is +600 s off" in start["detail"] and "clock skew" in start["detail"], start
         rc, doc, _ = _diag(tmp_path, skewed, skewed.password, adjust_time=True)  # signed with the camera's clock
-        assert rc == 0, doc
+        # every step passes but the sub stream (this camera has no RTSP server behind it)
+        assert [n for n, st in _steps(doc).items() if not st["ok"]] == ["sub stream"], doc
     finally:
         skewed.stop()
