@@ -35,10 +35,13 @@ FILES = {
     "/opt/edge-agent/profiles/": "shipped device profiles",
     "/etc/credstore/mqtt-key, /etc/credstore/mqtt-password": "client key and MQTT password (root only), "
                                                             "given to the service as systemd credentials",
-    "/var/lib/edge-agent/": "the outbox (values not yet acknowledged by the broker)",
+    "/etc/edge-agent/operators.json": "operator keys (Ed25519 JWK Set with roles) this box trusts for signed "
+                                      "remote operations (remote.md)",
+    "/var/lib/edge-agent/": "the outbox (values not yet acknowledged by the broker), the pushed configuration "
+                            "versions (config/) and the replay record of signed messages (remote/)",
     "/run/edge-agent/agent.sock": "status socket of the running agent (edge-agent status)",
     "/usr/share/doc/edge-agent/": "the full documentation: cli.md, profiles.md, mqtt.md, modbus.md, bacnet.md, "
-                                  "install.md, operations.md",
+                                  "install.md, operations.md, remote.md",
 }
 
 

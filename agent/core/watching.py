@@ -13,7 +13,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from agent.config import Site
@@ -99,7 +106,10 @@ class Watcher:
         handler = _Handler(loop, self.changed.set)
         try:
             for d in self.dirs:
-                observer.schedule(handler, str(d), recursive=False)
+                # a save ends with a close after writing, or a rename: not every write (a log file in the same
+                # folder would wake this thread at each line) nor opens and reads
+                observer.schedule(handler, str(d), recursive=False,
+                                  event_filter=[FileClosedEvent, FileMovedEvent, FileCreatedEvent, FileDeletedEvent])
             observer.start()
         except OSError as exc:  # inotify limits, a folder gone: SIGHUP still works
             log.warning("config: cannot watch %s for edits (%s); reload with SIGHUP", self.dirs, exc)

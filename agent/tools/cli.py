@@ -34,9 +34,10 @@ EPILOG = "\n".join([
     "exit codes (all commands; each command's --help says which of them it uses):",
     *(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
     "",
-    "files: /etc/edge-agent/site.yaml (site), /opt/edge-agent/profiles and /etc/edge-agent/profiles (profiles)",
+    "files: /etc/edge-agent/site.yaml (site), /opt/edge-agent/profiles and /etc/edge-agent/profiles (profiles),",
+    "       /etc/edge-agent/operators.json (operator keys trusted for signed remote operations)",
     "docs:  /usr/share/doc/edge-agent/ (cli.md, profiles.md, mqtt.md, modbus.md, bacnet.md, operations.md,",
-    "       observability.md),",
+    "       observability.md, remote.md),",
     "       man edge-agent",
 ])
 
