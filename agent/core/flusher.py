@@ -20,6 +20,7 @@ log = logging.getLogger("edge_agent")
 UNSTORED_MAX = 5000  # records held in memory while the outbox cannot be written
 EVENT_QUEUE = 1000
 STORE_RETRY = 5.0  # seconds between attempts to open an outbox that could not be opened (full disk...)
+PIECE = 16  # records per append when a held batch is stored piecemeal on a full disk
 
 
 class Flusher:
@@ -101,9 +102,18 @@ class Flusher:
         if not self.outbox.is_open and time.monotonic() >= self._next_open:
             await self.open_outbox()
         try:
-            await self.outbox.append(batch)
+            try:
+                await self.outbox.append(batch)
+            except StoreFull:
+                # On a full disk rows go only into pages the file already has (freed as delivered rows are
+                # deleted): a held batch that grew past them would be refused whole at every flush while
+                # delivery frees a few pages at a time. Store what fits, in order, and hold the rest.
+                stored = await self._append_in_pieces(batch)
+                batch = batch[stored:]
+                if batch:
+                    raise
             if self.store_error:
-                log.info("outbox writable again; %d held records stored", len(batch))
+                log.info("outbox writable again; held records stored")
             self.store_error = None
         except EdgeAgentError as exc:
             # Keep running: devices keep their live state, status shows the problem. Logged once per streak.
@@ -117,6 +127,26 @@ class Flusher:
                 batch.pop(victim)
                 self.unstored_dropped += 1
             self.unstored = batch
+
+    async def _append_in_pieces(self, batch: list[Record]) -> int:
+        """How many records of ``batch``, from its start, could be stored in pieces of ``PIECE`` (the rest does
+        not fit now)."""
+        stored = 0
+        while stored < len(batch):
+            piece = batch[stored:stored + PIECE]
+            try:
+                await self.outbox.append(piece)
+            except StoreFull:
+                if len(piece) == 1:
+                    break
+                try:  # a smaller piece may still fit the pages that are free
+                    await self.outbox.append(piece[:1])
+                except StoreFull:
+                    break
+                stored += 1
+                continue
+            stored += len(piece)
+        return stored
 
     async def flush_now(self) -> None:
         """Move everything pending into the outbox (shutdown, tests)."""

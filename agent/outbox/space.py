@@ -47,6 +47,7 @@ class SpaceGuard:
         self.has_reserve = False
         self.small_wal: bool | None = None  # the WAL setting in force on the connection (None: not set yet)
         self._low_free = 0
+        self._released = False  # the reserve was given back and not made again yet
 
     def free_bytes(self) -> int:
         try:
@@ -74,7 +75,9 @@ class SpaceGuard:
         must not exceed (it may only fill pages the file already has: its freelist, refilled by deletes)."""
         free = self.free_bytes()
         self.tune(conn, free)
-        if free >= self.margin:
+        # once the reserve was given back for deletes, appends must not eat it: the margin holds until the
+        # reserve is made again
+        if free >= self.margin + (0 if self.has_reserve or not self._released else self.reserve):
             return None
         self._low_free = free
         return int(conn.execute("PRAGMA page_count").fetchone()[0])
@@ -102,6 +105,7 @@ class SpaceGuard:
             finally:
                 os.close(fd)
             self.has_reserve = True
+            self._released = False
         except OSError as exc:
             log.debug("outbox reserve %s not made: %s", self.reserve_path, exc)
             with contextlib.suppress(OSError):
@@ -112,6 +116,7 @@ class SpaceGuard:
         self.has_reserve = False
         try:
             self.reserve_path.unlink()
+            self._released = True
         except FileNotFoundError:
             return False
         except OSError as exc:
