@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,6 +125,12 @@ async def test_a_good_push_is_applied_and_a_breaking_one_rolled_back(broker: Bro
                                "back on v2, boiler online")
         hist = await asyncio.to_thread(cli, "config", "history", "-c", str(site))
         assert hist.returncode == 0 and v2 in hist.stdout, hist.stdout
+        # a local rollback: back to the provisioned file, run after a reload
+        r = await asyncio.to_thread(cli, "config", "rollback", "-c", str(site))
+        assert r.returncode == 0 and f"from {v2} to base" in r.stdout, (r.stdout, r.stderr)
+        proc.send_signal(signal.SIGHUP)
+        await wait_status(site, lambda s: boiler_online(s) and s["config"]["version"] == "base", 20,
+                          "back on base after config rollback and a reload")
     finally:
         proc.terminate()
         proc.wait(10)
