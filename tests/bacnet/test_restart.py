@@ -100,8 +100,9 @@ async def test_restart_within_1s_is_noticed_and_cov_resumes(bacnet_lab: BACnetLa
             assert drv.restarts == 1
             if announce:  # the I-Am is checked at once, not at the next interval
                 assert resumed < INTERVAL
-            # the point keeps following the new process's changes
-            await next_sample(sink, len(sink.got), 3)
+            # the point keeps following the new process's changes (the simulated room temperature drifts
+            # slowly: its next change can take a few seconds on a loaded machine)
+            await next_sample(sink, len(sink.got), 10)
     finally:
         stop_process(first)
         stop_process(second)
