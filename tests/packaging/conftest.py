@@ -63,9 +63,31 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_deb(tmp_path_factory.mktemp("deb1"), "1")
 
 
+def next_revision(deb: Path, out_dir: Path, revision: str) -> Path:
+    """The same package under a later Debian revision, for the upgrade tests: dpkg sees a newer version and
+    runs every maintainer script of an upgrade (prerm upgrade, preinst upgrade, postinst configure with the
+    old version), which is what those tests check. Repacking the built tree saves a second build-deb run
+    (a whole virtual environment with OpenCV: minutes on 2 cores); build-deb itself is tested by ``deb``."""
+    tree = out_dir / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    lines = control.read_text().splitlines()
+    version = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Version:"))
+    upstream = version.rsplit("-", 1)[0]
+    control.write_text("".join(
+        f"Version: {upstream}-{revision}\n" if line.startswith("Version:") else line + "\n" for line in lines))
+    arch = deb.stem.rsplit("_", 1)[1]
+    out = out_dir / f"edge-agent_{upstream}-{revision}_{arch}.deb"
+    # gzip -1: the test's copy needs no small size, only to be quick to make
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", str(tree), str(out)],
+                   check=True, capture_output=True)
+    shutil.rmtree(tree)
+    return out
+
+
 @pytest.fixture(scope="session")
-def deb_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_deb(tmp_path_factory.mktemp("deb2"), "2")
+def deb_v2(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return next_revision(deb, tmp_path_factory.mktemp("deb2"), "2")
 
 
 SETUP = r"""
