@@ -11,11 +11,12 @@ checkable file by file.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,28 @@ def need_root() -> None:
             pytest.skip(f"{tool} not installed")
 
 
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Path]) -> Path:
+    """What ``make(folder)`` returns, made once for the whole run even when pytest-xdist runs several worker
+    processes (each has its own session fixtures): the first worker makes it under a lock in the run's shared
+    temporary folder, the others wait for that lock and take the same file."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # popen-gwN's parent: shared by the run's workers
+    folder = base / f"shared-{name}"
+    folder.mkdir(exist_ok=True)
+    with (base / f"shared-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder / "made"
+        if done.exists():
+            return Path(done.read_text())
+        made = make(folder)
+        done.write_text(str(made))
+        return made
+
+
 @pytest.fixture(scope="session")
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_deb(tmp_path_factory.mktemp("deb1"), "1")
+    return once_per_run(tmp_path_factory, "deb1", lambda folder: build_deb(folder, "1"))
 
 
 def next_revision(deb: Path, out_dir: Path, revision: str) -> Path:
@@ -87,7 +107,7 @@ def next_revision(deb: Path, out_dir: Path, revision: str) -> Path:
 
 @pytest.fixture(scope="session")
 def deb_v2(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return next_revision(deb, tmp_path_factory.mktemp("deb2"), "2")
+    return once_per_run(tmp_path_factory, "deb2", lambda folder: next_revision(deb, folder, "2"))
 
 
 SETUP = r"""

@@ -23,9 +23,9 @@ from tests.peers.mosquitto import Broker
 from .conftest import ThrowawayRoot
 from .test_deb import install
 
-# One xdist worker builds the package once for all of them (scripts/test runs with --dist loadgroup); the
-# first test's time includes that build (minutes on a loaded 2-core machine).
-pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.xdist_group("deb"), pytest.mark.timeout(900)]
+# The package is built once per run (conftest.once_per_run); the first test's time includes that build
+# (minutes on a loaded 2-core machine).
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(900)]
 
 SITE = "nspawn-site"
 
