@@ -225,7 +225,7 @@ async def test_full_disk_keeps_delivering_with_a_small_wal(tmp_path: Path) -> No
 
     broker = Broker(tmp_path)  # port reserved, not started yet: the backlog grows
     state = tmp_path / "state"
-    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.05s}}\n" for i in range(3))
+    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.1s}}\n" for i in range(3))
     site = write_site(tmp_path, broker.url, extra=CHATTY + "outbox: {max_bytes: 64MiB, sync: normal}\n",
                       devices=devices, silence="0.01s")
     wal = state / "outbox.sqlite-wal"
@@ -490,7 +490,7 @@ async def test_disk_filled_by_another_program_while_delivering(tmp_path: Path) -
 
     broker = Broker(tmp_path).start()
     state = tmp_path / "state"
-    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.05s}}\n" for i in range(3))
+    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.1s}}\n" for i in range(3))
     site = write_site(tmp_path, broker.url, extra=CHATTY + "outbox: {max_bytes: 64MiB, sync: normal}\n",
                       devices=devices, silence="0.01s")
     wal = state / "outbox.sqlite-wal"
