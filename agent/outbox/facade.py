@@ -129,7 +129,7 @@ class Outbox:
                     f"row overhead), larger than the whole outbox (max_bytes={self.max_bytes}); refused"
                 )
             rows.append((int(Kind(rec.kind)), rec.topic, bytes(rec.body), float(rec.ts), size))
-        seqs = await self._call(lambda: self._ops.append(self._db(), rows, self.max_bytes))
+        seqs = await self._write(lambda: self._ops.append(self._db(), rows, self.max_bytes))
         if self._counters.has_pending():
             self._pending.set()
         return seqs
@@ -162,12 +162,7 @@ class Outbox:
         if not unique:
             return True
         try:
-            try:
-                await self._call(lambda: self._ops.ack(self._db(), unique))
-            except StoreFull:
-                if not self._space.release_reserve():
-                    raise
-                await self._call(lambda: self._ops.ack(self._db(), unique))
+            await self._write(lambda: self._ops.ack(self._db(), unique))
         except StoreError as exc:
             self._counters.mark_delivered(wanted)
             if self.ack_failing_since is None:
@@ -276,6 +271,19 @@ class Outbox:
 
             fut.add_done_callback(_orphaned)
             raise
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        """Run a write transaction on the worker. On SQLite's own disk-full (not the margin's refusal to grow),
+        unstick the WAL (see ``space``) and retry: first with a checkpoint alone, then with the reserve."""
+        for reserve in (False, True):
+            try:
+                return await self._call(fn)
+            except StoreFull as exc:
+                if not isinstance(exc.__cause__, sqlite3.Error):
+                    raise
+                if not await self._call(lambda r=reserve: self._space.unstick(self._db(), reserve=r)):
+                    raise
+        return await self._call(fn)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

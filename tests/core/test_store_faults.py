@@ -289,6 +289,47 @@ async def test_full_disk_keeps_delivering_with_a_small_wal(tmp_path: Path) -> No
         broker.stop()
 
 
+async def test_wal_stuck_by_a_full_disk_with_an_empty_queue_is_unstuck(tmp_path: Path) -> None:
+    """The cause of the stall seen in about 1 run in 8 of the delivery test below, made certain: pages an append
+    added are in the WAL only, so the next checkpoint must grow the database file; another program takes the
+    last block first. The checkpoint fails, the WAL can neither restart nor grow, and with every row delivered
+    no delete is there to release the reserve: every append failed from then on, for good. Now any write that
+    meets SQLite's disk-full checkpoints the WAL (giving the reserve back if the checkpoint needs room) and goes
+    on."""
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        path = disk / "outbox.db"
+        ob = Outbox(path, sync="normal")
+        await ob.open()
+        try:
+            assert path.with_name("outbox.db.reserve").exists()
+
+            def growth_in_wal_only() -> bool:
+                pages = ob._db().execute("PRAGMA page_count").fetchone()[0]
+                return bool(pages * 4096 > path.stat().st_size)
+
+            n = 0
+            while True:  # each batch one record larger than the last: the database grows a little each time
+                n += 1
+                assert n < 100, "the database never grew inside its WAL"
+                await ob.append([tel(i, size=800) for i in range(n)])
+                assert await ob.ack(r.seq for r in await ob.take(1000))  # delivered: the queue is empty
+                if await ob._call(growth_in_wal_only):
+                    break
+            assert ob.stats()["depth"] == 0
+            fill_up(disk / "filler")
+            assert os.statvfs(disk).f_bavail == 0
+            stored = 0
+            for i in range(150):  # one record in, delivered, deleted: what an agent on a full disk does
+                with contextlib.suppress(StoreFull):
+                    await ob.append([tel(i, size=300)])
+                    stored += 1
+                assert await ob.ack(r.seq for r in await ob.take(10)), f"a delete failed after {stored} appends"
+            print(f"\nstuck WAL after {n} appends: {stored} of 150 appends stored on a full disk")
+            assert stored == 150
+        finally:
+            await ob.close()
+
+
 async def test_reserve_lets_deletes_through_when_another_program_fills_the_disk(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -511,13 +552,9 @@ async def test_disk_filled_by_another_program_while_delivering(tmp_path: Path) -
                       f"WAL max {wal_max} B")
                 assert agent.uplink.state.connects == 1
                 assert wal_max <= 300 * 1024
-                if delivered < 20:
-                    # Known, open: in about 1 run of 8 the WAL cannot grow at the moment the other program
-                    # takes the last block, every append then fails with SQLite's "disk full" and only what
-                    # was stored is delivered (the agent stays up, holds records in memory within its bound,
-                    # keeps its session). Reported in the closing note of issue 9; not hidden as a pass.
-                    pytest.xfail(f"known intermittent stall on a disk filled by another program: {delivered} "
-                                 "messages delivered")
+                # it stalled here in about 1 run in 8 (2 of 16 measured) before a write that meets SQLite's
+                # disk-full checkpointed the WAL (test_wal_stuck_by_a_full_disk_with_an_empty_queue_is_unstuck)
+                assert delivered >= 20, f"delivery stopped on a full disk: {delivered} messages delivered"
                 # with 0 bytes free, rows are stored as fast as delivered rows free pages: what is held in memory
                 # meanwhile depends on this machine's delivery rate (about 120 records on a loaded 2-core box,
                 # a handful on an idle one); it stays within the bound and nothing is dropped
