@@ -49,8 +49,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self.sync = sync
         self._filelock = FileLock(self.path)
-        self._mark = SeqMark(self.path)
+        self._mark = SeqMark(self.path, durable_bound=sync == "normal")
         self._mark_at_open: int | None = None
+        self._unclean = False  # at open: the box restarted since the agent last wrote; only the bound is sure
         self.incident: Incident | None = None  # why the sequence space restarted at the last open, if it did
         self.ack_failing_since: float | None = None  # monotonic time of the first failed delete of a streak
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -76,6 +77,9 @@ class Outbox:
             return
         self._filelock.acquire()
         self._mark_at_open = self._mark.open()
+        self._unclean = self._mark.durable_bound and self._mark.after_reboot
+        if self._unclean:
+            self._mark_at_open = self._mark.bound
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._open = True
         try:
@@ -95,13 +99,14 @@ class Outbox:
         if not self._open or self._executor is None:
             return
         executor = self._executor
+        durable = False
         try:
-            await self._call(self._close_sync)
+            durable = await self._call(self._close_sync)
         finally:
             self._open = False
             self._executor = None
             executor.shutdown(wait=False)
-            self._mark.close()
+            self._mark.close(self._counters.last_seq if durable else None)
             self._filelock.release()
 
     @property
@@ -294,7 +299,7 @@ class Outbox:
 
     def _open_sync(self) -> None:
         self._trimmer.reset()
-        self._conn, self.incident = self._opener.open(self._counters, self._mark_at_open)
+        self._conn, self.incident = self._opener.open(self._counters, self._mark_at_open, unclean=self._unclean)
         self._mark.write(self._counters.last_seq)
         self._space.small_wal = None
         self._space.tune(self._conn)
@@ -306,13 +311,16 @@ class Outbox:
         except sqlite3.Error as exc:
             raise self._ops.fail(None, "ping", exc) from exc
 
-    def _close_sync(self) -> None:
+    def _close_sync(self) -> bool:
+        """``True`` when every commit is in the database file, synced (a complete checkpoint syncs it)."""
         conn, self._conn = self._conn, None
         if conn is None:
-            return
+            return False
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return bool(busy == 0 and frames == done)
         except sqlite3.Error as exc:
             log.warning("outbox %s: checkpoint on close failed: %s", self.path, exc)
+            return False
         finally:
             conn.close()

@@ -123,6 +123,59 @@ async def test_wal_damaged_after_kill9_starts_above_every_seq_handed_out(
         await ob.close()
 
 
+async def test_power_loss_with_sync_normal_never_repeats_seqs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A power loss with ``sync: normal``, emulated: the WAL loses its last commits and the mark, never synced,
+    loses its last writes with them (the worst case: the two agree on a counter that is too low). The box
+    boots again (another boot id). The sequence must continue above every seq handed out before the loss."""
+    from agent.outbox import seqmark
+
+    path = tmp_path / "outbox.db"
+    reported = await _run_and_kill(path, seed=11, lines_before_kill=120)
+    damage_wal(path)
+    kept = {r[0] for r in db_rows(path)}
+    assert max(kept, default=0) < max(reported), "the damage made commits disappear (precondition)"
+    mark = Path(f"{path}.seq")
+    raw = mark.read_bytes()
+    mark.write_bytes(f"{max(kept):>20}\n".encode() + raw[21:])  # the mark's unsynced writes are lost too
+    boot = tmp_path / "boot_id"
+    boot.write_text("00000000-0000-4000-8000-000000000001\n")  # not this boot's id: the box restarted
+    monkeypatch.setattr(seqmark, "BOOT_ID", str(boot), raising=False)
+    ob = Outbox(path, sync="normal")
+    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+        await ob.open()
+    try:
+        new = await ob.append([tel(1)])
+        assert new[0] > max(reported), "a seq handed out before the power loss was handed out again"
+        assert ob.incident is not None and ob.incident.result == "gap" and "power loss" in ob.incident.reason
+        assert "power loss" in caplog.text
+    finally:
+        await ob.close()
+    again = Outbox(path, sync="normal")  # closed cleanly: the next boot (another id again) is continuous
+    boot.write_text("00000000-0000-4000-8000-000000000002\n")
+    await again.open()
+    try:
+        assert again.incident is None
+        assert (await again.append([tel(2)]))[0] == new[0] + 1
+    finally:
+        await again.close()
+
+
+async def test_kill9_without_a_reboot_keeps_the_sequence_continuous(tmp_path: Path) -> None:
+    """Only the process died (same boot): the mark is exact, no jump and no incident, as before the bound."""
+    path = tmp_path / "outbox.db"
+    reported = await _run_and_kill(path, seed=12, lines_before_kill=60)
+    ob = Outbox(path, sync="normal")
+    await ob.open()
+    try:
+        assert ob.incident is None
+        last = ob.stats()["last_seq"]
+        assert last >= max(reported) and (await ob.append([tel(1)]))[0] == last + 1
+    finally:
+        await ob.close()
+
+
 async def test_damaged_file_reports_unknown_loss_in_status_and_upstream(tmp_path: Path) -> None:
     """The agent sends a `store` event with what is known, and `status` says "unknown", not 0."""
     state = tmp_path / "state"
