@@ -134,7 +134,7 @@ class Outbox:
                     f"row overhead), larger than the whole outbox (max_bytes={self.max_bytes}); refused"
                 )
             rows.append((int(Kind(rec.kind)), rec.topic, bytes(rec.body), float(rec.ts), size))
-        seqs = await self._write(lambda: self._ops.append(self._db(), rows, self.max_bytes))
+        seqs = await self._write(lambda: self._ops.append(self._db(), rows, self.max_bytes), for_delete=False)
         if self._counters.has_pending():
             self._pending.set()
         return seqs
@@ -167,7 +167,7 @@ class Outbox:
         if not unique:
             return True
         try:
-            await self._write(lambda: self._ops.ack(self._db(), unique))
+            await self._write(lambda: self._ops.ack(self._db(), unique), for_delete=True)
         except StoreError as exc:
             self._counters.mark_delivered(wanted)
             if self.ack_failing_since is None:
@@ -277,10 +277,11 @@ class Outbox:
             fut.add_done_callback(_orphaned)
             raise
 
-    async def _write(self, fn: Callable[[], T]) -> T:
+    async def _write(self, fn: Callable[[], T], *, for_delete: bool) -> T:
         """Run a write transaction on the worker. On SQLite's own disk-full (not the margin's refusal to grow),
-        unstick the WAL (see ``space``) and retry: first with a checkpoint alone, then with the reserve."""
-        for reserve in (False, True):
+        unstick the WAL (see ``space``) and retry: with a checkpoint, which gives the reserve back only if it
+        cannot complete; a delete then also tries with the reserve given back (what it is kept for)."""
+        for reserve in (False, True) if for_delete else (False,):
             try:
                 return await self._call(fn)
             except StoreFull as exc:
