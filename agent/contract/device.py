@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from agent.contract.points import STRICT, PointBase
 from agent.contract.registry import DriverSpec
 from agent.types import Name, PositiveDuration
+
+# The shortest poll interval accepted. No field device is worth polling faster (meters and controllers refresh
+# their values every 100 ms at best; one 125-register Modbus RTU reply alone takes about 270 ms at 9600 baud),
+# and a shorter one is nearly always a unit slip ("10ms" for "10s", "0.001"): the device's runner would poll
+# back to back, flood the bus and fill the outbox with repeats.
+MIN_POLL_INTERVAL = 0.1
+
+
+def _poll_interval(v: float) -> float:
+    if v < MIN_POLL_INTERVAL:
+        raise ValueError(f"poll interval of {v:g} s is below the minimum of {MIN_POLL_INTERVAL:g} s (a unit slip? "
+                         "durations read like 10s, 500ms, 5m)")
+    return v
+
+
+PollInterval = Annotated[PositiveDuration, AfterValidator(_poll_interval)]
 
 
 class ProfileMetadata(BaseModel):
@@ -46,8 +62,8 @@ class DeviceConfigModel(BaseModel):
     name: Name = Field(description="device name, unique on the site; appears in topics")
     type: str = Field(description="profile id (see profiles/)")
     enabled: bool = Field(True, description="false keeps the device configured but not polled")
-    interval: PositiveDuration = Field(10.0, description="poll interval of 'fast' points")
-    slow_interval: PositiveDuration = Field(300.0, description="poll interval of 'slow' points")
+    interval: PollInterval = Field(10.0, description="poll interval of 'fast' points (at least 0.1 s)")
+    slow_interval: PollInterval = Field(300.0, description="poll interval of 'slow' points (at least 0.1 s)")
     timeout: PositiveDuration = Field(3.0, description="budget of one request to the device")
     retries: int = Field(1, ge=0, le=5, description="retries of a failed request before giving up")
     connection: dict[str, Any] = Field(default_factory=dict, description="driver-specific address settings")

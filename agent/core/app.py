@@ -259,6 +259,8 @@ class Agent:
             await self._stop_devices(devices)
             await self.status_server.stop()
             await self.metrics_server.stop()
+            if self.outbox.is_open:  # events that came during the drain (acks, logs) or a store left in flight
+                await self.flusher.flush_now()
             if self.flusher.unstored:
                 log.error("%d records held in memory could not be stored (%s) and are lost at exit",
                           len(self.flusher.unstored), self.flusher.store_error)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from agent.errors import EdgeAgentError
 from agent.model import Value
+from agent.obs.listener import close_listener
 
 
 class StatusBackend(Protocol):
@@ -59,12 +60,7 @@ class StatusServer:
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self._server.wait_closed()
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+            await close_listener(self._server, self.path)
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

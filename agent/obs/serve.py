@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from agent.obs.listener import close_listener
 from agent.obs.metrics import Metrics
 from agent.types import parse_listen
 
@@ -54,14 +55,9 @@ class MetricsServer:
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self._server.wait_closed()
+            unix = self.address[len("unix:"):] if self.address and self.address.startswith("unix:") else None
+            await close_listener(self._server, unix)
             self._server = None
-            if self.address and self.address.startswith("unix:"):
-                with contextlib.suppress(OSError):
-                    os.unlink(self.address[len("unix:"):])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -49,8 +49,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self.sync = sync
         self._filelock = FileLock(self.path)
-        self._mark = SeqMark(self.path)
+        self._mark = SeqMark(self.path, durable_bound=sync == "normal")
         self._mark_at_open: int | None = None
+        self._unclean = False  # at open: the box restarted since the agent last wrote; only the bound is sure
         self.incident: Incident | None = None  # why the sequence space restarted at the last open, if it did
         self.ack_failing_since: float | None = None  # monotonic time of the first failed delete of a streak
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -76,6 +77,9 @@ class Outbox:
             return
         self._filelock.acquire()
         self._mark_at_open = self._mark.open()
+        self._unclean = self._mark.durable_bound and self._mark.after_reboot
+        if self._unclean:
+            self._mark_at_open = self._mark.bound
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._open = True
         try:
@@ -95,13 +99,14 @@ class Outbox:
         if not self._open or self._executor is None:
             return
         executor = self._executor
+        durable = False
         try:
-            await self._call(self._close_sync)
+            durable = await self._call(self._close_sync)
         finally:
             self._open = False
             self._executor = None
             executor.shutdown(wait=False)
-            self._mark.close()
+            self._mark.close(self._counters.last_seq if durable else None)
             self._filelock.release()
 
     @property
@@ -129,7 +134,7 @@ class Outbox:
                     f"row overhead), larger than the whole outbox (max_bytes={self.max_bytes}); refused"
                 )
             rows.append((int(Kind(rec.kind)), rec.topic, bytes(rec.body), float(rec.ts), size))
-        seqs = await self._call(lambda: self._ops.append(self._db(), rows, self.max_bytes))
+        seqs = await self._write(lambda: self._ops.append(self._db(), rows, self.max_bytes), for_delete=False)
         if self._counters.has_pending():
             self._pending.set()
         return seqs
@@ -162,12 +167,7 @@ class Outbox:
         if not unique:
             return True
         try:
-            try:
-                await self._call(lambda: self._ops.ack(self._db(), unique))
-            except StoreFull:
-                if not self._space.release_reserve():
-                    raise
-                await self._call(lambda: self._ops.ack(self._db(), unique))
+            await self._write(lambda: self._ops.ack(self._db(), unique), for_delete=True)
         except StoreError as exc:
             self._counters.mark_delivered(wanted)
             if self.ack_failing_since is None:
@@ -277,6 +277,20 @@ class Outbox:
             fut.add_done_callback(_orphaned)
             raise
 
+    async def _write(self, fn: Callable[[], T], *, for_delete: bool) -> T:
+        """Run a write transaction on the worker. On SQLite's own disk-full (not the margin's refusal to grow),
+        unstick the WAL (see ``space``) and retry: with a checkpoint, which gives the reserve back only if it
+        cannot complete; a delete then also tries with the reserve given back (what it is kept for)."""
+        for reserve in (False, True) if for_delete else (False,):
+            try:
+                return await self._call(fn)
+            except StoreFull as exc:
+                if not isinstance(exc.__cause__, sqlite3.Error):
+                    raise
+                if not await self._call(lambda r=reserve: self._space.unstick(self._db(), reserve=r)):
+                    raise
+        return await self._call(fn)
+
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError(f"outbox {self.path} is not open")
@@ -286,7 +300,7 @@ class Outbox:
 
     def _open_sync(self) -> None:
         self._trimmer.reset()
-        self._conn, self.incident = self._opener.open(self._counters, self._mark_at_open)
+        self._conn, self.incident = self._opener.open(self._counters, self._mark_at_open, unclean=self._unclean)
         self._mark.write(self._counters.last_seq)
         self._space.small_wal = None
         self._space.tune(self._conn)
@@ -298,13 +312,16 @@ class Outbox:
         except sqlite3.Error as exc:
             raise self._ops.fail(None, "ping", exc) from exc
 
-    def _close_sync(self) -> None:
+    def _close_sync(self) -> bool:
+        """``True`` when every commit is in the database file, synced (a complete checkpoint syncs it)."""
         conn, self._conn = self._conn, None
         if conn is None:
-            return
+            return False
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return bool(busy == 0 and frames == done)
         except sqlite3.Error as exc:
             log.warning("outbox %s: checkpoint on close failed: %s", self.path, exc)
+            return False
         finally:
             conn.close()

@@ -133,8 +133,10 @@ class Opener:
                 if got != want:
                     raise _Unusable(f"foreign schema (table {name!r} has columns {got}, expected {want})")
 
-    def open(self, counters: Counters, mark: int | None) -> tuple[sqlite3.Connection, Incident | None]:
-        """Connect, moving a damaged or unusable file aside first if needed, and load ``counters``.
+    def open(self, counters: Counters, mark: int | None,
+             unclean: bool = False) -> tuple[sqlite3.Connection, Incident | None]:
+        """Connect, moving a damaged or unusable file aside first if needed, and load ``counters``. ``unclean``:
+        ``mark`` is only the durable bound (the box restarted without a clean stop, see ``seqmark``).
 
         Returns the connection and, when the sequence space restarts, the incident that says why.
         """
@@ -161,7 +163,7 @@ class Opener:
             full = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
             raise (StoreFull if full else StoreError)(f"outbox {self.path} cannot be opened: {exc}") from exc
         try:
-            incident = self.recover(conn, counters, incident, salvage, mark)
+            incident = self.recover(conn, counters, incident, salvage, mark, unclean)
         except sqlite3.Error as exc:
             conn.close()
             full = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
@@ -239,7 +241,7 @@ class Opener:
         return out
 
     def recover(self, conn: sqlite3.Connection, counters: Counters, incident: Incident | None,
-                salvage: _Salvage, mark: int | None) -> Incident | None:
+                salvage: _Salvage, mark: int | None, unclean: bool = False) -> Incident | None:
         """Recompute every in-memory counter from the database (the source of truth after a restart) and
         restart the sequence space above a floor when continuity with the last seq handed out is not proven."""
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -252,7 +254,7 @@ class Opener:
         max_seq = conn.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
         db_last = max(int(meta.get("last_seq", 0)), max_seq)
         if incident is None:
-            incident = self._continuity(meta, db_last, mark)
+            incident = self._continuity(meta, db_last, mark, unclean)
         lost_known = salvage.rows if incident is not None and incident.lost and salvage.rows else [0, 0]
         dropped = [
             int(meta.get("dropped_events", 0)) + salvage.dropped[Kind.EVENT] + lost_known[Kind.EVENT],
@@ -279,7 +281,8 @@ class Opener:
             conn.execute("COMMIT")
         return incident
 
-    def _continuity(self, meta: dict[str, int], db_last: int, mark: int | None) -> Incident | None:
+    def _continuity(self, meta: dict[str, int], db_last: int, mark: int | None,
+                    unclean: bool = False) -> Incident | None:
         """``None`` when this file provably holds the last seq handed out; else why not, with the floor."""
         if "last_seq" not in meta and db_last == 0:
             floor = max(clock_floor(), mark or 0)
@@ -293,6 +296,13 @@ class Opener:
             log.warning("outbox %s: no sequence mark to prove the file is the latest; sequence continues "
                         "above %d", self.path, floor)
             return Incident("unproven", "no sequence mark beside the outbox", floor)
+        if mark > db_last and unclean:
+            floor = max(clock_floor(), mark)
+            inc = Incident("gap", "the box restarted without a clean stop of the agent (power loss?); with sync: "
+                           "normal its last commits may be lost", floor, lost=None, lost_seqs=(db_last + 1, mark))
+            log.error("outbox %s: %s: seqs %d-%d may have been handed out; an unknown number of queued rows may be "
+                      "lost; sequence continues above %d", self.path, inc.reason, db_last + 1, mark, floor)
+            return inc
         if mark > db_last:
             floor = max(clock_floor(), mark)
             inc = Incident("gap", "the outbox lost its last commits (damaged WAL?)", floor, lost=None,

@@ -13,6 +13,14 @@ delivery stops while the queue is full of rows the broker already has. Two guard
   database file: rows go only into pages the file already has (its freelist, refilled by every delete);
 * a **reserve**: a ``<db>.reserve`` file of ``RESERVE`` bytes made while there is room, given back to the file
   system when a delete fails for lack of space (another program filled the disk), so the delete can go on.
+
+A WAL can also get **stuck**, whatever the queue holds: pages an append added to the database are written into
+the database file only by the next checkpoint, which then has to grow that file; and a WAL restarts from its
+first frame only after a complete checkpoint. If another program takes the last block in between, the
+checkpoint fails, the WAL cannot restart nor grow, and every write (append or delete) fails with SQLite's
+disk-full, even with an empty queue (so no delete ever releases the reserve). On SQLite's disk-full any write is
+therefore retried after :meth:`SpaceGuard.unstick`: a checkpoint that restarts the WAL within the blocks it
+already has, and if that checkpoint cannot complete, the reserve given back so that it can.
 """
 
 from __future__ import annotations
@@ -111,6 +119,25 @@ class SpaceGuard:
             with contextlib.suppress(OSError):
                 self.reserve_path.unlink()
 
+    def unstick(self, conn: sqlite3.Connection, *, reserve: bool) -> bool:
+        """After SQLite's disk-full on a write: checkpoint the WAL completely and restart it (RESTART keeps the WAL
+        file's blocks: a truncated WAL might never get them back on a disk another program fills). Without
+        ``reserve``, the reserve is given back only if the checkpoint cannot complete. ``True`` if the write is
+        worth retrying."""
+        if not reserve and self.checkpoint(conn):
+            return True
+        released = self.release_reserve()
+        return self.checkpoint(conn) or released
+
+    def checkpoint(self, conn: sqlite3.Connection) -> bool:
+        """A complete checkpoint that restarts the WAL; ``False`` if it failed or left frames behind."""
+        try:
+            busy, log_frames, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("outbox checkpoint failed: %s", exc)
+            return False
+        return bool(busy == 0 and done == log_frames)
+
     def release_reserve(self) -> bool:
         """Give the reserve back to the file system; ``True`` if there was one."""
         self.has_reserve = False
@@ -122,6 +149,7 @@ class SpaceGuard:
         except OSError as exc:
             log.warning("outbox reserve %s cannot be removed: %s", self.reserve_path, exc)
             return False
-        log.warning("outbox: disk full; released the %d KiB reserve (%s) so delivered rows can be deleted",
+        log.warning("outbox: disk full; released the %d KiB reserve (%s) so that the WAL can be checkpointed and "
+                    "delivered rows deleted",
                     self.reserve // 1024, self.reserve_path)
         return True

@@ -37,7 +37,7 @@ COMMAND_TIMEOUT = 15.0
 
 
 def register(sub: Any) -> None:
-    from agent.tools.commands import _site_arg
+    from agent.tools.args import site_arg, socket_arg
 
     p = sub.add_parser(
         "bundle", help="write a support archive (status, config, logs, metrics; secrets removed)",
@@ -48,12 +48,12 @@ def register(sub: Any) -> None:
         epilog=epilog(["edge-agent bundle", "edge-agent bundle -o /tmp/townhall.tar.gz --lines 5000",
                        "edge-agent bundle --log /var/log/edge-agent.log"],
                       {0: "archive written (its path is printed)", 1: "the archive could not be written"}))
-    _site_arg(p)
+    site_arg(p)
     p.add_argument("-o", "--output", metavar="FILE",
                    help="archive to write (default: edge-agent-bundle-SITE-TIME.tar.gz here)")
     p.add_argument("--lines", type=int, default=2000, metavar="N", help="log lines to include (default: 2000)")
     p.add_argument("--log", metavar="FILE", help="read the log from this file instead of the journal")
-    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
+    socket_arg(p)
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX, metavar="N",
                    help=f"bound on the archive's contents before compression (default: {DEFAULT_MAX})")
     p.set_defaults(func=cmd_bundle)

@@ -13,16 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError, EdgeAgentError, Problem
+from agent.tools.args import json_arg, site_arg, socket_arg
 from agent.tools.helptext import EXIT_CODES, epilog
 
-DEFAULT_SITE = "/etc/edge-agent/site.yaml"
 EX_CONFIG = 78  # `run` (and `validate`): the site file is invalid, the agent refuses to start with it
 WRITE_TIMEOUT = 30.0  # the agent's budget for one write (bus queue + retries); the CLI waits a bit longer
-
-
-def _site_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE", default=os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_SITE),
-                   help=f"site file (default: $EDGE_AGENT_CONFIG or {DEFAULT_SITE})")
 
 
 def register(sub: Any) -> None:
@@ -35,7 +30,7 @@ def register(sub: Any) -> None:
                        "edge-agent run --config site.yaml --log-level debug"],
                       {0: "stopped cleanly", 1: "fatal error at run time (see the log)",
                        78: EXIT_CODES[78]}))
-    _site_arg(p)
+    site_arg(p)
     p.add_argument("--log-level", default=os.environ.get("EDGE_AGENT_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"],
                    help="log detail (default: $EDGE_AGENT_LOG_LEVEL or info)")
@@ -52,8 +47,8 @@ def register(sub: Any) -> None:
                           "listed on stdout)", 78: "a site file the agent would refuse to start with"}))
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="site file, profile or profile folder (default: the site file and all profiles)")
-    _site_arg(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    site_arg(p)
+    json_arg(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -67,9 +62,9 @@ def register(sub: Any) -> None:
                        1: "unhealthy (the reasons are printed), or the agent answered with an error",
                        2: "unknown --device, or no site file to find the socket in",
                        3: "no agent answering on the socket"}))
-    _site_arg(p)
-    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    site_arg(p)
+    socket_arg(p)
+    json_arg(p)
     p.add_argument("--device", metavar="NAME", help="only this device, with all its points")
     p.add_argument("--points", action="store_true", help="list every point of every device")
     p.set_defaults(func=cmd_status)
@@ -82,10 +77,10 @@ def register(sub: Any) -> None:
         epilog=epilog(["edge-agent retry meter-main", "edge-agent retry meter-main --json"],
                       {0: "the device is online after the probe", 1: "it is not (its error is printed)",
                        2: "no such device, or it is not polled (enabled: false)", 3: "no agent answering"}))
-    _site_arg(p)
+    site_arg(p)
     p.add_argument("device", metavar="DEVICE", help="device name in the site file")
-    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    socket_arg(p)
+    json_arg(p)
     p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser(
@@ -99,11 +94,11 @@ def register(sub: Any) -> None:
                        "edge-agent plan meter-main --offline"],
                       {0: "plan printed", 1: "this driver has no request plan",
                        2: "no such device, or the site file is invalid"}))
-    _site_arg(p)
+    site_arg(p)
     p.add_argument("device", metavar="DEVICE", help="device name in the site file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    json_arg(p)
     p.add_argument("--offline", action="store_true", help="plan from the files even if the agent runs")
-    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
+    socket_arg(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
@@ -115,13 +110,13 @@ def register(sub: Any) -> None:
                        "edge-agent write boiler fallback_period 30 --direct"],
                       {0: "written", 1: "refused or failed (the message says why)",
                        2: "no such device, or no permission to talk to the agent"}))
-    _site_arg(p)
+    site_arg(p)
     p.add_argument("device", metavar="DEVICE", help="device name in the site file")
     p.add_argument("point", metavar="POINT", help="point name in the device's profile")
     p.add_argument("value", metavar="VALUE", help="number, true/false (1/0, on/off, active/inactive), text, or "
                    "'null' to relinquish (BACnet)")
     p.add_argument("--direct", action="store_true", help="talk to the device directly even if the agent runs")
-    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
+    socket_arg(p)
     p.set_defaults(func=cmd_write)
 
     p = sub.add_parser(
@@ -146,7 +141,7 @@ def register(sub: Any) -> None:
     p.add_argument("--site", default=None, help="site id (default: the site file's, else + for all)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="budget to connect, seconds")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages (0: never)")
-    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    json_arg(p, "one JSON object per message")
     p.set_defaults(func=cmd_monitor)
 
 

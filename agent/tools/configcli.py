@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.tools.args import json_arg, site_arg
 from agent.tools.helptext import epilog
-
-DEFAULT_SITE = "/etc/edge-agent/site.yaml"
 
 
 def register(sub: Any) -> None:
@@ -29,8 +27,8 @@ def register(sub: Any) -> None:
                     "push still under its health gate is shown. `base` is the provisioned site file.",
         epilog=epilog(["edge-agent config history", "edge-agent config history --json"],
                       {0: "listed"}))
-    _site_arg(h)
-    h.add_argument("--json", action="store_true", help="machine-readable output")
+    site_arg(h, "the provisioned site file")
+    json_arg(h)
     h.set_defaults(func=cmd_history)
     r = cs.add_parser(
         "rollback", help="make the box run an earlier configuration version",
@@ -41,13 +39,8 @@ def register(sub: Any) -> None:
                        "edge-agent config rollback base"],
                       {0: "switched", 1: "no such version, or nothing to go back to"}))
     r.add_argument("version", nargs="?", metavar="VERSION", help="the version name (see config history) or base")
-    _site_arg(r)
+    site_arg(r, "the provisioned site file")
     r.set_defaults(func=cmd_rollback)
-
-
-def _site_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE", default=os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_SITE),
-                   help=f"the provisioned site file (default: $EDGE_AGENT_CONFIG or {DEFAULT_SITE})")
 
 
 def _store(args: argparse.Namespace) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 from agent.core.status import agent_listening
 from agent.errors import ConfigError, EdgeAgentError
 from agent.tools import tlsfiles
+from agent.tools.args import default_site, json_arg, site_arg
 from agent.tools.helptext import epilog
 
 EXIT_REFUSED = 1  # docs/cli.md: 1 is "refused" for every command
@@ -78,9 +79,8 @@ def register(sub: Any) -> None:
     }
     for name, (helptext, description, ep) in texts.items():
         q = dsub.add_parser(name, help=helptext, description=description, epilog=ep)
-        q.add_argument("--config", "-c", metavar="FILE", default=None,
-                       help="site file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/site.yaml)")
-        q.add_argument("--json", action="store_true", help="machine-readable output")
+        site_arg(q, default=False)
+        json_arg(q)
         q.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                        help="budget of each step (default: %(default)s)")
         if name == "device":
@@ -91,12 +91,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_diag(args: argparse.Namespace) -> int:
-    import os
 
     from agent.config import load_site
-    from agent.tools.commands import DEFAULT_SITE
 
-    path = args.config or os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_SITE)
+    path = args.config or default_site()
     try:
         site = load_site(path, strict=False)
     except ConfigError as exc:

@@ -13,9 +13,8 @@ from joserfc.jwk import OKPKey
 
 from agent.errors import ConfigError
 from agent.remote.trust import ROLES, OperatorKey, TrustStore, parse_key, trust_path
+from agent.tools.args import json_arg, site_arg
 from agent.tools.helptext import epilog
-
-DEFAULT_SITE = "/etc/edge-agent/site.yaml"
 
 
 def register(sub: Any) -> None:
@@ -45,10 +44,8 @@ def register(sub: Any) -> None:
         epilog=epilog(["edge-agent keys show", "edge-agent keys show alice.jwk --json"],
                       {0: "shown", 1: "the file is unreadable or not a key", 2: "the trust file is broken"}))
     s.add_argument("file", nargs="?", metavar="FILE", help="a key file or trust file (default: the site's trust file)")
-    s.add_argument("--config", default=os.environ.get("EDGE_AGENT_CONFIG", DEFAULT_SITE), metavar="FILE",
-                   help="the site file; its folder holds operators.json (default: $EDGE_AGENT_CONFIG or "
-                        f"{DEFAULT_SITE})")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    site_arg(s, "the site file; its folder holds operators.json")
+    json_arg(s)
     s.set_defaults(func=cmd_show)
 
 

@@ -19,6 +19,7 @@ import aiomqtt
 
 from agent.errors import ConfigError
 from agent.remote.envelope import claims, sign
+from agent.tools.args import json_arg
 from agent.tools.helptext import epilog
 from agent.tools.keys import load_private
 from agent.tools.monitor import Target, _reason, target_for
@@ -34,6 +35,15 @@ USAGE: dict[str, tuple[list[str], int]] = {
 def register(sub: Any) -> None:
     register_cmd(sub)
     register_push(sub)
+
+
+def _site_and_key(p: argparse.ArgumentParser, key_help: str) -> None:
+    """Who signs, and which site to reach how (the same for ``cmd`` and ``push``)."""
+    p.add_argument("--key", required=True, metavar="FILE", help=key_help)
+    p.add_argument("--site", default=None, help="the site id (default: the site file's with --config)")
+    p.add_argument("--config", "-c", default=None, help="a site file: connect with its broker, TLS and credentials")
+    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port (default: the site file's)")
+    p.add_argument("--prefix", default=None, help="topic prefix (default: the site file's, else ea/v1)")
 
 
 def register_cmd(sub: Any) -> None:
@@ -53,16 +63,12 @@ def register_cmd(sub: Any) -> None:
                        2: "bad arguments, an unusable key file", 3: "no broker, or no acknowledgement in time"}))
     p.add_argument("command", choices=sorted(USAGE), help="the command to send")
     p.add_argument("words", nargs="*", metavar="ARG", help="the command's arguments (see above)")
-    p.add_argument("--key", required=True, metavar="FILE", help="the operator's private key (keys generate)")
-    p.add_argument("--site", default=None, help="the site id (default: the site file's with --config)")
-    p.add_argument("--config", "-c", default=None, help="a site file: connect with its broker, TLS and credentials")
-    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port (default: the site file's)")
-    p.add_argument("--prefix", default=None, help="topic prefix (default: the site file's, else ea/v1)")
+    _site_and_key(p, "the operator's private key (keys generate)")
     p.add_argument("--timeout", type=float, default=40.0, metavar="SECONDS",
                    help="how long to wait for the acknowledgement (default 40; a write may take 30)")
     p.add_argument("--lifetime", type=float, default=300.0, metavar="SECONDS",
                    help="how long the signed message stays valid (default 300, at most 3600)")
-    p.add_argument("--json", action="store_true", help="print the acknowledgement as JSON")
+    json_arg(p, "print the acknowledgement as JSON")
     p.add_argument("-o", "--out", metavar="FILE", help="bundle: where to write the support bundle (tar.gz, 0600)")
     p.set_defaults(func=cmd_cmd)
 
@@ -256,18 +262,14 @@ def register_push(sub: Any) -> None:
                       {0: "applied and the health gate passed", 1: "refused, or rolled back (why is printed)",
                        2: "bad arguments, an unreadable file or key", 3: "no broker, or no acknowledgement in time"}))
     p.add_argument("files", nargs="+", metavar="FILE", help="site file, profiles, operators.json")
-    p.add_argument("--key", required=True, metavar="FILE", help="the operator's private key (role config)")
-    p.add_argument("--site", default=None, help="the site id (default: the site file's with --config)")
-    p.add_argument("--config", "-c", default=None, help="a site file: connect with its broker, TLS and credentials")
-    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://host:port (default: the site file's)")
-    p.add_argument("--prefix", default=None, help="topic prefix (default: the site file's, else ea/v1)")
+    _site_and_key(p, "the operator's private key (role config)")
     p.add_argument("--version", dest="label", default=None, metavar="LABEL",
                    help="the version label (default: the date and time, UTC)")
     p.add_argument("--health-window", type=float, default=60.0, metavar="SECONDS",
                    help="how long the box waits for its devices and uplink before rolling back (default 60)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="how long to wait for the last acknowledgement (default: health window + 60)")
-    p.add_argument("--json", action="store_true", help="print each acknowledgement as JSON")
+    json_arg(p, "print each acknowledgement as JSON")
     p.set_defaults(func=cmd_push)
 
 

@@ -10,6 +10,7 @@ import re
 import sys
 from typing import Any
 
+from agent.tools.args import json_arg
 from agent.tools.helptext import epilog
 
 from . import BACnetConnection, unit_symbol
@@ -36,7 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bbmd", metavar="IP[:PORT]", help="register as foreign device with this BBMD (IP[:port])")
     p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
                    help="seconds to wait for answers (default 3)")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    json_arg(p, "machine-readable output on stdout")
 
 
 def register(subparsers: Any) -> None:

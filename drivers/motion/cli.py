@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from agent.tools.args import json_arg
 from agent.tools.helptext import epilog
 
 
@@ -45,7 +46,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--seconds", type=float, default=60.0, metavar="SECONDS",
                    help="how long to read a stream (default 60); a file is read to its end")
     t.add_argument("--strip", metavar="PNG", help="write an image strip of the frames where motion started")
-    t.add_argument("--json", action="store_true", help="one JSON object per event on stdout, then the summary")
+    json_arg(t, "one JSON object per event on stdout, then the summary")
     t.set_defaults(func=cmd_test)
 
 

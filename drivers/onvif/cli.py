@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from agent.tools.args import json_arg
 from agent.tools.helptext import epilog
 
 
@@ -44,7 +45,7 @@ def register(subparsers: Any) -> None:
     d.add_argument("--interface", metavar="IP", help="send the probe from this local address (default: the route's)")
     d.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
                    help="seconds to wait for answers (default 3)")
-    d.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    json_arg(d, "machine-readable output on stdout")
     d.set_defaults(func=cmd_discover)
     s = sub.add_parser(
         "scan", help="connect to a camera; write a site-file snippet and a profile skeleton",
@@ -70,7 +71,7 @@ def register(subparsers: Any) -> None:
                    "stdout after the snippet)")
     s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="budget of one request (default 5)")
-    s.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    json_arg(s, "machine-readable output on stdout")
     s.set_defaults(func=cmd_scan)
 
 

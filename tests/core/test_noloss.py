@@ -66,7 +66,7 @@ async def test_broker_down_10s_every_sequence_arrives(tmp_path: Path) -> None:
 
 async def test_kill9_mid_publish_every_committed_sequence_arrives(tmp_path: Path) -> None:
     broker = PersistentBroker(tmp_path)
-    many = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.05s}}\n" for i in range(20))
+    many = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.1s}}\n" for i in range(20))
     site = write_site(tmp_path, broker.url, extra=CHATTY, devices=many, silence="0.01s")
     db = tmp_path / "state" / "outbox.sqlite"
     async with contextlib_broker(broker), Collector(broker.port, client_id="noloss-b") as col:

@@ -18,7 +18,7 @@ CHATTY = f"profiles_dirs: [{Path(__file__).parent / 'profiles'}]\n"
 
 async def test_full_outbox_drops_oldest_telemetry_keeps_events(tmp_path: Path) -> None:
     broker = Broker(tmp_path)  # port reserved, not started yet: the uplink is down
-    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.05s}}\n" for i in range(5))
+    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.1s}}\n" for i in range(5))
     site = write_site(tmp_path, broker.url, extra=CHATTY + "outbox: {max_bytes: 256KiB, sync: normal}\n",
                       devices=devices, silence="0.01s")
     async with running_agent(site) as agent:

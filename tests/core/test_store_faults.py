@@ -123,6 +123,59 @@ async def test_wal_damaged_after_kill9_starts_above_every_seq_handed_out(
         await ob.close()
 
 
+async def test_power_loss_with_sync_normal_never_repeats_seqs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A power loss with ``sync: normal``, emulated: the WAL loses its last commits and the mark, never synced,
+    loses its last writes with them (the worst case: the two agree on a counter that is too low). The box
+    boots again (another boot id). The sequence must continue above every seq handed out before the loss."""
+    from agent.outbox import seqmark
+
+    path = tmp_path / "outbox.db"
+    reported = await _run_and_kill(path, seed=11, lines_before_kill=120)
+    damage_wal(path)
+    kept = {r[0] for r in db_rows(path)}
+    assert max(kept, default=0) < max(reported), "the damage made commits disappear (precondition)"
+    mark = Path(f"{path}.seq")
+    raw = mark.read_bytes()
+    mark.write_bytes(f"{max(kept):>20}\n".encode() + raw[21:])  # the mark's unsynced writes are lost too
+    boot = tmp_path / "boot_id"
+    boot.write_text("00000000-0000-4000-8000-000000000001\n")  # not this boot's id: the box restarted
+    monkeypatch.setattr(seqmark, "BOOT_ID", str(boot), raising=False)
+    ob = Outbox(path, sync="normal")
+    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+        await ob.open()
+    try:
+        new = await ob.append([tel(1)])
+        assert new[0] > max(reported), "a seq handed out before the power loss was handed out again"
+        assert ob.incident is not None and ob.incident.result == "gap" and "power loss" in ob.incident.reason
+        assert "power loss" in caplog.text
+    finally:
+        await ob.close()
+    again = Outbox(path, sync="normal")  # closed cleanly: the next boot (another id again) is continuous
+    boot.write_text("00000000-0000-4000-8000-000000000002\n")
+    await again.open()
+    try:
+        assert again.incident is None
+        assert (await again.append([tel(2)]))[0] == new[0] + 1
+    finally:
+        await again.close()
+
+
+async def test_kill9_without_a_reboot_keeps_the_sequence_continuous(tmp_path: Path) -> None:
+    """Only the process died (same boot): the mark is exact, no jump and no incident, as before the bound."""
+    path = tmp_path / "outbox.db"
+    reported = await _run_and_kill(path, seed=12, lines_before_kill=60)
+    ob = Outbox(path, sync="normal")
+    await ob.open()
+    try:
+        assert ob.incident is None
+        last = ob.stats()["last_seq"]
+        assert last >= max(reported) and (await ob.append([tel(1)]))[0] == last + 1
+    finally:
+        await ob.close()
+
+
 async def test_damaged_file_reports_unknown_loss_in_status_and_upstream(tmp_path: Path) -> None:
     """The agent sends a `store` event with what is known, and `status` says "unknown", not 0."""
     state = tmp_path / "state"
@@ -225,7 +278,7 @@ async def test_full_disk_keeps_delivering_with_a_small_wal(tmp_path: Path) -> No
 
     broker = Broker(tmp_path)  # port reserved, not started yet: the backlog grows
     state = tmp_path / "state"
-    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.05s}}\n" for i in range(3))
+    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.1s}}\n" for i in range(3))
     site = write_site(tmp_path, broker.url, extra=CHATTY + "outbox: {max_bytes: 64MiB, sync: normal}\n",
                       devices=devices, silence="0.01s")
     wal = state / "outbox.sqlite-wal"
@@ -287,6 +340,47 @@ async def test_full_disk_keeps_delivering_with_a_small_wal(tmp_path: Path) -> No
                     agent.stop_event.set()
     finally:
         broker.stop()
+
+
+async def test_wal_stuck_by_a_full_disk_with_an_empty_queue_is_unstuck(tmp_path: Path) -> None:
+    """The cause of the stall seen in about 1 run in 8 of the delivery test below, made certain: pages an append
+    added are in the WAL only, so the next checkpoint must grow the database file; another program takes the
+    last block first. The checkpoint fails, the WAL can neither restart nor grow, and with every row delivered
+    no delete is there to release the reserve: every append failed from then on, for good. Now any write that
+    meets SQLite's disk-full checkpoints the WAL (giving the reserve back if the checkpoint needs room) and goes
+    on."""
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        path = disk / "outbox.db"
+        ob = Outbox(path, sync="normal")
+        await ob.open()
+        try:
+            assert path.with_name("outbox.db.reserve").exists()
+
+            def growth_in_wal_only() -> bool:
+                pages = ob._db().execute("PRAGMA page_count").fetchone()[0]
+                return bool(pages * 4096 > path.stat().st_size)
+
+            n = 0
+            while True:  # each batch one record larger than the last: the database grows a little each time
+                n += 1
+                assert n < 100, "the database never grew inside its WAL"
+                await ob.append([tel(i, size=800) for i in range(n)])
+                assert await ob.ack(r.seq for r in await ob.take(1000))  # delivered: the queue is empty
+                if await ob._call(growth_in_wal_only):
+                    break
+            assert ob.stats()["depth"] == 0
+            fill_up(disk / "filler")
+            assert os.statvfs(disk).f_bavail == 0
+            stored = 0
+            for i in range(150):  # one record in, delivered, deleted: what an agent on a full disk does
+                with contextlib.suppress(StoreFull):
+                    await ob.append([tel(i, size=300)])
+                    stored += 1
+                assert await ob.ack(r.seq for r in await ob.take(10)), f"a delete failed after {stored} appends"
+            print(f"\nstuck WAL after {n} appends: {stored} of 150 appends stored on a full disk")
+            assert stored == 150
+        finally:
+            await ob.close()
 
 
 async def test_reserve_lets_deletes_through_when_another_program_fills_the_disk(
@@ -490,7 +584,7 @@ async def test_disk_filled_by_another_program_while_delivering(tmp_path: Path) -
 
     broker = Broker(tmp_path).start()
     state = tmp_path / "state"
-    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.05s}}\n" for i in range(3))
+    devices = "".join(f"  - {{name: box{i}, type: chatty-box, interval: 0.1s}}\n" for i in range(3))
     site = write_site(tmp_path, broker.url, extra=CHATTY + "outbox: {max_bytes: 64MiB, sync: normal}\n",
                       devices=devices, silence="0.01s")
     wal = state / "outbox.sqlite-wal"
@@ -511,13 +605,9 @@ async def test_disk_filled_by_another_program_while_delivering(tmp_path: Path) -
                       f"WAL max {wal_max} B")
                 assert agent.uplink.state.connects == 1
                 assert wal_max <= 300 * 1024
-                if delivered < 20:
-                    # Known, open: in about 1 run of 8 the WAL cannot grow at the moment the other program
-                    # takes the last block, every append then fails with SQLite's "disk full" and only what
-                    # was stored is delivered (the agent stays up, holds records in memory within its bound,
-                    # keeps its session). Reported in the closing note of issue 9; not hidden as a pass.
-                    pytest.xfail(f"known intermittent stall on a disk filled by another program: {delivered} "
-                                 "messages delivered")
+                # it stalled here in about 1 run in 8 (2 of 16 measured) before a write that meets SQLite's
+                # disk-full checkpointed the WAL (test_wal_stuck_by_a_full_disk_with_an_empty_queue_is_unstuck)
+                assert delivered >= 20, f"delivery stopped on a full disk: {delivered} messages delivered"
                 # with 0 bytes free, rows are stored as fast as delivered rows free pages: what is held in memory
                 # meanwhile depends on this machine's delivery rate (about 120 records on a loaded 2-core box,
                 # a handful on an idle one); it stays within the bound and nothing is dropped
