@@ -138,8 +138,8 @@ class Pusher:
         self.store.switch(v.name)  # the switch: from here a restart runs the new version
         log.info("config: push %s by %s: version %s (%s) switched to; restarting with it", s.id, s.key, v.name,
                  label)
-        # after this task has queued the "accepted" ack and the flusher has stored it: cancelling the flusher at
-        # shutdown right after it took the ack from its queue would lose it
+        # after this task has queued the "accepted" ack and the flusher has stored it (flush_now), so the ack
+        # is in the outbox before the process re-executes itself
         self._restarting = asyncio.get_running_loop().create_task(self._restart_soon(), name="config:restart")
         return {"state": "accepted", "version": v.name, "label": label, "hash": digest, "previous": self.running,
                 "health_window": window, "expect_online": expect}
