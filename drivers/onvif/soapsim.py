@@ -264,14 +264,16 @@ class Subscription:
 class PullPoints:
     """The events service's PullPoint subscriptions of one device.
 
-    ``initial()`` gives the notifications (PropertyOperation Initialized) of the device's current state: queued
-    on a new subscription and at every SetSynchronizationPoint. Subscriptions live at
-    ``/onvif/subscription/{sid}``.
+    ``initial()`` gives (topic, notification) pairs (PropertyOperation Initialized) of the device's current
+    state: queued at every SetSynchronizationPoint and, with ``on_subscribe``, on a new subscription.
+    Subscriptions live at ``/onvif/subscription/{sid}``.
     """
 
-    def __init__(self, device: SoapDevice, initial: Callable[[], list[tuple[str, str]]]) -> None:
+    def __init__(self, device: SoapDevice, initial: Callable[[], list[tuple[str, str]]],
+                 on_subscribe: bool = True) -> None:
         self.dev = device
         self.initial = initial
+        self.on_subscribe = on_subscribe
         self.subs: dict[str, Subscription] = {}
         self.drop_renew = 0
 
@@ -308,7 +310,8 @@ class PullPoints:
         sub = Subscription(secrets.token_hex(6), time.monotonic() + seconds, topics.strip())
         self.subs[sub.sid] = sub
         self.dev.stats["subscriptions"] += 1
-        self._queue(sub, self.initial())
+        if self.on_subscribe:
+            self._queue(sub, self.initial())
         now = self.dev.now()
         return (
             "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>"
