@@ -223,13 +223,16 @@ class SoapDevice:
             "</tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>"
         )
 
-    def services_xml(self, services: Iterable[tuple[str, str, str]]) -> str:
-        """GetServicesResponse for (namespace, path, version "major.minor") triples."""
+    def services_xml(self, services: Iterable[tuple[str, str, str]], caps: Callable[[str], str] | None = None) -> str:
+        """GetServicesResponse for (namespace, path, version "major.minor") triples; ``caps(namespace)`` gives the
+        service's capabilities element when the request asked IncludeCapability."""
         out = ""
         for ns, path, version in services:
             major, _, minor = version.partition(".")
+            cap = caps(ns) if caps else ""
             out += (f"<tds:Service><tds:Namespace>{ns}</tds:Namespace><tds:XAddr>{self.base}{path}</tds:XAddr>"
-                    f"<tds:Version><tt:Major>{major}</tt:Major><tt:Minor>{minor or 0}</tt:Minor></tds:Version>"
+                    + (f"<tds:Capabilities>{cap}</tds:Capabilities>" if cap else "")
+                    + f"<tds:Version><tt:Major>{major}</tt:Major><tt:Minor>{minor or 0}</tt:Minor></tds:Version>"
                     "</tds:Service>")
         return f"<tds:GetServicesResponse>{out}</tds:GetServicesResponse>"
 

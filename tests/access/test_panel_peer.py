@@ -338,3 +338,61 @@ async def test_bad_no_op_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"unknown operation(s) LockTheDoor" in err and b"Traceback" not in err
+
+
+async def test_services_with_capabilities_drop_renew_and_delay(access_panel: AccessPanel) -> None:
+    async with clients(access_panel) as c:
+        services = await (await c.cam.create_devicemgmt_service()).GetServices({"IncludeCapability": True})
+        caps = {s.Namespace: s.Capabilities for s in services}
+        tdc_caps = caps[TDC]._value_1  # the service's Capabilities element, as the spec places it
+        assert tdc_caps.tag == f"{{{TDC}}}Capabilities" and tdc_caps.get("MaxLimit") == "10"
+        manager = await c.cam.create_pullpoint_manager(dt.timedelta(seconds=60), lambda: None)
+        address = manager.get_service().xaddr
+        renewer = c.service(address, "events.wsdl", f"{{{TEV}}}SubscriptionManagerBinding")
+        await renewer.setup()
+        try:
+            await renewer.Renew({"TerminationTime": dt.timedelta(seconds=60)})
+            access_panel.control("drop-renew", n=1)
+            with pytest.raises(Fault):  # refused, and the subscription is gone
+                await renewer.Renew({"TerminationTime": dt.timedelta(seconds=60)})
+            with pytest.raises(Fault):
+                await manager.get_service().PullMessages({"MessageLimit": 10, "Timeout": dt.timedelta(seconds=1)})
+        finally:
+            await renewer.close()
+        stats = access_panel.stats()
+        assert (stats["renews"], stats["dropped_renews"], stats["subscriptions_live"]) == (1, 1, 0)
+        access_panel.control("delay", s=0.6)
+        t0 = time.monotonic()
+        await c.doors.GetDoorState({"Token": "Door_1"})
+        assert time.monotonic() - t0 >= 0.6
+        access_panel.control("delay", s=0)
+
+
+async def test_disabled_access_point_refuses_credentials(access_panel: AccessPanel) -> None:
+    async with clients(access_panel) as c:
+        await c.access.DisableAccessPoint({"Token": "AP_1"})
+        manager = await c.cam.create_pullpoint_manager(dt.timedelta(seconds=60), lambda: None)
+        pp = manager.get_service()
+        await _pull(pp, want=14)
+        access_panel.badge("AP_1", credential="CARD-3", holder="A. Person", result="granted")
+        msgs = await _pull(pp, want=1)
+        assert [m.Topic._value_1 for m in msgs] == ["tns1:AccessControl/Denied/Credential"]
+        assert _items(msgs[0], "Data")["Reason"] == "AccessPointDisabled"
+        assert access_panel.state()["doors"]["Door_1"]["mode"] == "Locked"
+        await c.access.EnableAccessPoint({"Token": "AP_1"})
+        access_panel.badge("AP_1", credential="CARD-3", result="granted")
+        msgs = await _pull(pp, want=4)  # Enabled true, granted, Accessed, Unlocked
+        assert "tns1:AccessControl/AccessGranted/Credential" in [m.Topic._value_1 for m in msgs]
+        assert _states(msgs, "tns1:Door/State/DoorMode") == [("Door_1", "Accessed")]
+        await manager.shutdown()
+
+
+async def test_unreadable_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "state.json"
+    bad.write_text("{not json")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "drivers.access.sim", "--port", "1", "--state-file", str(bad),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert f"--state-file {bad}: unreadable".encode() in err and b"Traceback" not in err
