@@ -71,6 +71,9 @@ unauthenticated; ``door_commands`` = each door command received with its door an
 auth_failures, faults, subscriptions, subscriptions_live, pulls, renews, sync_points, dropped_renews),
 ``GET /control/state`` (every door and access point).
 
+Every command, access point change and fault answered is also printed on stdout (``access-sim: LockDoor
+Door_1 -> ok``; the test peer keeps it in ``access-sim-PORT.log``).
+
 A restart of the process is a reboot: subscriptions are forgotten. With ``--state-file`` door modes,
 physical states, tamper, fault, names and access point states survive it (as a panel's own storage would).
 """
@@ -459,9 +462,11 @@ class Panel(SoapDevice):
             self.stats[key] = 0
 
     def observe(self, name: str, op: ET.Element, outcome: str) -> None:
+        token = op.findtext(f"{{{TDC}}}Token") or op.findtext(f"{{{TAC}}}Token") or ""
         if name in DOOR_COMMANDS:
-            token = op.findtext(f"{{{TDC}}}Token") or ""
             self.door_commands.append({"op": name, "door": token, "result": outcome})
+        if name in DOOR_COMMANDS or name in ("EnableAccessPoint", "DisableAccessPoint") or outcome != "ok":
+            print(f"access-sim: {name} {token} -> {outcome}", flush=True)  # the peer's log file, for debugging
 
     def has(self, *ops: str) -> bool:
         return not any(o in self.missing for o in ops)
