@@ -107,7 +107,7 @@ from drivers.onvif.soapsim import (
 
 TDC = "http://www.onvif.org/ver10/doorcontrol/wsdl"
 TAC = "http://www.onvif.org/ver10/accesscontrol/wsdl"
-XMLNS = {"tdc": TDC, "tac": TAC, "pt": "http://www.onvif.org/ver10/pacs"}
+XMLNS = {"tdc": TDC, "tac": TAC, "pt": "http://www.onvif.org/ver10/pacs", "xs": "http://www.w3.org/2001/XMLSchema"}
 NAMES = ["Main entrance", "Staff entrance"]
 LOCKED_MODES = {"Locked", "Blocked", "LockedDown", "DoubleLocked"}
 TARGET = {"LockDoor": "Locked", "UnlockDoor": "Unlocked", "BlockDoor": "Blocked", "LockDownDoor": "LockedDown",

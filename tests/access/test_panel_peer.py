@@ -117,6 +117,7 @@ async def test_event_properties_list_every_topic(access_panel: AccessPanel) -> N
     async with clients(access_panel) as c:
         props = await (await c.cam.create_events_service()).GetEventProperties()
     topics = []
+    types: set[str] = set()
 
     def walk(el: Any, path: list[str]) -> None:
         here = [*path, el.tag.rpartition("}")[2]]
@@ -125,6 +126,10 @@ async def test_event_properties_list_every_topic(access_panel: AccessPanel) -> N
         for child in el:
             if not child.tag.endswith("MessageDescription"):
                 walk(child, here)
+                continue
+            for item in child.iter("{http://www.onvif.org/ver10/schema}SimpleItemDescription"):
+                prefix, _, name = item.get("Type").partition(":")
+                types.add(f"{{{item.nsmap[prefix]}}}{name}")  # every type's prefix is declared
 
     for top in props.TopicSet._value_1:
         walk(top, [])
@@ -133,6 +138,8 @@ async def test_event_properties_list_every_topic(access_panel: AccessPanel) -> N
                  "AccessControl/AccessGranted/Credential", "AccessControl/Denied/Credential", "AccessControl/Duress",
                  "AccessControl/Request/Timeout", "Configuration/Door/Changed"):
         assert f"tns1:{want}" in topics
+    assert {f"{{{TDC}}}DoorMode", "{http://www.w3.org/2001/XMLSchema}string",
+            "{http://www.onvif.org/ver10/pacs}ReferenceToken"} <= types
 
 
 async def test_forced_open_raises_door_alarm_through_pullpoint(access_panel: AccessPanel) -> None:
