@@ -41,7 +41,9 @@ for _line in (CORPUS / "expected.tsv").read_text().splitlines():
         _name, _, _exp = _line.partition("\t")
         EXPECTED[_name] = _exp
 
-MAX_SECONDS = 5.0  # to refuse one file, interpreter start included (measured: ~0.3 s)
+# CPU seconds (not wall time: the suite runs on parallel workers of a loaded machine) to refuse one file,
+# interpreter start included (measured: ~0.3 s); a hang is caught by run_once's wall-clock timeout
+MAX_SECONDS = 5.0
 MAX_RSS_KB = 80 * 1024  # peak RSS of `run` refusing one file (measured: 39-53 MiB, most of it the imports)
 
 HEAD = "site: {id: corpus}\nuplink:\n  broker: mqtt://127.0.0.1:1\n"
@@ -119,8 +121,10 @@ _MEASURED_RUN = """
 import atexit, pathlib, runpy, sys
 out = pathlib.Path(sys.argv.pop(1))
 def note():
+    import os
     hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    out.write_text(hwm.split()[1])
+    t = os.times()
+    out.write_text(f"{hwm.split()[1]} {t.user + t.system}")
 atexit.register(note)
 sys.argv[0] = "edge-agent"
 runpy.run_module("agent.tools.cli", run_name="__main__", alter_sys=True)
@@ -128,11 +132,10 @@ runpy.run_module("agent.tools.cli", run_name="__main__", alter_sys=True)
 
 
 def run_once(site: Path, tmp: Path, timeout: float = 20.0) -> tuple[int, str, float, int]:
-    """Run `edge-agent run` on a file that must be refused: (exit code, output, seconds, peak RSS in KiB)."""
+    """Run `edge-agent run` on a file that must be refused: (exit code, output, CPU seconds, peak RSS in KiB)."""
     log, hwm = tmp / "run.log", tmp / "run.hwm"
     env = {**os.environ, "STATE_DIRECTORY": str(tmp / "state"), "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
-    t0 = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", _MEASURED_RUN, str(hwm), "run", "--config", str(site)],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -142,8 +145,8 @@ def run_once(site: Path, tmp: Path, timeout: float = 20.0) -> tuple[int, str, fl
         proc.kill()
         proc.wait()
         raise
-    secs = time.monotonic() - t0
-    return rc, log.read_text(errors="replace"), secs, int(hwm.read_text()) if hwm.exists() else 0
+    rss, cpu = hwm.read_text().split() if hwm.exists() else ("0", "0")
+    return rc, log.read_text(errors="replace"), float(cpu), int(rss)
 
 
 def _assert_refused_in_process(site: Path) -> None:
@@ -160,7 +163,8 @@ def test_run_and_validate_refuse_with_a_located_error(case: str, tmp_path: Path,
     rc, out, secs, rss = run_once(site, tmp_path)
     if os.environ.get("EDGE_AGENT_TEST_FIGURES"):  # the figures of every file, for the record
         with capsys.disabled():
-            print(f"\n{case}: {site.stat().st_size} B refused in {secs:.2f} s, peak RSS {rss / 1024:.1f} MiB", end="")
+            print(f"\n{case}: {site.stat().st_size} B refused in {secs:.2f} CPU-s, peak RSS {rss / 1024:.1f} MiB",
+                  end="")
     assert "Traceback" not in out, out
     assert rc == 78, out
     first = out.splitlines()[0]
@@ -223,9 +227,9 @@ def test_validate_reports_each_broken_profile_located(case: str, tmp_path: Path,
     folder = tmp_path / "profiles"
     folder.mkdir()
     shutil.copy(CORPUS / case, folder)
-    t0 = time.monotonic()
+    t0 = time.process_time()
     assert main(["validate", str(folder)]) == 1
-    assert time.monotonic() - t0 < MAX_SECONDS
+    assert time.process_time() - t0 < MAX_SECONDS
     got = capsys.readouterr()
     assert "Traceback" not in got.out + got.err
     assert got.out.splitlines()[0].startswith(f"{folder / Path(case).name}{EXPECTED[case]}"), got.out
@@ -332,9 +336,9 @@ def test_the_size_limit_is_exact_and_a_file_at_the_limits_loads_in_bounded_time(
         load_site(site)
     values = tmp_path / "values.yaml"
     values.write_text("v: [" + ", ".join("1" for _ in range(MAX_NODES - 3)) + "]\n")
-    t0 = time.monotonic()
+    t0 = time.process_time()
     assert len(load_file(values).data["v"]) == MAX_NODES - 3
-    assert time.monotonic() - t0 < MAX_SECONDS
+    assert time.process_time() - t0 < MAX_SECONDS
     values.write_text("v: [" + ", ".join("1" for _ in range(MAX_NODES)) + "]\n")
     with pytest.raises(ConfigError, match=r"values.yaml:1: the document expands to more than 100000 values"):
         load_file(values)
