@@ -148,10 +148,12 @@ class ModbusDriver(Driver):
         new_plan: list[Request] = []
         changed = False
         first: list[Any] = [None] * len(reqs)
-        if (self.conn.max_outstanding > 1 and len(reqs) > 1 and not probing and not self.quirks.pause
-                and self.conn.transport == "tcp" and self.conn.tcp_client == "native"
-                and not self.bus.one_at_a_time):
-            first = await self.requests.prefetch(reqs)
+        if (len(reqs) > 1 and not probing and not self.quirks.pause and self.conn.transport == "tcp"
+                and self.conn.tcp_client == "native"):
+            if self.conn.max_outstanding > 1 and not self.bus.one_at_a_time:
+                first = await self.requests.prefetch(reqs)
+            else:
+                first = await self.requests.chain(reqs)
         for i, req in enumerate(reqs):
             if consecutive_timeouts >= 2:
                 self._fail(req, "timeout (skipped: device stopped answering)", samples)
