@@ -54,6 +54,25 @@ def _requests(driver: Driver) -> int | None:
     return None
 
 
+class PointSets:
+    """The point lists of the fast, slow and combined cycles, kept while the driver's polled points stay the
+    same objects: one list comparison per cycle instead of building three lists, and the very same list
+    objects for the driver (which caches its plan per list)."""
+
+    __slots__ = ("polled", "sets")
+
+    def __init__(self) -> None:
+        self.polled: list[PointBase] | None = None
+        self.sets: tuple[list[PointBase], list[PointBase], list[PointBase], list[PointBase]] = ([], [], [], [])
+
+    def of(self, polled: list[PointBase], fast: bool, slow: bool) -> list[PointBase]:
+        if polled != self.polled:  # element identity first: C speed when nothing changed
+            f = [p for p in polled if p.poll == "fast"]
+            s = [p for p in polled if p.poll == "slow"]
+            self.polled, self.sets = list(polled), ([], f, s, f + s)
+        return self.sets[fast + 2 * slow]
+
+
 class DeviceRunner:
     def __init__(self, device: DeviceConfig, ctx: DriverContext, sink: Sink, health: DeviceHealth) -> None:
         self.device = device
@@ -82,6 +101,11 @@ class DeviceRunner:
 
     def _answered(self, samples: Sequence[Sample]) -> None:
         """The device answered a poll cycle: online if at least one point now reads good, else failing."""
+        if self.health.state == "online":
+            for s in samples:  # a point read good in this cycle: no need to count them all
+                if s.quality == Quality.GOOD:
+                    self._online()
+                    return
         good, total = self.point_counts()
         if total and not good:
             errors = Counter(s.error or "no value" for s in samples if s.quality != Quality.GOOD)
@@ -286,6 +310,7 @@ class DeviceRunner:
         first = 0.0 if self._urgent or self._wake.is_set() else (-now) % min(dm.interval, 1.0)
         self._urgent = False
         self._wake.clear()
+        sets = PointSets()
         next_fast = now + first
         next_slow = next_fast
         while True:
@@ -295,12 +320,7 @@ class DeviceRunner:
             if wait and await self._nap(wait):
                 next_fast = next_slow = time.monotonic()  # retry: poll every point now
             now = time.monotonic()
-            polled = driver.polled_points()
-            pts: list[PointBase] = []
-            if now >= next_fast:
-                pts += [p for p in polled if p.poll == "fast"]
-            if now >= next_slow:
-                pts += [p for p in polled if p.poll == "slow"]
+            pts = sets.of(driver.polled_points(), now >= next_fast, now >= next_slow)
             if pts:
                 self._begin()
                 await self._cycle(driver, pts)
