@@ -29,7 +29,7 @@ from agent.contract.points import PointBase
 from agent.errors import DeviceTimeout, DeviceUnreachable, ProtocolError, WriteRefused
 from agent.model import Quality, Sample, Value
 
-from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, speedups, unit_symbol
 from .cov import CovFollower
 from .localif import other_stack, resolve_local
 from .restart import EdgeApplication, RestartWatch
@@ -38,6 +38,7 @@ from .values import to_value
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+speedups.install()  # bacpypes3's decoding without its per-object getattr_static walk (issue 15)
 
 OWN_MAX_APDU = 1476  # what this box accepts (BACnet/IP maximum)
 BIND_TIMEOUT = 3.0
