@@ -112,3 +112,33 @@ async def test_a_warm_poll_walks_no_class(bacnet_lab: BACnetLab, monkeypatch: py
         samples = await drv.read(drv.device.enabled_points)
     assert {s.point: s.value for s in samples}["supply"] == 16.0
     assert calls["n"] == 0
+
+
+async def test_a_poll_reuses_its_request_and_plan(bacnet_lab: BACnetLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ReadPropertyMultiple parameters and the batches of a point set are built once: later polls of the
+    same points build no PropertyReference and plan nothing, and read what the controller holds now."""
+    import drivers.bacnet.driver as driver_module
+
+    sim = await bacnet_lab.sim(extra=1)
+    write_profile(bacnet_lab.tmp, "kinds", POINTS, device="max_points_per_request: 64")
+    drv = await bacnet_lab.driver("kinds", sim)
+    await drv.read(drv.device.enabled_points)
+    built = {"refs": 0, "plans": 0}
+    real_ref, real_plan = driver_module.PropertyReference, driver_module.plan_batches
+
+    def ref(*a: Any, **kw: Any) -> Any:
+        built["refs"] += 1
+        return real_ref(*a, **kw)
+
+    def plan(*a: Any, **kw: Any) -> Any:
+        built["plans"] += 1
+        return real_plan(*a, **kw)
+
+    monkeypatch.setattr(driver_module, "PropertyReference", ref)  # counting only
+    monkeypatch.setattr(driver_module, "plan_batches", plan)
+    sim.obj("analog-value,100").presentValue = 42.5
+    for _ in range(2):
+        got = {s.point: s.value for s in await drv.read(drv.device.enabled_points)}
+    assert built == {"refs": 0, "plans": 0}
+    assert got["supply"] == 16.0 and got["room_name"] == "room-temp" and got["x0"] == 42.5
+    assert drv.facts.requests["read-property-multiple"] >= 3
