@@ -176,6 +176,34 @@ class RpmRequest:
     keys: list[tuple[str, str, int | None]]
 
 
+def rpm_request(points: Sequence[BACnetPoint], cache: dict[tuple[int, ...], RpmRequest]) -> RpmRequest:
+    """The parameters of a ReadPropertyMultiple for these points, built once per point set: bacpypes3 uses
+    them as they are (it encodes them, never changes them), and building its objects was a tenth of the
+    agent's CPU per poll."""
+    key = tuple(map(id, points))
+    req = cache.get(key)
+    if req is not None:
+        return req
+    params: list[Any] = []
+    groups: dict[str, list[Any]] = {}
+    members: dict[str, list[BACnetPoint]] = {}
+    for p in points:
+        ref = PropertyReference(propertyIdentifier=PropertyIdentifier(p.property))
+        if p.array_index is not None:
+            ref.propertyArrayIndex = p.array_index
+        if p.object_id not in groups:
+            groups[p.object_id], members[p.object_id] = [], []
+            params += [ObjectIdentifier(p.object_id), groups[p.object_id]]
+        groups[p.object_id].append(ref)
+        members[p.object_id].append(p)
+    order = [p for ps in members.values() for p in ps]  # the order of the reply
+    keys = [(p.object_id, str(p.property), p.array_index) for p in points]
+    if len(cache) > 64:
+        cache.clear()
+    req = cache[key] = RpmRequest(list(points), params, order, keys)
+    return req
+
+
 def _prop_len(p: BACnetPoint) -> int:
     n = 2 if isinstance(p.property, str) or p.property < 256 else 4
     if p.array_index is not None:
@@ -459,37 +487,10 @@ class BACnetDriver(Driver):
             return Sample(self.name, p.name, None, Quality.ERROR, now, v.strip("-"))
         return Sample(self.name, p.name, to_value(v), Quality.GOOD, now)
 
-    def _rpm_request(self, points: Sequence[BACnetPoint]) -> RpmRequest:
-        """The parameters of a ReadPropertyMultiple for these points, built once per point set: bacpypes3 uses
-        them as they are (it encodes them, never changes them), and building its objects was a tenth of the
-        agent's CPU per poll."""
-        key = tuple(map(id, points))
-        req = self._rpm_requests.get(key)
-        if req is not None:
-            return req
-        params: list[Any] = []
-        groups: dict[str, list[Any]] = {}
-        members: dict[str, list[BACnetPoint]] = {}
-        for p in points:
-            ref = PropertyReference(propertyIdentifier=PropertyIdentifier(p.property))
-            if p.array_index is not None:
-                ref.propertyArrayIndex = p.array_index
-            if p.object_id not in groups:
-                groups[p.object_id], members[p.object_id] = [], []
-                params += [ObjectIdentifier(p.object_id), groups[p.object_id]]
-            groups[p.object_id].append(ref)
-            members[p.object_id].append(p)
-        order = [p for ps in members.values() for p in ps]  # the order of the reply
-        keys = [(p.object_id, str(p.property), p.array_index) for p in points]
-        if len(self._rpm_requests) > 64:
-            self._rpm_requests.clear()
-        req = self._rpm_requests[key] = RpmRequest(list(points), params, order, keys)
-        return req
-
     async def _read_rpm(self, points: Sequence[BACnetPoint]) -> list[Sample]:
         app, addr = self._app(), self.address
         assert addr is not None
-        req = self._rpm_request(points)
+        req = rpm_request(points, self._rpm_requests)
         params, order = req.params, req.order
         now = time.time()
         try:
