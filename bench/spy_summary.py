@@ -16,7 +16,7 @@ from pathlib import Path
 AREAS = [
     ("register decoding", ("codec.py", "._decode ", "_decode_block", "_short_float32")),
     ("report-by-exception pipeline", ("pipeline.py",)),
-    ("SQLite outbox", ("outbox.py", "sqlite")),
+    ("SQLite outbox", ("outbox/", "outbox.py", "sqlite")),
     ("MQTT publish", ("aiomqtt", "paho", "uplink/")),
     ("status socket", ("status.py",)),
     ("Modbus request/response path", ("pymodbus", "drivers/modbus", "supervisor.py")),

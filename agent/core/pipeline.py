@@ -72,38 +72,47 @@ class DeviceChannel:
 
     def offer(self, s: Sample, now_mono: float) -> bool:
         """Update live state; queue the sample if it should be reported. Returns True if queued."""
-        name = s.point
-        rule = self.rules.get(name)
-        if rule is None:
-            return False
-        st = self.live.get(name)
-        if st is None:
-            st = self.live[name] = PointState(unit=self.points[name].unit)
-        quality, value = s.quality, s.value
-        st.ts = s.ts
-        st.quality = quality
-        if quality == Quality.ERROR:
-            st.last_error, st.last_error_ts = s.error, s.ts
-            if value is not None:
+        return self.offer_all((s,), now_mono) == 1
+
+    def offer_all(self, samples: Sequence[Sample], now_mono: float) -> int:
+        """``offer`` for every sample of a cycle, in one loop (this runs for every point of every poll);
+        returns how many were queued."""
+        rules, live, reported, pending = self.rules, self.live, self.reported, self.pending
+        error, good = Quality.ERROR, Quality.GOOD
+        n = 0
+        for s in samples:
+            name = s.point
+            rule = rules.get(name)
+            if rule is None:
+                continue
+            st = live.get(name)
+            if st is None:
+                st = live[name] = PointState(unit=self.points[name].unit)
+            quality, value, ts = s.quality, s.value, s.ts
+            st.ts = ts
+            st.quality = quality
+            if quality == error:
+                st.last_error, st.last_error_ts = s.error, ts
+                if value is not None:
+                    st.value = value
+            else:
                 st.value = value
-        else:
-            st.value = value
-            if quality == Quality.GOOD:
-                st.last_good = s.ts
-        prev = self.reported.get(name)
-        silence, deadband = rule
-        if prev is not None and prev.quality == quality:
-            # ``value is prev.value``: a driver that saw unchanged raw data hands back the very object it
-            # reported, which never differs from itself: no change test needed
-            if (quality == Quality.ERROR or value is prev.value
-                    or not changed_enough(prev.value, value, deadband)) \
-                    and not (silence > 0 and now_mono - prev.at >= silence):
-                return False
-            prev.value, prev.at = value, now_mono
-        else:
-            self.reported[name] = _Reported(value, quality, now_mono)
-        self.pending.append(s)
-        return True
+                if quality == good:
+                    st.last_good = ts
+            prev = reported.get(name)
+            if prev is not None and prev.quality == quality:
+                silence = rule[0]
+                # ``value is prev.value``: a driver that saw unchanged raw data hands back the very object it
+                # reported, which never differs from itself: no change test needed
+                if (quality == error or value is prev.value or not changed_enough(prev.value, value, rule[1])) \
+                        and not (silence > 0 and now_mono - prev.at >= silence):
+                    continue
+                prev.value, prev.at = value, now_mono
+            else:
+                reported[name] = _Reported(value, quality, now_mono)
+            pending.append(s)
+            n += 1
+        return n
 
     def forget(self) -> None:
         """Next value of every point is reported again (used after a rebirth)."""
@@ -138,12 +147,8 @@ class Pipeline:
         ch = self.channels.get(device)
         if ch is None:
             return 0
-        now = time.monotonic()
-        n = 0
-        for s in samples:
-            self.offered += 1
-            if ch.offer(s, now):
-                n += 1
+        n = ch.offer_all(samples, time.monotonic())
+        self.offered += len(samples)
         self.reported += n
         return n
 

@@ -201,6 +201,15 @@ class Outbox:
             log.error("outbox: set aside %s seq %d to %r (%d B): refused for good (%s); counted in "
                       "dropped_refused", r.kind.name.lower(), r.seq, r.topic, len(r.body), reason)
 
+    def has_pending(self) -> bool:
+        """Some row waits to be taken (not leased); from memory, no I/O."""
+        return self._counters.has_pending()
+
+    def delivered(self, seqs: Iterable[int]) -> None:
+        """The broker acknowledged these leased rows: they are never offered again, and the next ``ack``
+        deletes them with its own (one delete transaction for several batches)."""
+        self._counters.mark_delivered(seqs)
+
     def release(self, seqs: Iterable[int]) -> None:
         """Hand leased rows back (publish failed) so the next ``take`` offers them again."""
         self._counters.release(seqs)

@@ -46,6 +46,7 @@ def reconnect_delay(initial: float, longest: float, rnd: random.Random | None = 
     again. A fixed random window spreads 2,000 sites over it (at most ~12 % of them in any second) and bounds
     the added downtime: median ~5 s, at most ``longest``. Retries against a dead broker cost one TCP SYN."""
     return (rnd or random).uniform(initial, max(initial, longest))
+ACK_BATCH = 256  # delivered rows deleted together at most (while more rows wait to be published)
 REFUSED_FOR_GOOD = (ValueError, TypeError)
 """What paho raises from ``publish`` for a message it will never send (a wildcard or empty topic, an
 oversized payload): such a row is set aside alone instead of failing the session and coming back first."""
@@ -260,6 +261,7 @@ class Uplink:
         refused: dict[str, list[Stored]] = {}
 
         alone: list[int] = []  # the suspect published alone in this batch, if any
+        unacked = 0  # rows acknowledged by the broker, marked delivered, not deleted yet
 
         def blamed(started: float, row: Stored) -> bool:
             return row.seq in alone and time.monotonic() - started < QUICK
@@ -294,11 +296,18 @@ class Uplink:
             if not self.outbox.is_open:  # not opened yet (full disk at start): the agent retries the open
                 await asyncio.sleep(1.0)
                 continue
+            if not self.outbox.has_pending():  # nothing to take: no round trip to the store's thread
+                if self.outbox.ack_failing_since is not None or unacked:
+                    await self.outbox.ack([])  # retry the deletes of delivered rows
+                    unacked = 0
+                await self.outbox.wait(timeout=1.0)
+                continue
             # Small takes: a new event never waits behind more than a few round trips of backlog.
             rows = await self.outbox.take(self.cfg.max_inflight * 4)
             if not rows:
-                if self.outbox.ack_failing_since is not None:
+                if self.outbox.ack_failing_since is not None or unacked:
                     await self.outbox.ack([])  # retry the deletes of delivered rows
+                    unacked = 0
                 await self.outbox.wait(timeout=1.0)
                 continue
             rows, back, poison = self._suspects.split(rows)
@@ -330,7 +339,14 @@ class Uplink:
                 done = list(acked)
                 acked.clear()
                 self._suspects.delivered(done)
-                await self.outbox.ack(done)  # a failed delete keeps the rows as delivered: no session reset
+                unacked += len(done)
+                if failure or unacked >= ACK_BATCH or not self.outbox.has_pending():
+                    # one delete for every batch acknowledged since the last one; a failed delete keeps the rows
+                    # as delivered: no session reset
+                    await self.outbox.ack(done)
+                    unacked = 0
+                else:  # more rows to publish first: delete these with the next ones (one commit, not one each)
+                    self.outbox.delivered(done)
                 self.state.published += len(done)
                 self.state.last_publish = time.time()
             if failure:

@@ -29,7 +29,7 @@ from agent.contract.points import PointBase
 from agent.errors import DeviceTimeout, DeviceUnreachable, ProtocolError, WriteRefused
 from agent.model import Quality, Sample, Value
 
-from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, unit_symbol
+from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, speedups, unit_symbol
 from .cov import CovFollower
 from .localif import other_stack, resolve_local
 from .restart import EdgeApplication, RestartWatch
@@ -38,6 +38,7 @@ from .values import to_value
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+speedups.install()  # bacpypes3's decoding without its per-object getattr_static walk (issue 15)
 
 OWN_MAX_APDU = 1476  # what this box accepts (BACnet/IP maximum)
 BIND_TIMEOUT = 3.0
@@ -164,6 +165,45 @@ class Batch:
     reply_bytes: int = 0
 
 
+@dataclass
+class RpmRequest:
+    """A ReadPropertyMultiple ready to send: bacpypes3's parameters, the points in reply order, the lookup key
+    of each point (in the order of ``points``)."""
+
+    points: list[BACnetPoint]  # kept: the ids in the cache key stay theirs
+    params: list[Any]
+    order: list[BACnetPoint]
+    keys: list[tuple[str, str, int | None]]
+
+
+def rpm_request(points: Sequence[BACnetPoint], cache: dict[tuple[int, ...], RpmRequest]) -> RpmRequest:
+    """The parameters of a ReadPropertyMultiple for these points, built once per point set: bacpypes3 uses
+    them as they are (it encodes them, never changes them), and building its objects was a tenth of the
+    agent's CPU per poll."""
+    key = tuple(map(id, points))
+    req = cache.get(key)
+    if req is not None:
+        return req
+    params: list[Any] = []
+    groups: dict[str, list[Any]] = {}
+    members: dict[str, list[BACnetPoint]] = {}
+    for p in points:
+        ref = PropertyReference(propertyIdentifier=PropertyIdentifier(p.property))
+        if p.array_index is not None:
+            ref.propertyArrayIndex = p.array_index
+        if p.object_id not in groups:
+            groups[p.object_id], members[p.object_id] = [], []
+            params += [ObjectIdentifier(p.object_id), groups[p.object_id]]
+        groups[p.object_id].append(ref)
+        members[p.object_id].append(p)
+    order = [p for ps in members.values() for p in ps]  # the order of the reply
+    keys = [(p.object_id, str(p.property), p.array_index) for p in points]
+    if len(cache) > 64:
+        cache.clear()
+    req = cache[key] = RpmRequest(list(points), params, order, keys)
+    return req
+
+
 def _prop_len(p: BACnetPoint) -> int:
     n = 2 if isinstance(p.property, str) or p.property < 256 else 4
     if p.array_index is not None:
@@ -245,6 +285,8 @@ class BACnetDriver(Driver):
         self._sem: asyncio.Semaphore | None = None
         self.local = ""  # this box's IP/prefix, resolved at start
         self._max_points = self.quirks.max_points_per_request
+        self._batches: dict[tuple[Any, ...], list[Batch]] = {}  # batches() per point set and device limits
+        self._rpm_requests: dict[tuple[int, ...], RpmRequest] = {}  # _rpm_request() per point set
         self.units: dict[str, str | None] = {}
         self.cov = CovFollower(self)
 
@@ -390,7 +432,15 @@ class BACnetDriver(Driver):
             return [Batch("read-property", [p]) for p in points]
         max_apdu = min(self.facts.max_apdu, self.quirks.max_apdu or OWN_MAX_APDU, OWN_MAX_APDU)
         segmented = self.facts.segmentation in ("segmented-both", "segmented-transmit")
-        return plan_batches(points, max_apdu=max_apdu, segmented_replies=segmented, max_points=self._max_points)
+        # planned once per point set and device limits (this runs at every poll)
+        key = (tuple(map(id, points)), max_apdu, segmented, self._max_points)
+        got = self._batches.get(key)
+        if got is None:
+            if len(self._batches) > 16:
+                self._batches.clear()
+            got = self._batches[key] = plan_batches(points, max_apdu=max_apdu, segmented_replies=segmented,
+                                                    max_points=self._max_points)
+        return got
 
     def plan(self) -> list[dict[str, Any]]:
         """Requests of one cycle. Before start() the device's limits are unknown: 1476 bytes (or the profile's
@@ -440,19 +490,8 @@ class BACnetDriver(Driver):
     async def _read_rpm(self, points: Sequence[BACnetPoint]) -> list[Sample]:
         app, addr = self._app(), self.address
         assert addr is not None
-        params: list[Any] = []
-        groups: dict[str, list[Any]] = {}
-        members: dict[str, list[BACnetPoint]] = {}
-        for p in points:
-            ref = PropertyReference(propertyIdentifier=PropertyIdentifier(p.property))
-            if p.array_index is not None:
-                ref.propertyArrayIndex = p.array_index
-            if p.object_id not in groups:
-                groups[p.object_id], members[p.object_id] = [], []
-                params += [ObjectIdentifier(p.object_id), groups[p.object_id]]
-            groups[p.object_id].append(ref)
-            members[p.object_id].append(p)
-        order = [p for ps in members.values() for p in ps]  # the order of the reply
+        req = rpm_request(points, self._rpm_requests)
+        params, order = req.params, req.order
         now = time.time()
         try:
             results = await self._call("read-property-multiple",
@@ -481,8 +520,7 @@ class BACnetDriver(Driver):
         positional = {p.name: r[3] for p, r in zip(order, results, strict=False)} \
             if len(results) == len(order) else {}
         out = []
-        for p in points:
-            key = (p.object_id, str(p.property), p.array_index)
+        for p, key in zip(points, req.keys, strict=True):
             if key in by_key:
                 v = by_key[key]
             elif p.name in positional:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import math
 import random
+import signal
 import sys
 from collections import Counter
 from types import SimpleNamespace
@@ -287,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                             segmentation=not args.no_segmentation, rpm=not args.no_rpm, extra=args.extra,
                             tick=args.tick, announce=args.announce)
         await sim.start()
+        # SIGUSR1: print the confirmed requests served so far (bench/site_poll.py counts requests per cycle)
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, lambda: print(f"requests {sum(sim.requests.values())}", flush=True))
         print(f"ready device {args.instance} at {sim.host}", flush=True)
         try:
             await asyncio.Event().wait()

@@ -63,6 +63,7 @@ class Bus:
         self.last_io = 0.0
         self.users = 0
         self.requests = 0
+        self.waiting = 0  # transactions waiting for the lock: a chain of reads lets them in between two reads
         self.one_at_a_time = False  # learned: several outstanding requests get only the first answered
         self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | TcpClient | None = None
         # Per unit id: what outlives one driver instance (the supervisor builds a new one after a failure).
@@ -117,7 +118,12 @@ class Bus:
     async def transact(self, budget: float, op: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run one request (or one read-modify-write) alone on the bus, within ``budget`` seconds."""
         timeout = budget
-        async with self.lock:
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+        try:
             await self._connect(timeout)
             client = self.client
             assert client is not None
@@ -150,6 +156,8 @@ class Bus:
                 raise RequestTimeout(f"no valid reply within {timeout:g} s") from exc
             finally:
                 self.last_io = time.monotonic()
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         if self.client is not None:
@@ -238,9 +246,9 @@ class Requests:
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    async def request(self, op: Callable[[Any], Awaitable[Any]], retries: int) -> Any:
-        """One request with retries; busy (exception 6) is retried after a short delay."""
-        attempt = 0
+    async def request(self, op: Callable[[Any], Awaitable[Any]], retries: int, attempt: int = 0) -> Any:
+        """One request with retries; busy (exception 6) is retried after a short delay. ``attempt``: attempts
+        already made (by ``prefetch`` or ``chain``)."""
         while True:
             if self.host.quirks.pause:
                 await self.pace()
@@ -285,7 +293,8 @@ class Requests:
                 replies = [exc] * len(chunk)
             finally:
                 self._last_request = time.monotonic()
-            got = [RequestTimeout(str(r)) if isinstance(r, ModbusException) else r for r in replies]
+            got = [RequestTimeout(f"no valid reply within {self.host.timeout:g} s") if isinstance(r, ModbusException)
+                   else r for r in replies]
             if len(got) > 1 and got[0] is not None and not isinstance(got[0], RequestTimeout) \
                     and all(isinstance(r, RequestTimeout) for r in got[1:]):
                 # only the first of several outstanding reads answered: this device (or gateway) takes one
@@ -299,10 +308,33 @@ class Requests:
                 break
         return out
 
+    async def chain(self, reqs: list[Request]) -> list[Any]:
+        """First attempts of a cycle's reads, one outstanding at a time, chained by the native client under one
+        hold of the bus (see ``TcpClient.read_chain``): per read its reply, a RequestTimeout, or None (not
+        sent: left to the ordinary path). The chain stops as soon as another request waits for the bus (a
+        write, another device), so a write still waits at most for the read in flight."""
+        reads = [(r.unit, _FUNCTION[r.table], r.start, r.count) for r in reqs]
+        bus = self.host.bus
+
+        async def op(client: Any) -> Any:
+            if not isinstance(client, TcpClient):  # the endpoint's first device chose pymodbus' client
+                return [None] * len(reads)
+            return await client.read_chain(reads, lambda: bus.waiting > 0)
+
+        try:
+            replies = await bus.transact(self.host.timeout, op)
+        except RequestTimeout as exc:  # not expected (the native client answers in time), but a timeout
+            replies = [exc] + [None] * (len(reqs) - 1)
+        finally:
+            self._last_request = time.monotonic()
+        self.host.stats["requests"] += sum(r is not None for r in replies)
+        return [RequestTimeout(f"no valid reply within {self.host.timeout:g} s") if isinstance(r, ModbusException)
+                else r for r in replies]
+
     async def read(self, req: Request, retries: int, first: Any = None) -> list[Any]:
         """One read with its retries. ``first``: the reply (or RequestTimeout) of an attempt already made by
-        ``prefetch``; anything but a good reply is handled by the ordinary path (exception replies are asked
-        again, so busy, exception 2 and the rest behave as without prefetching)."""
+        ``prefetch`` or ``chain``; it counts as the first attempt: a timeout is retried, busy (exception 6) is
+        asked again after the delay, any other exception reply is final, as without them."""
         fn = _READ_FN[req.table]
         unit, start, count = req.unit, req.start, req.count
 
@@ -311,12 +343,18 @@ class Requests:
 
         if isinstance(first, RequestTimeout):
             if retries == 0:
-                raise first
-            first, retries = None, retries - 1
-        if first is not None and not first.isError():
+                raise RequestTimeout(f"{first} (1 attempt)")
+            rr = await self.request(op, retries, 1)
+        elif first is None:
+            rr = await self.request(op, retries)
+        elif not first.isError():
             rr = first
         else:
-            rr = await self.request(op, retries)
+            code = int(getattr(first, "exception_code", 0) or 0)
+            if code != 6 or retries == 0:
+                raise ModbusExceptionReply(code)
+            await asyncio.sleep(self.host.quirks.busy_retry_delay)
+            rr = await self.request(op, retries, 1)
         fc = getattr(rr, "function_code", None)
         if fc != _FUNCTION[req.table]:
             raise ProtocolError(f"reply to function {fc}, expected {_FUNCTION[req.table]}")

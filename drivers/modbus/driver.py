@@ -38,6 +38,7 @@ from .planner import TABLE_ORDER, Lessons, Request, plan, refine
 # The driver reports failures itself (per-point errors, DriverError to the supervisor).
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 log = logging.getLogger(__name__)
+GOOD = Quality.GOOD
 
 class ModbusDriver(Driver):
     def __init__(self, device: Any, ctx: DriverContext) -> None:
@@ -45,10 +46,13 @@ class ModbusDriver(Driver):
         self.conn = cast(ModbusConnection, self.device.connection)
         self.quirks = ModbusDeviceQuirks.model_validate(self.device.profile.device)
         self.points: list[ModbusPoint] = [cast(ModbusPoint, p) for p in self.device.enabled_points]
+        self._polled: list[PointBase] = list(self.points)
         self.unit = self.conn.unit
         self.timeout = float(self.device.model.timeout)
         self.retries = int(self.device.model.retries)
         self._plans: dict[frozenset[str], list[Request]] = {}
+        self._plan_gen = 0  # bumped whenever plans are forgotten or replaced
+        self._last_plan: tuple[object, list[Request], int] = (None, [], -1)  # (point list, its plan, gen)
         self._bus: Bus | None = None
         self.stats = {"requests": 0, "cycles": 0, "splits": 0}
         self._started = False  # plan(): hints only for what the device refused once it answers
@@ -83,6 +87,9 @@ class ModbusDriver(Driver):
         await self.bus.connect(self.timeout)
         self._started = True
 
+    def polled_points(self) -> list[PointBase]:
+        return self._polled  # the same list every cycle (the base class builds a new one at each call)
+
     def probe_now(self) -> None:
         self.breaker.open_until = 0.0  # still open (no retries) until the probe is answered
 
@@ -96,6 +103,9 @@ class ModbusDriver(Driver):
     # ---------------------------------------------------------------------------------------------- plan
 
     def _plan_for(self, points: Sequence[ModbusPoint]) -> list[Request]:
+        last = self._last_plan
+        if last[0] is points and last[2] == self._plan_gen:  # the supervisor passes the same list every cycle
+            return last[1]
         key = frozenset(p.name for p in points)
         reqs = self._plans.get(key)
         if reqs is None:
@@ -103,7 +113,13 @@ class ModbusDriver(Driver):
             for r in reqs:
                 _compile(r)
             self._plans[key] = reqs
+        self._last_plan = (points, reqs, self._plan_gen)
         return reqs
+
+    def _replan(self) -> None:
+        """Forget every plan (lessons changed what can be joined)."""
+        self._plans.clear()
+        self._plan_gen += 1
 
     def plan(self) -> list[dict[str, Any]]:
         """What goes on the wire: the fast cycle, and the slow cycle where fast and slow points are planned
@@ -148,10 +164,12 @@ class ModbusDriver(Driver):
         new_plan: list[Request] = []
         changed = False
         first: list[Any] = [None] * len(reqs)
-        if (self.conn.max_outstanding > 1 and len(reqs) > 1 and not probing and not self.quirks.pause
-                and self.conn.transport == "tcp" and self.conn.tcp_client == "native"
-                and not self.bus.one_at_a_time):
-            first = await self.requests.prefetch(reqs)
+        if (len(reqs) > 1 and not probing and not self.quirks.pause and self.conn.transport == "tcp"
+                and self.conn.tcp_client == "native"):
+            if self.conn.max_outstanding > 1 and not self.bus.one_at_a_time:
+                first = await self.requests.prefetch(reqs)
+            else:
+                first = await self.requests.chain(reqs)
         for i, req in enumerate(reqs):
             if consecutive_timeouts >= 2:
                 self._fail(req, "timeout (skipped: device stopped answering)", samples)
@@ -180,7 +198,7 @@ class ModbusDriver(Driver):
                     continue
                 if exc.code == 2 and (req.table, req.start) not in self.lessons.refused:
                     self.lessons.refused.add((req.table, req.start))  # refused alone: never joined again
-                    self._plans.clear()
+                    self._replan()
                 if exc.code == 6:
                     device_errors.append(DeviceBusy(str(exc), device=self.name))
                 elif exc.code in (10, 11):
@@ -201,7 +219,7 @@ class ModbusDriver(Driver):
             self._decode(req, values, samples)
             new_plan.append(req)
         if changed:
-            self._plans.clear()  # other point sets (fast, slow, fast+slow) replan with the lessons
+            self._replan()  # other point sets (fast, slow, fast+slow) replan with the lessons
             self._plans[frozenset(p.name for p in pts)] = sorted(
                 new_plan, key=lambda r: (TABLE_ORDER[r.table], r.start)
             )
@@ -247,24 +265,40 @@ class ModbusDriver(Driver):
     def _decode(self, req: Request, values: list[Any], samples: dict[str, Sample]) -> None:
         ts = time.time()
         name = self.name
-        decoders = cast(list[Decoder], req.decoders)
         last = req.last
         if last is not None and last[0] == values:
             # The same raw reply as last time: nothing in this block changed. The values are not decoded
             # again, and the very same value objects go out, which lets the pipeline skip its change test
             # (bench/site_poll.py: most blocks of a meter are unchanged at most polls).
-            for dec, same in zip(decoders, last[1], strict=True):
+            good = last[2]
+            if good is not None:  # every value of the block was good: no per-value checks either
+                for point, same in good:
+                    samples[point] = Sample(name, point, same, GOOD, ts)
+                return
+            for dec, same in zip(cast(list[Decoder], req.decoders), last[1], strict=True):
                 samples[dec.name] = self._sample(name, dec.name, same, ts)
             return
         decoded: list[Value | Exception] = []
-        for dec in decoders:
-            try:
-                v: Value | Exception = dec(values)
-            except Exception as exc:  # a decoding bug must not blank the other points
-                v = exc
+        all_good = True
+        # A changed block: only the points whose own registers changed are decoded again; the others keep the
+        # very value objects of last time (a meter's block rarely changes whole).
+        before, old = (last[0], last[1]) if last is not None and len(last[0]) == len(values) else (None, None)
+        for i, dec in enumerate(cast(list[Decoder], req.decoders)):
+            o = dec.offset
+            if before is not None and old is not None and before[o] == values[o] and (
+                    dec.count == 1 or before[o + 1:o + dec.count] == values[o + 1:o + dec.count]):
+                v: Value | Exception = old[i]
+            else:
+                try:
+                    v = dec.fn(values, o)
+                except Exception as exc:  # a decoding bug must not blank the other points
+                    v = exc
             decoded.append(v)
+            if v is None or isinstance(v, Exception):
+                all_good = False
             samples[dec.name] = self._sample(name, dec.name, v, ts)
-        req.last = (values, decoded)
+        pairs = [(d.name, v) for d, v in zip(cast(list[Decoder], req.decoders), decoded, strict=True)]
+        req.last = (values, decoded, pairs if all_good else None)
 
     @staticmethod
     def _sample(device: str, point: str, v: Value | Exception, ts: float) -> Sample:

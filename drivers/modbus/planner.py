@@ -34,9 +34,11 @@ class Request:
     points: list[ModbusPoint] = field(default_factory=list)
     isolated: bool = False  # learned: this read cannot be joined further (it failed when joined)
     decoders: list[Any] = field(default_factory=list, repr=False, compare=False)  # compiled by the driver
-    # the driver's memory of the last good reply: (raw registers or bits, decoded values); equal raw data
-    # needs no decoding (most registers of a meter rarely change)
-    last: tuple[list[Any], list[Any]] | None = field(default=None, repr=False, compare=False)
+    # the driver's memory of the last good reply: (raw registers or bits, decoded values, [(point, value)] when
+    # every value is good, else None); equal raw data needs no decoding (most registers of a meter rarely
+    # change)
+    last: tuple[list[Any], list[Any], list[tuple[str, Any]] | None] | None = field(default=None, repr=False,
+                                                                                     compare=False)
 
     @property
     def end(self) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
@@ -47,7 +47,7 @@ class _Link(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = b""
-        self.pending: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
+        self.pending: dict[int, tuple[int, asyncio.Future[bytes] | _Chain]] = {}
         self.desync = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -55,9 +55,12 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        for _, fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionException(f"connection lost: {exc or 'closed by the device'}"))
+        lost = ConnectionException(f"connection lost: {exc or 'closed by the device'}")
+        for _, target in list(self.pending.values()):
+            if isinstance(target, _Chain):
+                target.lost(lost)
+            elif not target.done():
+                target.set_exception(lost)
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -75,8 +78,12 @@ class _Link(asyncio.Protocol):
             if entry is None and tid == 0 and len(self.pending) == 1:
                 entry = next(iter(self.pending.values()))  # a device that does not echo the id (pymodbus allows it)
             # unit 0 is "whatever answers" (pymodbus does not check it either)
-            if entry is not None and entry[0] in (unit, 0) and not entry[1].done():
-                entry[1].set_result(buf[7:end])
+            if entry is not None and entry[0] in (unit, 0):
+                target = entry[1]
+                if isinstance(target, _Chain):
+                    target.reply(buf[7:end])
+                elif not target.done():
+                    target.set_result(buf[7:end])
             buf = buf[end:]
         self.buf = buf
 
@@ -159,6 +166,29 @@ class TcpClient:
                 link.pending.pop(tid, None)
         return out
 
+    def next_tid(self) -> int:
+        self._tid = tid = self._tid % 0xFFFF + 1  # 1..65535: 0 is what non-echoing devices send
+        return tid
+
+    async def read_chain(self, reads: Sequence[tuple[int, int, int, int]],
+                         stop: Callable[[], bool]) -> list[Reply | ModbusIOException | None]:
+        """Several reads ``(unit, function, address, count)`` one after the other, one outstanding at a time
+        (what the device sees is the same as separate requests), each next one written as soon as the reply
+        to the previous one arrives, from the protocol callback: no task wake-up, timer or lock round per
+        read. Per read: its reply (an exception reply too), ``ModbusIOException`` when it got no valid reply
+        in time, or None when it was not sent because the chain stopped first: after a reply that is not a
+        good one, or when ``stop()`` says something else waits for the connection. A lost connection
+        raises."""
+        link = self._link
+        if link is None or link.transport is None:
+            raise ConnectionException(f"not connected to {self.host}:{self.port}")
+        chain = _Chain(self, link, reads, stop)
+        try:
+            chain.send()
+            return await chain.fut
+        finally:
+            chain.close()
+
     async def _read(self, fc: int, address: int, count: int, unit: int) -> Reply:
         return _parse_read(fc, await self._execute(unit, _READ.pack(fc, address, count)))
 
@@ -197,6 +227,83 @@ class TcpClient:
     async def write_registers(self, address: int, values: Sequence[int], *, device_id: int = 1) -> Reply:
         n = len(values)
         return await self._write(device_id, struct.pack(f">BHHB{n}H", 16, address, n, 2 * n, *values))
+
+
+class _Chain:
+    """The state of one ``read_chain``: the reads, their replies so far, one timer re-armed lazily."""
+
+    __slots__ = ("client", "deadline", "fut", "link", "loop", "out", "reads", "stop", "tid", "timer")
+
+    def __init__(self, client: TcpClient, link: _Link, reads: Sequence[tuple[int, int, int, int]],
+                 stop: Callable[[], bool]) -> None:
+        self.client, self.link, self.reads, self.stop = client, link, reads, stop
+        self.loop = asyncio.get_running_loop()
+        self.fut: asyncio.Future[list[Reply | ModbusIOException | None]] = self.loop.create_future()
+        self.out: list[Reply | ModbusIOException | None] = []
+        self.tid = 0
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def send(self) -> None:
+        i = len(self.out)
+        if i == len(self.reads) or (i and self.stop()):
+            self.finish()
+            return
+        transport = self.link.transport
+        if transport is None:  # closed under us: connection_lost has failed the chain already
+            return
+        unit, fc, address, count = self.reads[i]
+        self.tid = tid = self.client.next_tid()
+        self.link.pending[tid] = (unit, self)
+        # One timer for the whole chain: set at the first read's deadline, moved on only when it fires early.
+        self.deadline = self.loop.time() + self.client.timeout
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self.expire)
+        transport.write(_HEAD.pack(tid, 0, 6, unit) + _READ.pack(fc, address, count))
+
+    def reply(self, pdu: bytes) -> None:
+        self.link.pending.pop(self.tid, None)
+        if self.fut.done():
+            return
+        try:
+            rep: Reply | ModbusIOException = _parse_read(self.reads[len(self.out)][1], pdu)
+        except ModbusIOException as exc:
+            rep = exc
+        self.out.append(rep)
+        if isinstance(rep, ModbusIOException) or rep.exception_code:
+            self.finish()
+        else:
+            self.send()
+
+    def expire(self) -> None:
+        self.timer = None
+        if self.fut.done():
+            return
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self.expire)
+            return
+        self.link.pending.pop(self.tid, None)
+        if self.link.desync or self.link.buf:  # junk, or a frame that will never complete: start afresh
+            self.client.close()
+        self.out.append(ModbusIOException(f"no reply within {self.client.timeout:g}s"))
+        self.finish()
+
+    def lost(self, exc: Exception) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+    def finish(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result(self.out + [None] * (len(self.reads) - len(self.out)))
+
+    def close(self) -> None:
+        """The awaiting side is done (or cancelled): nothing more is sent, a late reply is ignored."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.link.pending.pop(self.tid, None)
+        if not self.fut.done():
+            self.fut.cancel()
 
 
 def _parse_read(fc: int, rep: bytes) -> Reply:

@@ -407,3 +407,25 @@ async def test_status_is_a_health_check_with_aligned_readable_lines(tmp_path: Pa
         assert rc == 1 and doc["health"]["ok"] is False and "dead" in " ".join(doc["health"]["problems"])
     rc, _, err = await asyncio.to_thread(_cli, main, ["status", "--config", str(site)])
     assert rc == 3 and "no agent answering" in err
+
+
+def test_point_sets_are_kept_while_the_polled_points_stay_the_same() -> None:
+    """The fast, slow and combined point lists are built once and handed out as the same objects (the Modbus
+    driver caches its plan per list); a change of the polled points (BACnet points moving to COV) builds them
+    again."""
+    from types import SimpleNamespace
+
+    from agent.core.supervisor import PointSets
+
+    f1, f2, s1 = (SimpleNamespace(name=n, poll=k) for n, k in (("f1", "fast"), ("f2", "fast"), ("s1", "slow")))
+    sets = PointSets()
+    polled: list[Any] = [f1, s1, f2]
+    fast = sets.of(polled, True, False)
+    assert [p.name for p in fast] == ["f1", "f2"]
+    assert [p.name for p in sets.of(polled, False, True)] == ["s1"]
+    both = sets.of(list(polled), True, True)
+    assert [p.name for p in both] == ["f1", "f2", "s1"]
+    assert sets.of([f1, s1, f2], True, False) is fast and sets.of(polled, True, True) is both
+    assert sets.of(polled, False, False) == []
+    polled.remove(f2)
+    assert [p.name for p in sets.of(polled, True, False)] == ["f1"]

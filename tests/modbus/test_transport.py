@@ -203,6 +203,27 @@ async def test_unchanged_block_is_not_decoded_again(setup: Any) -> None:
                                                                   if n != "volts_x10"}
 
 
+async def test_in_a_changed_block_only_changed_points_are_decoded(setup: Any) -> None:
+    """One register pair of a block changes: that point is decoded again (its new value), the other points of
+    the same block keep the very value objects of the last reply (not decoded again), all with fresh
+    timestamps; a later change of a neighbour's register is decoded too."""
+    drv, peer, expected = setup
+    await drv.read(drv.points)
+    first = {s.point: s for s in await drv.read(drv.points)}
+    await peer.set(1, "holding", 100, [2417, 0])  # volts_x10 (100-101), in one block with temp_c, kelvin...
+    second = {s.point: s for s in await drv.read(drv.points)}
+    assert second["volts_x10"].value == 241.7
+    neighbours = ["temp_c", "kelvin", "setpoint", "limit_u32"]
+    for n in neighbours:
+        assert second[n].value is first[n].value, n
+        assert second[n].quality == Quality.GOOD and second[n].ts >= first[n].ts
+    await peer.set(1, "holding", 102, [1234])  # temp_c
+    third = values(await drv.read(drv.points))
+    assert third["temp_c"] == 12.34 and third["volts_x10"] == 241.7
+    assert {n: v for n, v in third.items() if n not in ("temp_c", "volts_x10")} == {
+        n: v for n, v in expected.items() if n not in ("temp_c", "volts_x10")}
+
+
 async def test_outstanding_reads_fall_back_when_the_device_takes_one_at_a_time(tmp_path: Path) -> None:
     """pymodbus' server answers only the first of several requests sent together: with max_outstanding the
     first cycle still reads every value (the unanswered reads are asked again), and from then on the bus
