@@ -1,0 +1,1 @@
+from tests.peers.panel import access_panel  # noqa: F401  (fixture)
