@@ -56,6 +56,8 @@ def _text(v: Any) -> str | None:
 class PanelSession(CameraSession):
     """The ONVIF session of a panel; ``doors``/``access_points`` are the panel's lists as last read."""
 
+    noun = "panel"
+
     def __init__(self, host: str, port: int, user: str, password: str, timeout: float, adjust_time: bool) -> None:
         super().__init__(host, port, user, password, timeout, adjust_time)
         self.doors: dict[str, Door] = {}
