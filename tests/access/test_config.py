@@ -161,3 +161,11 @@ def test_pseudonyms_keyed_per_site_and_key_private(tmp_path: Path) -> None:
     assert clear == items
     omitted = Redactor(Privacy(credential="omit"), a).items(items)
     assert omitted == {"Reason": "CredentialExpired"}
+
+
+def test_overrides_name_the_profile_point_and_apply_to_every_door(tmp_path: Path) -> None:
+    path = _site(tmp_path, GOOD)
+    path.write_text(path.read_text() + "    overrides: {double_lock: {enabled: false}}\n")
+    dev = load_site(path).devices[0]
+    off = {p.name for p in dev.points if not p.enabled}
+    assert off == {"main.double_lock", "Door2.double_lock"}
