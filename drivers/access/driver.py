@@ -49,6 +49,7 @@ class AccessDriver(Driver):
         self.redactor = Redactor(conn.privacy, ctx.state_dir)
         self._sink: Sink | None = None
         self._lists_stale = True
+        self._told: tuple[list[str], list[str]] = ([], [])
         # (token, fact) -> points; built once: events find their points without a scan
         self._by_target: dict[tuple[str, str], list[AccessPanelPoint]] = {}
         for p in self.device.points:
@@ -81,10 +82,13 @@ class AccessDriver(Driver):
         self._lists_stale = False
         listed = {d.token for d in self.conn.doors}
         extra = [t for t in s.doors if t not in listed]
+        missing = [d.key for d in self.conn.doors if d.token not in s.doors]
+        if (extra, missing) == self._told:
+            return  # transitions, not repetitions: the lists are read again every slow cycle
+        self._told = (extra, missing)
         if extra:
             log.info("%s: panel doors not in the site file (events only, no points, no commands): %s", self.name,
                      ", ".join(f"{t}={s.doors[t].name}" for t in extra))
-        missing = [d.key for d in self.conn.doors if d.token not in s.doors]
         if missing:
             log.warning("%s: doors of the site file unknown to the panel: %s", self.name, ", ".join(missing))
 
