@@ -60,7 +60,8 @@ left out.
 Control URLs (unauthenticated: a loopback simulator; POST or GET, JSON answers; unknown door -> 404):
 ``/control/open?door=Door_1``, ``/control/close?door=Door_1``,
 ``/control/badge?ap=AP_1&credential=CRED&holder=NAME&result=granted|denied|duress|timeout&reason=...``
-(granted and duress also access the door as AccessDoor does, when its mode allows),
+(granted and duress also access the door as AccessDoor does, when its mode allows; a disabled access
+point turns granted and duress into Denied with Reason AccessPointDisabled),
 ``/control/tamper?door=..&on=1``, ``/control/fault?door=..&on=1&reason=..``, ``/control/rename?door=..&name=..``
 (a Configuration/Door/Changed event), ``/control/delay?s=2`` (every SOAP answer late by that much),
 ``/control/forget`` (drop every subscription), ``/control/drop-renew?n=1`` (the next n Renew requests are
@@ -69,6 +70,9 @@ Failure fault), ``GET /control/stats`` (counters: ``ops`` = every SOAP operation
 unauthenticated; ``door_commands`` = each door command received with its door and result; requests,
 auth_failures, faults, subscriptions, subscriptions_live, pulls, renews, sync_points, dropped_renews),
 ``GET /control/state`` (every door and access point).
+
+Every command, access point change and fault answered is also printed on stdout (``access-sim: LockDoor
+Door_1 -> ok``; the test peer keeps it in ``access-sim-PORT.log``).
 
 A restart of the process is a reboot: subscriptions are forgotten. With ``--state-file`` door modes,
 physical states, tamper, fault, names and access point states survive it (as a panel's own storage would).
@@ -103,7 +107,7 @@ from drivers.onvif.soapsim import (
 
 TDC = "http://www.onvif.org/ver10/doorcontrol/wsdl"
 TAC = "http://www.onvif.org/ver10/accesscontrol/wsdl"
-XMLNS = {"tdc": TDC, "tac": TAC, "pt": "http://www.onvif.org/ver10/pacs"}
+XMLNS = {"tdc": TDC, "tac": TAC, "pt": "http://www.onvif.org/ver10/pacs", "xs": "http://www.w3.org/2001/XMLSchema"}
 NAMES = ["Main entrance", "Staff entrance"]
 LOCKED_MODES = {"Locked", "Blocked", "LockedDown", "DoubleLocked"}
 TARGET = {"LockDoor": "Locked", "UnlockDoor": "Unlocked", "BlockDoor": "Blocked", "LockDownDoor": "LockedDown",
@@ -273,7 +277,12 @@ class DoorModel:
     def load(self) -> None:
         if self.state_file is None or not self.state_file.exists():
             return
-        saved = json.loads(self.state_file.read_text())
+        try:
+            self._apply(json.loads(self.state_file.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SystemExit(f"access-sim: --state-file {self.state_file}: unreadable ({exc!r})") from None
+
+    def _apply(self, saved: dict[str, Any]) -> None:
         for token, d in saved.get("doors", {}).items():
             if token in self.doors:
                 door = self.doors[token]
@@ -282,7 +291,7 @@ class DoorModel:
                 door.alarm = "DoorForcedOpen" if door.physical == "Open" and door.lock() == "Locked" else "Normal"
         for token, enabled in saved.get("access_points", {}).items():
             if token in self.aps:
-                self.aps[token].enabled = enabled
+                self.aps[token].enabled = bool(enabled)
 
     def save(self) -> None:
         if self.state_file is None:
@@ -417,6 +426,8 @@ class DoorModel:
             self.save()
 
     def badge(self, ap: AccessPoint, result: str, credential: str, holder: str, reason: str) -> None:
+        if not ap.enabled and result in ("granted", "duress"):
+            result, reason = "denied", "AccessPointDisabled"
         items = [("CredentialToken", credential), ("CredentialHolderName", holder)]
         if result in ("denied", "duress"):
             items.append(("Reason", reason or ("CredentialNotEnabled" if result == "denied" else "")))
@@ -451,19 +462,23 @@ class Panel(SoapDevice):
             self.stats[key] = 0
 
     def observe(self, name: str, op: ET.Element, outcome: str) -> None:
+        token = op.findtext(f"{{{TDC}}}Token") or op.findtext(f"{{{TAC}}}Token") or ""
         if name in DOOR_COMMANDS:
-            token = op.findtext(f"{{{TDC}}}Token") or ""
             self.door_commands.append({"op": name, "door": token, "result": outcome})
+        if name in DOOR_COMMANDS or name in ("EnableAccessPoint", "DisableAccessPoint") or outcome != "ok":
+            print(f"access-sim: {name} {token} -> {outcome}", flush=True)  # the peer's log file, for debugging
 
     def has(self, *ops: str) -> bool:
         return not any(o in self.missing for o in ops)
 
     # ------------------------------------------------------------------------------ device
-    async def op_GetServices(self, _r: web.Request, _op: ET.Element) -> str:
+    async def op_GetServices(self, _r: web.Request, op: ET.Element) -> str:
+        include = (op.findtext(f"{{{self.ns['tds']}}}IncludeCapability") or "").strip() in ("true", "1")
         return self.services_xml([(self.ns["tds"], "/onvif/device_service", "2.60"),
                                   (self.ns["tev"], "/onvif/events_service", "2.60"),
                                   (TDC, "/onvif/doorcontrol_service", "1.0"),
-                                  (TAC, "/onvif/accesscontrol_service", "1.0")])
+                                  (TAC, "/onvif/accesscontrol_service", "1.0")],
+                                 self.capabilities if include else None)
 
     async def op_GetCapabilities(self, _r: web.Request, _op: ET.Element) -> str:
         pull = str(self.has("CreatePullPointSubscription")).lower()
@@ -488,22 +503,28 @@ class Panel(SoapDevice):
                         for s in scopes)
         return f"<tds:GetScopesResponse>{items}</tds:GetScopesResponse>"
 
-    async def op_GetServiceCapabilities(self, _r: web.Request, op: ET.Element) -> str:
-        ns = op.tag[1:].partition("}")[0]
+    def capabilities(self, ns: str) -> str:
+        """The Capabilities element of a service ("" if it has none here)."""
         n = len(self.model.doors)
         if ns == TDC:
-            return (f'<tdc:GetServiceCapabilitiesResponse><tdc:Capabilities MaxLimit="{MAX_LIMIT}" MaxDoors="{n}"/>'
-                    "</tdc:GetServiceCapabilitiesResponse>")
+            return f'<tdc:Capabilities MaxLimit="{MAX_LIMIT}" MaxDoors="{n}"/>'
         if ns == TAC:
-            return (f'<tac:GetServiceCapabilitiesResponse><tac:Capabilities MaxLimit="{MAX_LIMIT}" '
-                    f'MaxAccessPoints="{n}" MaxAreas="2"/></tac:GetServiceCapabilitiesResponse>')
+            return f'<tac:Capabilities MaxLimit="{MAX_LIMIT}" MaxAccessPoints="{n}" MaxAreas="2"/>'
         if ns == self.ns["tev"]:
             pull = str(self.has("CreatePullPointSubscription")).lower()
-            return ('<tev:GetServiceCapabilitiesResponse><tev:Capabilities WSSubscriptionPolicySupport="false" '
+            return ('<tev:Capabilities WSSubscriptionPolicySupport="false" '
                     f'WSPullPointSupport="{pull}" WSPausableSubscriptionManagerInterfaceSupport="false" '
-                    'MaxNotificationProducers="0" MaxPullPoints="10"/></tev:GetServiceCapabilitiesResponse>')
-        raise SoapFault("Receiver", ["ter:ActionNotSupported", "ter:NotSupported"],
-                        f"GetServiceCapabilities of {ns} is not supported")
+                    'MaxNotificationProducers="0" MaxPullPoints="10"/>')
+        return ""
+
+    async def op_GetServiceCapabilities(self, _r: web.Request, op: ET.Element) -> str:
+        ns = op.tag[1:].partition("}")[0]
+        caps = self.capabilities(ns)
+        if not caps:
+            raise SoapFault("Receiver", ["ter:ActionNotSupported", "ter:NotSupported"],
+                            f"GetServiceCapabilities of {ns} is not supported")
+        prefix = next(k for k, v in self.ns.items() if v == ns)
+        return f"<{prefix}:GetServiceCapabilitiesResponse>{caps}</{prefix}:GetServiceCapabilitiesResponse>"
 
     # ------------------------------------------------------------------------------ events
     async def op_GetEventProperties(self, _r: web.Request, _op: ET.Element) -> str:

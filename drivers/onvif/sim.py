@@ -6,7 +6,8 @@ without authentication, GetServices, GetCapabilities, GetDeviceInformation, GetS
 GetEventProperties) and the subscriptions it creates (PullMessages as a long poll, Renew, Unsubscribe,
 SetSynchronizationPoint), with WS-Security UsernameToken digest authentication, plus a JPEG snapshot behind
 HTTP digest (or basic) authentication. The client is the judge: the replies are parsed by zeep against the
-WSDLs shipped with onvif-zeep-async.
+WSDLs shipped with onvif-zeep-async. The SOAP plumbing (envelopes, faults, WS-Security, dispatch,
+PullPoint subscriptions) is shared with the access panel simulator: ``drivers/onvif/soapsim.py``.
 
 Faults as in the field are set through unauthenticated control URLs (a simulator on loopback only):
 ``POST /control/motion?on=1``, ``/control/tamper?on=1``, ``/control/input?on=1``, ``/control/drop-renew?n=1``
@@ -21,27 +22,15 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import datetime as dt
 import hashlib
 import secrets
 import signal
-import time
-from dataclasses import dataclass, field
 from xml.etree import ElementTree as ET
 
 from aiohttp import web
 
-SOAP = "http://www.w3.org/2003/05/soap-envelope"
-WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
-NS = {
-    "s": SOAP, "tt": "http://www.onvif.org/ver10/schema", "tds": "http://www.onvif.org/ver10/device/wsdl",
-    "trt": "http://www.onvif.org/ver10/media/wsdl", "tev": "http://www.onvif.org/ver10/events/wsdl",
-    "wsnt": "http://docs.oasis-open.org/wsn/b-2", "wsa": "http://www.w3.org/2005/08/addressing",
-    "tns1": "http://www.onvif.org/ver10/topics", "ter": "http://www.onvif.org/ver10/error",
-}
-XMLNS = " ".join(f'xmlns:{k}="{v}"' for k, v in NS.items())
-DIALECT = "http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet"
+from drivers.onvif.soapsim import PullPoints, SoapDevice, add_common_arguments, notification
+
 # what each control switch raises: (topic, source item, data item)
 TOPICS = {
     "motion": ("tns1:RuleEngine/CellMotionDetector/Motion", ("VideoSourceConfigurationToken", "vsc0"), "IsMotion"),
@@ -53,141 +42,32 @@ TINY_JPEG = base64.b64decode(
     "/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAP//////////////////////////////////////////////////////////////////"
     "////////////////////wgALCAABAAEBAREA/8QAFBABAAAAAAAAAAAAAAAAAAAAAP/aAAgBAQABPxA="
 )
+MEDIA = "http://www.onvif.org/ver10/media/wsdl"
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_duration(text: str | None, default: float) -> float:
-    """``PT60S``, ``PT1M``, ``PT1H2M3.5S``; an absolute time gives the seconds from now."""
-    if not text:
-        return default
-    text = text.strip()
-    if text.startswith("PT"):
-        total, num = 0.0, ""
-        for ch in text[2:]:
-            if ch.isdigit() or ch == ".":
-                num += ch
-            else:
-                total += float(num or 0) * {"H": 3600, "M": 60, "S": 1}.get(ch, 0)
-                num = ""
-        return total
-    with contextlib.suppress(ValueError):
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return (when - dt.datetime.now(dt.UTC)).total_seconds()
-    return default
-
-
-@dataclass
-class Subscription:
-    sid: str
-    expires: float  # monotonic
-    queue: list[str] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class Camera:
-    """State and SOAP handlers of one simulated camera."""
+class Camera(SoapDevice):
+    """State and SOAP handlers of one simulated camera (envelopes, auth, dispatch, PullPoints: soapsim)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.base = f"http://{args.host}:{args.port}"
-        self.subs: dict[str, Subscription] = {}
+        super().__init__(args, {"trt": MEDIA})
+        self.hub = PullPoints(self, self.initial, on_subscribe=False)
+        self.register(self.hub)
         self.state = {k: False for k in TOPICS}
-        self.drop_renew = 0
-        self.delay = 0.0
-        self.stats: dict[str, int] = {"requests": 0, "auth_failures": 0, "subscriptions": 0, "renews": 0,
-                                      "pulls": 0, "sync_points": 0, "snapshots": 0, "dropped_renews": 0}
-
-    # ------------------------------------------------------------------------------ plumbing
-    def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.args.clock_offset)
-
-    @staticmethod
-    def envelope(body: str) -> str:
-        return f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope {XMLNS}><s:Body>{body}</s:Body></s:Envelope>'
-
-    def fault(self, subcode: str, reason: str, status: int = 500) -> web.Response:
-        body = (f"<s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode><s:Value>{subcode}</s:Value></s:Subcode>"
-                f'</s:Code><s:Reason><s:Text xml:lang="en">{reason}</s:Text></s:Reason></s:Fault>')
-        return web.Response(status=status, body=self.envelope(body).encode(), content_type="application/soap+xml")
-
-    def ok(self, body: str) -> web.Response:
-        return web.Response(body=self.envelope(body).encode(), content_type="application/soap+xml")
-
-    def authorised(self, root: ET.Element) -> bool:
-        token = root.find(f"./{{{SOAP}}}Header/{{{WSSE}}}Security/{{{WSSE}}}UsernameToken")
-        if token is None:
-            return False
-        user = token.findtext(f"{{{WSSE}}}Username") or ""
-        password = token.find(f"{{{WSSE}}}Password")
-        nonce = token.findtext(f"{{{WSSE}}}Nonce") or ""
-        created = token.findtext(f"{{{WSU}}}Created") or ""
-        if user != self.args.user or password is None:
-            return False
-        if (password.get("Type") or "").endswith("#PasswordText"):
-            return password.text == self.args.password
-        with contextlib.suppress(ValueError):
-            when = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
-            if abs((when - self.now()).total_seconds()) > self.args.max_skew:
-                return False  # as cameras do: a token created too far from the camera's clock is refused
-        try:
-            raw = base64.b64decode(nonce)
-        except ValueError:
-            return False
-        digest = base64.b64encode(hashlib.sha1(raw + created.encode() + self.args.password.encode()).digest())
-        return secrets.compare_digest(digest.decode(), password.text or "")
-
-    async def soap(self, request: web.Request) -> web.Response:
-        self.stats["requests"] += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        try:
-            root = ET.fromstring(await request.read())
-        except ET.ParseError:
-            return self.fault("ter:WellFormed", "not XML")
-        body = root.find(f"{{{SOAP}}}Body")
-        op = body[0] if body is not None and len(body) else None
-        if op is None:
-            return self.fault("ter:InvalidArgVal", "empty body")
-        name = op.tag.rpartition("}")[2]
-        if name != "GetSystemDateAndTime" and not self.authorised(root):
-            self.stats["auth_failures"] += 1
-            return self.fault("ter:NotAuthorized", "Sender not Authorized", status=400)
-        handler = getattr(self, f"op_{name}", None)
-        if handler is None:
-            return self.fault("ter:ActionNotSupported", f"{name} is not supported")
-        result: web.Response = await handler(request, op)
-        return result
+        for key in ("requests", "auth_failures", "subscriptions", "renews", "pulls", "sync_points", "snapshots",
+                    "dropped_renews"):
+            self.stats[key] = 0
 
     # ------------------------------------------------------------------------------ device
-    async def op_GetSystemDateAndTime(self, _r: web.Request, _op: ET.Element) -> web.Response:
-        t = self.now()
-        return self.ok(
-            "<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime><tt:DateTimeType>NTP</tt:DateTimeType>"
-            "<tt:DaylightSavings>false</tt:DaylightSavings><tt:TimeZone><tt:TZ>UTC0</tt:TZ></tt:TimeZone>"
-            f"<tt:UTCDateTime><tt:Time><tt:Hour>{t.hour}</tt:Hour><tt:Minute>{t.minute}</tt:Minute>"
-            f"<tt:Second>{t.second}</tt:Second></tt:Time><tt:Date><tt:Year>{t.year}</tt:Year>"
-            f"<tt:Month>{t.month}</tt:Month><tt:Day>{t.day}</tt:Day></tt:Date></tt:UTCDateTime>"
-            "</tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>"
-        )
-
     def _services(self) -> list[tuple[str, str]]:
-        out = [(NS["tds"], "/onvif/device_service"), (NS["trt"], "/onvif/media_service")]
+        out = [(self.ns["tds"], "/onvif/device_service"), (MEDIA, "/onvif/media_service")]
         if self.args.events:
-            out.append((NS["tev"], "/onvif/events_service"))
+            out.append((self.ns["tev"], "/onvif/events_service"))
         if self.args.ptz:
             out.append(("http://www.onvif.org/ver20/ptz/wsdl", "/onvif/ptz_service"))
         return out
 
     async def op_GetServices(self, _r: web.Request, _op: ET.Element) -> web.Response:
-        items = "".join(
-            f"<tds:Service><tds:Namespace>{ns}</tds:Namespace><tds:XAddr>{self.base}{path}</tds:XAddr>"
-            "<tds:Version><tt:Major>2</tt:Major><tt:Minor>60</tt:Minor></tds:Version></tds:Service>"
-            for ns, path in self._services()
-        )
-        return self.ok(f"<tds:GetServicesResponse>{items}</tds:GetServicesResponse>")
+        return self.ok(self.services_xml((ns, path, "2.60") for ns, path in self._services()))
 
     async def op_GetCapabilities(self, _r: web.Request, _op: ET.Element) -> web.Response:
         caps = f"<tt:Device><tt:XAddr>{self.base}/onvif/device_service</tt:XAddr></tt:Device>"
@@ -244,13 +124,13 @@ class Camera:
                 "<tt:InvalidAfterReboot>false</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri>")
 
     async def op_GetStreamUri(self, _r: web.Request, op: ET.Element) -> web.Response:
-        token = op.findtext(f"{{{NS['trt']}}}ProfileToken") or "main"
+        token = op.findtext(f"{{{MEDIA}}}ProfileToken") or "main"
         # like many cameras, it puts the credentials in the URI: the agent must strip them
         uri = f"rtsp://{self.args.user}:{self.args.password}@{self.args.host}:{self.args.rtsp_port}/{token}"
         return self.ok(f"<trt:GetStreamUriResponse>{self._media_uri(uri)}</trt:GetStreamUriResponse>")
 
     async def op_GetSnapshotUri(self, _r: web.Request, op: ET.Element) -> web.Response:
-        token = op.findtext(f"{{{NS['trt']}}}ProfileToken") or "main"
+        token = op.findtext(f"{{{MEDIA}}}ProfileToken") or "main"
         uri = f"{self.base}/snapshot/{token}.jpg"
         return self.ok(f"<trt:GetSnapshotUriResponse>{self._media_uri(uri)}</trt:GetSnapshotUriResponse>")
 
@@ -264,106 +144,16 @@ class Camera:
             "</tev:MessageContentFilterDialect></tev:GetEventPropertiesResponse>"
         )
 
-    def _termination(self, op: ET.Element, tag: str) -> float:
-        seconds = _parse_duration(op.findtext(tag), 60.0)
-        return max(1.0, min(seconds, 3600.0))
+    def notification(self, kind: str, value: bool, operation: str = "Changed") -> tuple[str, str]:
+        topic, source, item = TOPICS[kind]
+        return topic, notification(topic, self.now(), [source], [(item, "true" if value else "false")], operation)
 
-    async def op_CreatePullPointSubscription(self, _r: web.Request, op: ET.Element) -> web.Response:
-        seconds = self._termination(op, f"{{{NS['tev']}}}InitialTerminationTime")
-        sub = Subscription(secrets.token_hex(6), time.monotonic() + seconds)
-        self.subs[sub.sid] = sub
-        self.stats["subscriptions"] += 1
-        now = self.now()
-        return self.ok(
-            "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>"
-            f"<wsa:Address>{self.base}/onvif/subscription/{sub.sid}</wsa:Address></tev:SubscriptionReference>"
-            f"<wsnt:CurrentTime>{_iso(now)}</wsnt:CurrentTime>"
-            f"<wsnt:TerminationTime>{_iso(now + dt.timedelta(seconds=seconds))}</wsnt:TerminationTime>"
-            "</tev:CreatePullPointSubscriptionResponse>"
-        )
-
-    def _sub(self, request: web.Request) -> Subscription | None:
-        sub = self.subs.get(request.match_info.get("sid", ""))
-        if sub is not None and sub.expires < time.monotonic():
-            del self.subs[sub.sid]
-            return None
-        return sub
-
-    def _unknown(self) -> web.Response:
-        return self.fault("ter:InvalidArgVal", "unknown or expired subscription")
-
-    def notification(self, kind: str, value: bool, operation: str = "Changed") -> str:
-        topic, (src_name, src_value), item = TOPICS[kind]
-        return (
-            f'<wsnt:NotificationMessage><wsnt:Topic Dialect="{DIALECT}">{topic}</wsnt:Topic>'
-            f'<wsnt:Message><tt:Message UtcTime="{_iso(self.now())}" PropertyOperation="{operation}">'
-            f'<tt:Source><tt:SimpleItem Name="{src_name}" Value="{src_value}"/></tt:Source>'
-            f'<tt:Data><tt:SimpleItem Name="{item}" Value="{"true" if value else "false"}"/></tt:Data>'
-            "</tt:Message></wsnt:Message></wsnt:NotificationMessage>"
-        )
+    def initial(self) -> list[tuple[str, str]]:
+        return [self.notification(k, v, "Initialized") for k, v in self.state.items()]
 
     def publish(self, kind: str, value: bool) -> None:
         self.state[kind] = value
-        msg = self.notification(kind, value)
-        for sub in self.subs.values():
-            sub.queue.append(msg)
-            sub.wake.set()
-
-    async def op_PullMessages(self, request: web.Request, op: ET.Element) -> web.Response:
-        sub = self._sub(request)
-        if sub is None:
-            return self._unknown()
-        self.stats["pulls"] += 1
-        timeout = min(_parse_duration(op.findtext(f"{{{NS['tev']}}}Timeout"), 10.0), 60.0)
-        limit = int(op.findtext(f"{{{NS['tev']}}}MessageLimit") or 100)
-        if not sub.queue:
-            sub.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await sub.wake.wait()
-        if self.subs.get(sub.sid) is not sub:
-            return self._unknown()
-        msgs, sub.queue = sub.queue[:limit], sub.queue[limit:]
-        now = self.now()
-        term = now + dt.timedelta(seconds=max(0.0, sub.expires - time.monotonic()))
-        return self.ok(f"<tev:PullMessagesResponse><tev:CurrentTime>{_iso(now)}</tev:CurrentTime>"
-                       f"<tev:TerminationTime>{_iso(term)}</tev:TerminationTime>{''.join(msgs)}"
-                       "</tev:PullMessagesResponse>")
-
-    async def op_Renew(self, request: web.Request, op: ET.Element) -> web.Response:
-        sub = self._sub(request)
-        if sub is None:
-            return self._unknown()
-        if self.drop_renew > 0:
-            self.drop_renew -= 1
-            self.stats["dropped_renews"] += 1
-            del self.subs[sub.sid]
-            sub.wake.set()
-            return self._unknown()
-        self.stats["renews"] += 1
-        seconds = self._termination(op, f"{{{NS['wsnt']}}}TerminationTime")
-        sub.expires = time.monotonic() + seconds
-        now = self.now()
-        return self.ok(f"<wsnt:RenewResponse><wsnt:TerminationTime>{_iso(now + dt.timedelta(seconds=seconds))}"
-                       f"</wsnt:TerminationTime><wsnt:CurrentTime>{_iso(now)}</wsnt:CurrentTime>"
-                       "</wsnt:RenewResponse>")
-
-    async def op_Unsubscribe(self, request: web.Request, _op: ET.Element) -> web.Response:
-        sub = self._sub(request)
-        if sub is None:
-            return self._unknown()
-        del self.subs[sub.sid]
-        sub.wake.set()
-        return self.ok("<wsnt:UnsubscribeResponse/>")
-
-    async def op_SetSynchronizationPoint(self, request: web.Request, _op: ET.Element) -> web.Response:
-        sub = self._sub(request)
-        if sub is None:
-            return self._unknown()
-        self.stats["sync_points"] += 1
-        sub.queue.extend(self.notification(k, v, "Initialized") for k, v in self.state.items())
-        sub.wake.set()
-        return self.ok("<tev:SetSynchronizationPointResponse/>")
+        self.hub.publish(*self.notification(kind, value))
 
     # ------------------------------------------------------------------------------ snapshot
     def _http_auth_ok(self, request: web.Request) -> bool:
@@ -406,16 +196,14 @@ class Camera:
         if what in TOPICS:
             self.publish(what, q.get("on", "1") in ("1", "true", "on"))
         elif what == "drop-renew":
-            self.drop_renew = int(q.get("n", "1"))
+            self.hub.drop_renew = int(q.get("n", "1"))
         elif what == "delay":
             self.delay = float(q.get("s", "0"))
         elif what == "forget":
-            for sub in self.subs.values():
-                sub.wake.set()
-            self.subs.clear()
+            self.hub.forget()
         elif what != "stats":
             return web.Response(status=404, text=f"unknown control {what}\n")
-        return web.json_response({**self.stats, "subscriptions_live": len(self.subs), "state": self.state})
+        return web.json_response({**self.stats, **self.hub.stats(), "state": self.state})
 
 
 def make_jpeg(width: int, height: int) -> bytes:
@@ -449,13 +237,8 @@ def build_app(args: argparse.Namespace) -> web.Application:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m drivers.onvif.sim", description="simulated ONVIF camera")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only outside a namespace)")
-    p.add_argument("--port", type=int, default=8899)
-    p.add_argument("--user", default="admin")
-    p.add_argument("--password", default="admin")
+    add_common_arguments(p, port=8899)
     p.add_argument("--serial", default="SIM0001")
-    p.add_argument("--clock-offset", type=float, default=0.0, help="camera clock minus true time, seconds")
-    p.add_argument("--max-skew", type=float, default=300.0, help="refuse tokens created further off, seconds")
     p.add_argument("--rtsp-port", type=int, default=8554)
     p.add_argument("--no-events", dest="events", action="store_false", help="offer no events service")
     p.add_argument("--ptz", action="store_true", help="announce a PTZ service")

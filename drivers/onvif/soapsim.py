@@ -223,13 +223,16 @@ class SoapDevice:
             "</tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>"
         )
 
-    def services_xml(self, services: Iterable[tuple[str, str, str]]) -> str:
-        """GetServicesResponse for (namespace, path, version "major.minor") triples."""
+    def services_xml(self, services: Iterable[tuple[str, str, str]], caps: Callable[[str], str] | None = None) -> str:
+        """GetServicesResponse for (namespace, path, version "major.minor") triples; ``caps(namespace)`` gives the
+        service's capabilities element when the request asked IncludeCapability."""
         out = ""
         for ns, path, version in services:
             major, _, minor = version.partition(".")
+            cap = caps(ns) if caps else ""
             out += (f"<tds:Service><tds:Namespace>{ns}</tds:Namespace><tds:XAddr>{self.base}{path}</tds:XAddr>"
-                    f"<tds:Version><tt:Major>{major}</tt:Major><tt:Minor>{minor or 0}</tt:Minor></tds:Version>"
+                    + (f"<tds:Capabilities>{cap}</tds:Capabilities>" if cap else "")
+                    + f"<tds:Version><tt:Major>{major}</tt:Major><tt:Minor>{minor or 0}</tt:Minor></tds:Version>"
                     "</tds:Service>")
         return f"<tds:GetServicesResponse>{out}</tds:GetServicesResponse>"
 
@@ -264,14 +267,16 @@ class Subscription:
 class PullPoints:
     """The events service's PullPoint subscriptions of one device.
 
-    ``initial()`` gives the notifications (PropertyOperation Initialized) of the device's current state: queued
-    on a new subscription and at every SetSynchronizationPoint. Subscriptions live at
-    ``/onvif/subscription/{sid}``.
+    ``initial()`` gives (topic, notification) pairs (PropertyOperation Initialized) of the device's current
+    state: queued at every SetSynchronizationPoint and, with ``on_subscribe``, on a new subscription.
+    Subscriptions live at ``/onvif/subscription/{sid}``.
     """
 
-    def __init__(self, device: SoapDevice, initial: Callable[[], list[tuple[str, str]]]) -> None:
+    def __init__(self, device: SoapDevice, initial: Callable[[], list[tuple[str, str]]],
+                 on_subscribe: bool = True) -> None:
         self.dev = device
         self.initial = initial
+        self.on_subscribe = on_subscribe
         self.subs: dict[str, Subscription] = {}
         self.drop_renew = 0
 
@@ -308,7 +313,8 @@ class PullPoints:
         sub = Subscription(secrets.token_hex(6), time.monotonic() + seconds, topics.strip())
         self.subs[sub.sid] = sub
         self.dev.stats["subscriptions"] += 1
-        self._queue(sub, self.initial())
+        if self.on_subscribe:
+            self._queue(sub, self.initial())
         now = self.dev.now()
         return (
             "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>"
