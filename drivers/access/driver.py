@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent.contract.driver import Driver, DriverContext, Sink
 from agent.contract.points import PointBase
-from agent.errors import DriverError
+from agent.errors import DriverError, ProtocolError
 from agent.model import Quality, Sample, Value
 from drivers.onvif import OnvifEvents
-from drivers.onvif.session import DeviceAuthFailed
+from drivers.onvif.session import DeviceAuthFailed, NoSuchService
 
 from . import AccessConnection, AccessDeviceQuirks, AccessPanelPoint
 from .events import PanelFollower
@@ -50,6 +50,9 @@ class AccessDriver(Driver):
         self._sink: Sink | None = None
         self._lists_stale = True
         self._told: tuple[list[str], list[str]] = ([], [])
+        self._list_error: dict[str, str] = {}  # doors / access_points -> why the panel gave no list
+        self._errors: dict[str | None, str] = {}  # token -> why its state could not be read this cycle
+        self._unreadable: dict[str, str] = {}  # door / access_point -> why their states are never polled
         # (token, fact) -> points; built once: events find their points without a scan
         self._by_target: dict[tuple[str, str], list[AccessPanelPoint]] = {}
         for p in self.device.points:
@@ -77,8 +80,16 @@ class AccessDriver(Driver):
         self.session = session
 
     async def _read_lists(self, s: PanelSession) -> None:
-        await s.read_doors()
-        await s.read_access_points()
+        """The panel's door and access point lists. A list the panel refuses (a fault, an operation it lacks) is
+        an error of the points that need it, not of the panel: its other points and its events go on."""
+        for what, read in (("doors", s.read_doors), ("access_points", s.read_access_points)):
+            try:
+                await read()
+                self._list_error.pop(what, None)
+            except (ProtocolError, NoSuchService) as exc:
+                if self._list_error.get(what) != str(exc):
+                    log.warning("%s: %s: %s", self.name, what, exc)
+                self._list_error[what] = str(exc)
         self._lists_stale = False
         listed = {d.token for d in self.conn.doors}
         extra = [t for t in s.doors if t not in listed]
@@ -108,12 +119,19 @@ class AccessDriver(Driver):
             await self._read_lists(s)
         doors = {p.token for p in pts if p.per == "door" and p.token in s.doors}
         aps = {p.token for p in pts if p.per == "access_point" and p.token in s.access_points}
-        for t in sorted(doors):
-            if t is not None:
-                await s.door_state(t)
-        for t in sorted(aps):
-            if t is not None:
-                await s.access_point_enabled(t)
+        self._errors = {}
+        for per, tokens, ask in (("door", doors, s.door_state), ("access_point", aps, s.access_point_enabled)):
+            if per in self._unreadable:
+                continue  # the panel lacks the operation: its events keep these points
+            for t in sorted(x for x in tokens if x is not None):
+                try:
+                    await ask(t)
+                except NoSuchService as exc:
+                    log.warning("%s: %s; %s states follow the panel's events only", self.name, exc, per)
+                    self._unreadable[per] = f"{exc.code}: {exc}"
+                    break
+                except ProtocolError as exc:  # this door's points fail, not the panel
+                    self._errors[t] = f"{exc.code}: {exc}"
         if not doors and not aps and not facts & set(INFO_FACTS):
             await s.clock_offset()  # 'online' alone: one cheap request proves the panel answers
         now = time.time()
@@ -122,10 +140,20 @@ class AccessDriver(Driver):
     def _sample(self, p: AccessPanelPoint, now: float) -> Sample:
         s = self.session
         assert s is not None
+        if p.fact in ("doors", "access_points") and p.fact in self._list_error:
+            return Sample(self.name, p.name, None, Quality.ERROR, now, self._list_error[p.fact])
         if p.per == "door" and (p.token not in s.doors):
-            return Sample(self.name, p.name, None, Quality.ERROR, now, f"the panel has no door {p.token!r}")
+            why = self._list_error.get("doors") or f"the panel has no door {p.token!r}"
+            return Sample(self.name, p.name, None, Quality.ERROR, now, why)
         if p.per == "access_point" and (p.token not in s.access_points):
-            return Sample(self.name, p.name, None, Quality.ERROR, now, f"the panel has no access point {p.token!r}")
+            why = self._list_error.get("access_points") or f"the panel has no access point {p.token!r}"
+            return Sample(self.name, p.name, None, Quality.ERROR, now, why)
+        if p.per != "panel" and p.fact not in ("door_name", "ap_name"):
+            if p.token in self._errors:
+                return Sample(self.name, p.name, None, Quality.ERROR, now, self._errors[p.token])
+            if p.per in self._unreadable and self._value(p) is None:
+                return Sample(self.name, p.name, None, Quality.ERROR, now,
+                              f"{self._unreadable[p.per]}; no event gave it yet")
         return Sample(self.name, p.name, self._value(p), Quality.GOOD, now)
 
     def _value(self, p: AccessPanelPoint) -> Value:

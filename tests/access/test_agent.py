@@ -157,3 +157,34 @@ async def test_states_right_within_15s_after_a_panel_restart(access_panel: Acces
         await col.wait(lambda: any(e["data"]["state"] == "DoorForcedOpen" for e in events(col, "panel", "door")[n:]),
                        3, "events flow after the restart")
     assert took < 15
+
+
+async def test_a_read_the_panel_refuses_fails_its_points_only(broker: Broker, tmp_path: Path) -> None:
+    """A panel lacking GetAccessPointState, then answering GetDoorState with a fault: those points are errors
+    with the panel's reason; the panel stays online, its other points and its events go on."""
+    from agent.model import Quality
+
+    panel = AccessPanel(tmp_path, extra=["--access-time", "1", "--no-op", "GetAccessPointState"]).start()
+    try:
+        site = panel_site(tmp_path, broker, {"panel": panel})
+        async with Collector(broker.port) as col, running_agent(site) as agent:
+            await col.wait(lambda: values(col, "panel", "main.mode") == ["Locked"], 15, "door points")
+            pts = agent.health["panel"].points
+            # never polled again, the point follows the panel's events (its state at subscription, then changes)
+            await col.wait(lambda: panel.stats()["ops"].get("GetDoorState", 0) >= 2, 8, "two polls")
+            assert panel.stats()["ops"].get("GetAccessPointState") == 1
+            assert values(col, "panel", "main-reader.enabled") == [True]
+            assert pts["main-reader.enabled"].quality == Quality.GOOD
+            panel.control("fail", op="GetDoorState")
+            await col.wait(lambda: pts["main.mode"].quality == Quality.ERROR, 6, "door state refused")
+            assert "panel fault" in str(pts["main.mode"].last_error)
+            assert agent.health["panel"].available and pts["model"].quality == Quality.GOOD
+            await col.wait(lambda: panel.stats()["subscriptions_live"] == 1, 10, "subscription")
+            panel.open("Door_1")
+            await col.wait(lambda: any(e["data"]["state"] == "DoorForcedOpen" for e in events(col, "panel", "door")),
+                           2, "events go on")
+            panel.control("fail", op="GetDoorState", on=0)
+            await col.wait(lambda: pts["main.mode"].quality == Quality.GOOD, 6, "door state read again")
+            assert agent.health["panel"].available
+    finally:
+        panel.stop()
