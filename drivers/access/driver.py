@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from agent.contract.points import PointBase
 from agent.errors import DriverError, ProtocolError
 from agent.model import Quality, Sample, Value
 from drivers.onvif import OnvifEvents
+from drivers.onvif.events import EventFollower
 from drivers.onvif.session import DeviceAuthFailed, NoSuchService
 
 from . import AccessConnection, AccessDeviceQuirks, AccessPanelPoint
@@ -251,5 +253,24 @@ class AccessDriver(Driver):
                 f"{t}={d.name}" for t, d in s.doors.items()) if s.has_doors else "no Door Control service"),
             ("access control", s.has_access, f"{len(s.access_points)} access point(s)" if s.has_access
              else "no Access Control service"),
-            ("events", s.facts.events, "events service present" if s.facts.events else "no events service"),
+            await self._diag_events(),
         ]
+
+    async def _diag_events(self) -> tuple[str, bool, str]:
+        """A PullPoint subscription made, one pull (the states the panel sends at subscription), dropped."""
+        s = self.session
+        assert s is not None
+        if not s.facts.events:
+            return ("events subscription", False, "the panel lists no events service")
+        follower = EventFollower(self.name, s, OnvifEvents(subscription=60.0))
+        try:
+            manager = await follower._subscribe()
+            try:
+                req = {"MessageLimit": 100, "Timeout": dt.timedelta(seconds=1)}
+                res = await s.call("PullMessages", manager.get_service().PullMessages(req), s.timeout + 1)
+                n = len(getattr(res, "NotificationMessage", None) or [])
+            finally:
+                await follower._drop(manager)
+        except DriverError as exc:
+            return ("events subscription", False, f"{exc.code}: {exc}")
+        return ("events subscription", True, f"PullPoint created, {n} message(s) in the first pull")
