@@ -184,3 +184,34 @@ async def test_local_cli_door_asks_confirmation_and_is_audited(access_panel: Acc
     assert [c["op"] for c in access_panel.stats()["door_commands"]] == ["AccessDoor"]
     ok = next(e["data"] for e in events(col, "panel", "door_command") if e["data"]["result"] == "ok")
     assert ok["via"] == "local" and ok["by"].startswith("local:") and "(" in ok["by"]
+
+
+def cli(*words: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.tools.cli", *words], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+
+async def test_operator_cli_cmd_door(access_panel: AccessPanel, broker: Broker, tmp_path: Path) -> None:
+    site = panel_site(tmp_path, broker, {"panel": access_panel}, DOORS)
+    entries = []
+    for name, roles in (("dora", "door"), ("walt", "write,ops")):
+        r = await asyncio.to_thread(cli, "keys", "generate", "--name", name, "--roles", roles,
+                                    "-o", str(tmp_path / f"{name}.jwk"))
+        assert r.returncode == 0, r.stderr
+        entries.append(json.loads(r.stdout))
+    (site.parent / "operators.json").write_text(json.dumps({"keys": entries}))
+    base = ["cmd", "--broker", broker.url, "--site", SITE, "--timeout", "20"]
+    async with running_agent(site) as agent:
+        await asyncio.wait_for(agent.uplink.connected.wait(), 10)
+        await online(agent, "panel")
+        r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "walt.jwk"), "door", "panel", "main", "lock")
+        assert r.returncode == 1 and "lacks the role 'door'" in r.stderr, r
+        r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "dora.jwk"), "door", "panel", "main")
+        assert r.returncode == 2 and "usage: door DEVICE DOOR COMMAND" in r.stderr, r
+        assert access_panel.stats()["door_commands"] == []
+        r = await asyncio.to_thread(cli, *base, "--key", str(tmp_path / "dora.jwk"), "--json", "door", "panel",
+                                    "main", "lock")
+        assert r.returncode == 0, r
+        ack = json.loads(r.stdout)
+        assert ack["ok"] and ack["result"]["state"]["mode"] == "Locked" and ack["result"]["panel"] == "ok"
+    assert [c["op"] for c in access_panel.stats()["door_commands"]] == ["LockDoor"]
