@@ -215,3 +215,32 @@ async def test_operator_cli_cmd_door(access_panel: AccessPanel, broker: Broker, 
         ack = json.loads(r.stdout)
         assert ack["ok"] and ack["result"]["state"]["mode"] == "Locked" and ack["result"]["panel"] == "ok"
     assert [c["op"] for c in access_panel.stats()["door_commands"]] == ["LockDoor"]
+
+
+def door_cli_on_a_terminal(site: Path, answer: str, *words: str) -> tuple[int, str]:
+    """``edge-agent door`` with a terminal on stdin (a pseudo-terminal): the question is asked, ``answer`` typed."""
+    import pty
+
+    main, sub = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "agent.tools.cli", "door", "--config", str(site), *words],
+                             stdin=sub, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, text=True)
+        os.write(main, (answer + "\n").encode())
+        out, _ = p.communicate(timeout=60)
+        return p.returncode, out
+    finally:
+        os.close(main)
+        os.close(sub)
+
+
+async def test_local_cli_door_on_a_terminal_sends_only_after_yes(access_panel: AccessPanel, broker: Broker,
+                                                                 tmp_path: Path) -> None:
+    site = panel_site(tmp_path, broker, {"panel": access_panel}, DOORS)
+    async with running_agent(site) as agent:
+        await online(agent, "panel")
+        rc, out = await asyncio.to_thread(door_cli_on_a_terminal, site, "n", "panel", "main", "unlock")
+        assert rc == 1 and "send unlock to door main of panel? [y/N]" in out and "not sent" in out, out
+        assert access_panel.stats()["door_commands"] == []
+        rc, out = await asyncio.to_thread(door_cli_on_a_terminal, site, "y", "panel", "main", "unlock")
+        assert rc == 0 and "panel door main: unlock ok" in out, out
+    assert [c["op"] for c in access_panel.stats()["door_commands"]] == ["UnlockDoor"]
