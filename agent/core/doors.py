@@ -69,6 +69,7 @@ class DoorGate:
         except DoorRefused as exc:
             self._audit(base, by, via, "refused", str(exc))
             raise
+        sent = False
         try:
             async with asyncio.timeout(DOOR_TIMEOUT):
                 async with runner.lock:  # never through a driver being stopped or restarted; serialised with polls
@@ -77,13 +78,15 @@ class DoorGate:
                     if driver is None or send is None:
                         raise DoorRefused(f"{device} is not running (state {self.health[device].state})")
                     self.sent += 1
+                    sent = True
                     answer: dict[str, Any] = await send(token, command)
         except DoorRefused as exc:
             self._audit(base, by, via, "refused", str(exc))
             raise
         except TimeoutError:
-            exc2 = DeviceTimeout(f"{device}: door {door} {command} not confirmed within {DOOR_TIMEOUT:g} s; "
-                                 "outcome unknown", device=device)
+            outcome = ("not confirmed within {t:g} s; outcome unknown" if sent else
+                       "not sent: the device stayed busy for {t:g} s")
+            exc2 = DeviceTimeout(f"{device}: door {door} {command} " + outcome.format(t=DOOR_TIMEOUT), device=device)
             self._audit(base, by, via, "failed", str(exc2))
             raise exc2 from None
         except EdgeAgentError as exc:
