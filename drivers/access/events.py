@@ -142,6 +142,8 @@ class PanelFollower(EventFollower):
             token = n.source.get("DoorToken", "")
             name, label = self.names("door", token)
             data.update({"door": name, "token": token, "label": label, "property": n.what, "state": n.state})
+            if n.data.get("Reason"):  # a fault's or a tamper's cause, as the panel words it
+                data["reason"] = n.data["Reason"]
         elif n.kind == "access_point":
             token = n.source.get("AccessPointToken", "")
             name, label = self.names("access_point", token)

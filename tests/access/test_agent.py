@@ -86,6 +86,12 @@ async def test_forced_door_is_an_alarm_at_the_broker_under_1s(access_panel: Acce
             "alarm"
         access_panel.close("Door_1")
         await col.wait(lambda: values(col, "panel", "main.alarm")[-1:] == ["Normal"], 2, "alarm cleared")
+        access_panel.fault("Door_1", reason="Lock motor stalled")
+        await col.wait(lambda: any(e["data"]["state"] == "FaultDetected" for e in events(col, "panel", "door")), 2,
+                       "fault")
+        fault = next(e for e in events(col, "panel", "door") if e["data"]["state"] == "FaultDetected")
+        assert fault["sev"] == "warning" and fault["data"]["reason"] == "Lock motor stalled"
+        await col.wait(lambda: values(col, "panel", "main.fault")[-1:] == ["FaultDetected"], 2, "fault point")
         # no event repeats the states taken at subscription (Initialized) as if they had just happened
         assert not [e for e in events(col, "panel", "door") if e["data"]["operation"] == "Initialized"]
     for m in col.messages:
