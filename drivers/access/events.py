@@ -56,6 +56,12 @@ class PanelNotification:
     def state(self) -> str | None:
         return self.data.get("State")
 
+    @property
+    def token(self) -> str:
+        """The door's or access point's token (the spec's item name, else the first source item)."""
+        key = "DoorToken" if self.kind == "door" else "AccessPointToken"
+        return self.source.get(key) or next(iter(self.source.values()), "")
+
 
 def _bare(topic: str) -> str:
     """``tns1:Door/State/DoorMode`` -> ``Door/State/DoorMode`` (any prefix)."""
@@ -123,12 +129,8 @@ class PanelFollower(EventFollower):
             self.ignored += 1
             return
         self.received += 1
-        if n.kind == "door":
-            token = n.source.get("DoorToken") or next(iter(n.source.values()), "")
-            self.on_state("door", token, n.what, n.state)
-        elif n.kind == "access_point":
-            token = n.source.get("AccessPointToken") or next(iter(n.source.values()), "")
-            self.on_state("access_point", token, n.what, n.state)
+        if n.kind in ("door", "access_point"):
+            self.on_state(n.kind, n.token, n.what, n.state)
         elif n.kind == "panel_config":
             self.on_config()
         if n.operation == "Initialized" or n.kind not in self.kinds:
@@ -138,20 +140,18 @@ class PanelFollower(EventFollower):
     def event(self, n: PanelNotification) -> Event:
         data: dict[str, Any] = {"id": secrets.token_hex(8), "topic": n.topic, "operation": n.operation,
                                 "panel_time": n.utc}
+        token = n.token
         if n.kind == "door":
-            token = n.source.get("DoorToken", "")
             name, label = self.names("door", token)
             data.update({"door": name, "token": token, "label": label, "property": n.what, "state": n.state})
             if n.data.get("Reason"):  # a fault's or a tamper's cause, as the panel words it
                 data["reason"] = n.data["Reason"]
         elif n.kind == "access_point":
-            token = n.source.get("AccessPointToken", "")
             name, label = self.names("access_point", token)
             raw = n.state
             state: Any = raw.strip().lower() in ("true", "1") if raw is not None else None
             data.update({"access_point": name, "token": token, "label": label, n.what: state})
         elif n.kind == "access":
-            token = n.source.get("AccessPointToken", "")
             name, label = self.names("access_point", token)
             items = self.redactor.items(n.data)
             data.update({"decision": n.what, "access_point": name, "token": token, "label": label,
@@ -160,5 +160,6 @@ class PanelFollower(EventFollower):
             data["credential"] = cred
             data["data"] = items
         else:
-            data.update({"change": n.what, "source": n.source})
+            # a credential changed on the panel names it in its source: the privacy settings apply there too
+            data.update({"change": n.what, "source": self.redactor.items(n.source)})
         return Event(self.device, n.kind, data, n.severity)

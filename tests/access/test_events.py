@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.model import Severity
@@ -37,3 +39,22 @@ def test_topics(topic: str, state: str | None, kind: str, what: str, sev: Severi
                                    "tns1:Monitoring/ProcessorUsage"])
 def test_other_topics_are_ignored(topic: str) -> None:
     assert classify(topic, {"State": "x"}) is None
+
+
+def test_config_events_and_odd_sources_keep_privacy(tmp_path: Path) -> None:
+    """A credential changed on the panel names it in the source of a configuration event: pseudonymised too; a
+    door event whose source item is not called DoorToken still names its door."""
+    from drivers.access import Privacy
+    from drivers.access.events import PanelFollower, PanelNotification
+    from drivers.access.privacy import Redactor
+    from drivers.onvif import OnvifEvents
+
+    follower = PanelFollower("panel", None, OnvifEvents(), ["door", "panel_config"],  # type: ignore[arg-type]
+                             Redactor(Privacy(), tmp_path), lambda per, t: (t, None), lambda *a: None, lambda: None)
+    cfg = PanelNotification("panel_config", "Credential/Changed", "tns1:Configuration/Credential/Changed",
+                            Severity.INFO, None, None, {"CredentialToken": "CRED-42", "CredentialHolderName": "Ann"})
+    ev = follower.event(cfg)
+    assert ev.data["source"]["CredentialToken"] != "CRED-42" and "CredentialHolderName" not in ev.data["source"]
+    door = PanelNotification("door", "mode", "tns1:Door/State/DoorMode", Severity.INFO, "Changed", None,
+                             {"Door": "D7"}, {"State": "Locked"})
+    assert follower.event(door).data["token"] == "D7"
