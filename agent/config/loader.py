@@ -257,6 +257,22 @@ class SiteInfo(BaseModel):
         description="site id, lower case letters, digits, - and _; appears in every MQTT topic",
     )
     name: str | None = Field(None, description="human name of the building")
+    timezone: str | None = Field(
+        None, description="IANA zone of the building (e.g. Europe/Paris) for time windows of door commands; "
+        "default: the box's local time"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown timezone {v!r} (an IANA name such as Europe/Paris)") from None
+        return v
 
 
 class TLSConfig(BaseModel):
@@ -586,6 +602,9 @@ def build_device(doc: LocatedDoc, index: int, dm: DeviceConfigModel,
         points.append(p)
     if conn is not None and spec.check_device is not None:
         problems += [doc.problem((*loc, *sub), msg) for sub, msg in spec.check_device(prof.device or {}, conn)]
+    if conn is not None and spec.expand_points is not None and not problems:
+        points, found = spec.expand_points(points, conn)
+        problems += [doc.problem((*loc, "connection", *sub), msg) for sub, msg in found]
     if problems or conn is None:
         raise ConfigError(problems)
     return DeviceConfig(dm.name, dm.type, prof.driver, spec, dm, prof, conn, points)

@@ -24,6 +24,7 @@ DRIVERS: dict[str, str] = {
     "bacnet": "drivers.bacnet",
     "onvif": "drivers.onvif",
     "motion": "drivers.motion",
+    "access": "drivers.access",
 }
 
 ProfileCheck = Callable[[Sequence[PointBase], dict[str, Any]], list[tuple[tuple[str | int, ...], str]]]
@@ -40,6 +41,10 @@ class DriverSpec:
     # a site entry against its profile's ``device:`` section: (profile device dict, connection) ->
     # [((key under the device entry...), message)], e.g. a setting of the profile that needs a connection key
     check_device: Callable[[dict[str, Any], BaseModel], list[tuple[tuple[str | int, ...], str]]] | None = None
+    # points repeated per entry of the connection (an access panel's doors): (profile points with overrides
+    # applied, connection) -> (the device's points, [((key under connection...), message)])
+    expand_points: Callable[[Sequence[PointBase], BaseModel],
+                            tuple[list[PointBase], list[tuple[tuple[str | int, ...], str]]]] | None = None
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

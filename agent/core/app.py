@@ -30,6 +30,7 @@ from agent.contract.device import DeviceConfig
 from agent.contract.driver import DriverContext
 from agent.core.commanding import CommandChannel
 from agent.core.configstore import BASE
+from agent.core.doors import DoorGate
 from agent.core.flusher import Flusher
 from agent.core.liveness import Liveness
 from agent.core.notify import Notifier
@@ -102,6 +103,8 @@ class Agent:
         self.remote.hooks.config = self.pusher.info
         self.gate = self.commands.gate
         self.writer = Writer(site.devices, self.runners, self.health, self.event)
+        self.doors = DoorGate(site.devices, self.runners, self.health, self.event, site.model.site.timezone)
+        self.remote.hooks.door = lambda dev, door, cmd, by: self.doors.run(dev, door, cmd, by=by, via="remote")
         self.reloader = Reloader(site, self._running, self.event, self.notifier, self._apply_local_edit)
         self.reload_event = self.reloader.requested
         self.watcher = Watcher(site, self.reload_event.set)
@@ -159,6 +162,10 @@ class Agent:
         except TimeoutError:
             finished = False  # the probe is still running: answer with what is known now
         return {"ok": True, "finished": finished, "device": self.snapshot()["devices"][device]}
+
+    async def door(self, device: str, door: str, command: str, by: str) -> dict[str, Any]:
+        """``edge-agent door``: the same gate as the signed ``door`` command (policy, audit)."""
+        return await self.doors.run(device, door, command, by=by, via="local")
 
     def plan(self, device: str) -> list[dict[str, Any]] | None:
         """The running driver's plan: the device's limits as it answered, splits learned at run time."""

@@ -28,7 +28,7 @@ LOG_TAIL_MAX = 500  # lines one log-tail may ask for
 LOG_LEVEL_MAX = 3600.0  # s a temporary log level may last
 LOG_LEVEL_DEFAULT = 600.0
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-CHANGES = {"write", "retry", "reload", "log-level", "push"}  # obeyed commands that are audit events
+CHANGES = {"write", "retry", "reload", "log-level", "push", "door"}  # obeyed commands that are audit events
 
 
 @dataclass
@@ -43,6 +43,8 @@ class Hooks:
     push: Callable[[Signed], Awaitable[dict[str, Any]]] | None = None
     send: Callable[[dict[str, Any]], None] | None = None  # an ack-shaped message without the answer budget
     config: Callable[[], dict[str, Any]] | None = None  # the configuration version that runs
+    # a door command (device, door, command, by) through the agent's DoorGate (site file policy, audit)
+    door: Callable[[str, str, str, str], Awaitable[dict[str, Any]]] | None = None
 
 
 class RemoteOps:
@@ -81,13 +83,16 @@ class RemoteOps:
     async def run(self, s: Signed) -> dict[str, Any]:
         """The result of an obeyed command, or Refused with why (nothing changed)."""
         handler = getattr(self, "_cmd_" + s.cmd.replace("-", "_"), None)
-        if handler is None or (s.cmd == "push" and self.hooks.push is None):
+        if handler is None or (s.cmd == "push" and self.hooks.push is None) or \
+                (s.cmd == "door" and self.hooks.door is None):
             raise Refused(f"{s.cmd} is not available on this box yet")
         try:
             if s.cmd == "push" and self.hooks.push is not None:
                 result: dict[str, Any] = await self.hooks.push(s)
             elif s.cmd == "bundle":
                 result = await self._bundle(s)
+            elif s.cmd == "door":
+                result = await self._door(s)
             else:
                 result = await handler(s.args)
         except Refused as exc:
@@ -136,6 +141,15 @@ class RemoteOps:
 
     async def _cmd_push(self, args: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError("push is run by run() with the whole signed message")
+
+    async def _cmd_door(self, args: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("door is run by run() with the whole signed message (the key is audited)")
+
+    async def _door(self, s: Signed) -> dict[str, Any]:
+        """A door command: the site file's policy and the panel's answer (agent/core/doors.py)."""
+        device, door, command = (self._text(s.args, k) for k in ("device", "door", "command"))
+        assert self.hooks.door is not None
+        return await self.hooks.door(device, door, command, f"key:{s.key}")
 
     async def _cmd_bundle(self, args: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError("bundle is run by run() with the whole signed message")

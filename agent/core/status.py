@@ -2,7 +2,8 @@
 reachable by root and the agent's group (the field tech's laptop uses ``edge-agent status`` over SSH or the
 console). Requests: ``{"op": "status"}``, ``{"op": "write", "device": D, "point": P, "value": V}``,
 ``{"op": "retry", "device": D}`` (probe that device at once; answers with its status after the probe),
-``{"op": "plan", "device": D}`` (the running driver's request plan).
+``{"op": "plan", "device": D}`` (the running driver's request plan), ``{"op": "door", "device": D, "door": DOOR,
+"command": C}`` (a door command as the site file allows; audited with the caller's uid from the socket).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class StatusBackend(Protocol):
 
     def plan(self, device: str) -> list[dict[str, Any]] | None:
         """The running driver's plan (device limits as answered, splits learned at run time)."""
+
+    async def door(self, device: str, door: str, command: str, by: str) -> dict[str, Any]:
+        """A door command (agent/core/doors.py); ``by`` names the local user."""
 
 
 log = logging.getLogger("edge_agent.status")
@@ -73,7 +77,7 @@ class StatusServer:
                     return
                 if not line:
                     return
-                answer = await self._answer(line)
+                answer = await self._answer(line, _peer(writer))
                 writer.write(json.dumps(answer, default=str).encode() + b"\n")
                 await writer.drain()
         except ConnectionError:
@@ -83,7 +87,7 @@ class StatusServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _answer(self, line: bytes) -> dict[str, Any]:
+    async def _answer(self, line: bytes, peer: str = "local") -> dict[str, Any]:
         try:
             req = json.loads(line)
             op = req.get("op") if isinstance(req, dict) else None
@@ -99,12 +103,33 @@ class StatusServer:
             if op == "write":
                 value = await self.agent.write(str(req.get("device")), str(req.get("point")), req.get("value"))
                 return {"ok": True, "written": value}
+            if op == "door":
+                result = await self.agent.door(str(req.get("device")), str(req.get("door")), str(req.get("command")),
+                                               peer)
+                return {"ok": True, "result": result}
             return {"ok": False, "error": f"unknown op {op!r}"}
         except EdgeAgentError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a driver bug must not leave the field tech without an answer
             log.exception("status request %r failed", op)
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """Who is on the other end of the socket, for audit lines: ``local:NAME(uid)`` from SO_PEERCRED."""
+    import pwd
+    import struct
+
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+    except (OSError, AttributeError, struct.error):
+        return "local:unknown"
+    try:
+        return f"local:{pwd.getpwuid(uid).pw_name}({uid})"
+    except KeyError:
+        return f"local:uid {uid}"
 
 
 def agent_listening(path: Path, timeout: float = 1.0) -> bool:

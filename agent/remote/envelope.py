@@ -34,6 +34,7 @@ MAX_TOKEN_BYTES = 2 * 1024 * 1024
 COMMAND_ROLES = {
     "write": "write", "retry": "ops", "reload": "ops", "diag": "ops", "status": "ops", "log-tail": "ops",
     "log-level": "ops", "bundle": "ops", "push": "config", "keys": "config", "rollback": "config",
+    "door": "door",
 }
 
 

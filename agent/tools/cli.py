@@ -17,7 +17,8 @@ from agent.tools.helptext import EXIT_CODES
 # Modules that add sub-commands: each exposes register(subparsers: argparse._SubParsersAction) -> None.
 COMMAND_MODULES: list[str] = ["agent.tools.commands", "agent.tools.diag", "drivers.bacnet.cli", "drivers.onvif.cli",
                               "drivers.motion.cli", "agent.tools.provision", "agent.tools.bundle", "agent.tools.bridge",
-                              "agent.tools.keys", "agent.tools.remotecli", "agent.tools.configcli"]
+                              "agent.tools.keys", "agent.tools.remotecli", "agent.tools.configcli",
+                              "agent.tools.doorcli"]
 
 # Exit codes every command shares (docs/cli.md, "Exit codes"); a command may add its own (run: 78).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3

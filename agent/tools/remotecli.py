@@ -28,7 +28,7 @@ from agent.tools.monitor import Target, _reason, target_for
 USAGE: dict[str, tuple[list[str], int]] = {
     "write": (["device", "point", "value"], 3), "retry": (["device"], 1), "reload": ([], 0), "status": ([], 0),
     "diag": (["device"], 1), "log-tail": (["lines"], 0), "log-level": (["level", "duration"], 1),
-    "bundle": ([], 0),
+    "bundle": ([], 0), "door": (["device", "door", "command"], 3),
 }
 
 

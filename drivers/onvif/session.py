@@ -72,7 +72,7 @@ def _fault_codes(exc: Fault) -> set[str]:
     return out
 
 
-def map_error(exc: BaseException, what: str, host: str) -> DriverError:
+def map_error(exc: BaseException, what: str, host: str, noun: str = "camera") -> DriverError:
     """A library exception as the agent's error, with a reason a field tech can act on."""
     cause: BaseException = exc
     if isinstance(exc, ONVIFError) and exc.__cause__ is not None and not isinstance(exc, ONVIFAuthError):
@@ -80,13 +80,13 @@ def map_error(exc: BaseException, what: str, host: str) -> DriverError:
     if isinstance(cause, Fault):
         codes = _fault_codes(cause)
         if codes & {"NotAuthorized", "FailedAuthentication", "InvalidSecurity"}:
-            return DeviceAuthFailed(f"{what}: the camera refused the login (wrong user or password, or its "
+            return DeviceAuthFailed(f"{what}: the {noun} refused the login (wrong user or password, or its "
                                     "clock too far from the box's)")
         if codes & {"ActionNotSupported", "ServiceNotSupported"}:
-            return NoSuchService(f"{what}: not supported by the camera ({cause.message})")
-        return ProtocolError(f"{what}: camera fault: {cause.message or ', '.join(sorted(codes))}")
+            return NoSuchService(f"{what}: not supported by the {noun} ({cause.message})")
+        return ProtocolError(f"{what}: {noun} fault: {cause.message or ', '.join(sorted(codes))}")
     if isinstance(cause, ONVIFAuthError):
-        return DeviceAuthFailed(f"{what}: the camera refused the login (HTTP 401)")
+        return DeviceAuthFailed(f"{what}: the {noun} refused the login (HTTP 401)")
     if isinstance(cause, TimeoutError | ONVIFTimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return DeviceTimeout(f"{what}: no answer from {host}")
     if isinstance(cause, aiohttp.ClientConnectorError | ConnectionError | OSError):
@@ -102,7 +102,7 @@ def map_error(exc: BaseException, what: str, host: str) -> DriverError:
     if isinstance(cause, ONVIFError):
         text = str(cause)
         if "doesn`t support service" in text or "Device doesn" in text:
-            return NoSuchService(f"{what}: the camera offers no such service")
+            return NoSuchService(f"{what}: the {noun} offers no such service")
         return ProtocolError(f"{what}: {text}")
     return ProtocolError(f"{what}: {type(cause).__name__}: {cause}")
 
@@ -136,6 +136,8 @@ class Facts:
 class CameraSession:
     """The ONVIFCamera of one device and the requests the driver makes through it."""
 
+    noun = "camera"  # what errors call the device (the access panel's session says "panel")
+
     def __init__(self, host: str, port: int, user: str, password: str, timeout: float, adjust_time: bool) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.where = f"{host}:{port}"
@@ -151,7 +153,7 @@ class CameraSession:
         except DriverError:
             raise
         except Exception as exc:
-            raise map_error(exc, what, self.where) from exc
+            raise map_error(exc, what, self.where, self.noun) from exc
 
     async def connect(self) -> None:
         try:

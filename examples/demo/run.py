@@ -232,7 +232,8 @@ def main() -> int:
     ap.add_argument("--fail", type=failure, action="append", default=[], metavar="DEVICE:AT:FOR",
                     help="stop DEVICE's simulator AT after the start and restart it FOR later (repeat)")
     ap.add_argument("--interval", default="5s", help="poll interval of the simulated meters (default 5s)")
-    ap.add_argument("--sims", default="modbus,bacnet,onvif", help="simulators to run (default modbus,bacnet,onvif)")
+    ap.add_argument("--sims", default="modbus,bacnet,onvif,access",
+                    help="simulators to run (default modbus,bacnet,onvif,access)")
     ap.add_argument("--workdir", type=Path, default=ROOT / ".demo", help="working files (default .demo)")
     args = ap.parse_args()
     work: Path = args.workdir.resolve()
@@ -307,6 +308,8 @@ def main() -> int:
                     print(f"demo: simulator {p.name} exited with {p.popen.returncode} ({', '.join(p.devices)}); "
                           f"`scripts/demo start {p.devices[0]}` starts it again", file=sys.stderr)
             run_schedule(args.fail, procs, time.monotonic() - t0)
+            for tick in TICKERS:
+                tick(time.monotonic() - t0)
             serve_control(srv, procs)
             time.sleep(0.2)
     except KeyboardInterrupt:
@@ -377,8 +380,58 @@ def _onvif(work: Path, procs: Processes, interval: str) -> list[str]:
             f"connection: {{host: 127.0.0.1, port: {port}, user: admin, password: {{file: {pw}}}}}}}"]
 
 
+class Badges:
+    """Now and then at the demo panel: a badge granted, one denied, a door forced open (and closed again).
+    The holder names given to the panel never reach the monitor (docs/privacy.md)."""
+
+    STEPS = (("badge", {"ap": "AP_1", "credential": "CARD-0001", "holder": "Demo Person A", "result": "granted"}),
+             ("badge", {"ap": "AP_2", "credential": "CARD-0666", "holder": "Demo Person B", "result": "denied",
+                        "reason": "CredentialExpired"}),
+             ("open", {"door": "Door_2"}), ("close", {"door": "Door_2"}))
+
+    def __init__(self, port: int, first: float = 8.0, every: float = 10.0) -> None:
+        self.port, self.next_at, self.every, self.i = port, first, every, 0
+
+    def __call__(self, elapsed: float) -> None:
+        import urllib.parse
+        import urllib.request
+
+        if elapsed < self.next_at:
+            return
+        what, query = self.STEPS[self.i % len(self.STEPS)]
+        self.i += 1
+        self.next_at = elapsed + (3.0 if what == "open" else self.every)
+        url = f"http://127.0.0.1:{self.port}/control/{what}?{urllib.parse.urlencode(query)}"
+        with contextlib.suppress(OSError):  # the panel stopped on purpose (scripts/demo stop panel)
+            urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=2).close()
+
+
+TICKERS: list[Callable[[float], None]] = []
+
+
+def _access(work: Path, procs: Processes, interval: str) -> list[str]:
+    """A simulated access panel with two doors (main: access/lock/unlock allowed; staff: read only), badges now
+    and then, password from a file."""
+    port = free_port()
+    pw = work / "panel-password"
+    pw.write_text("demo-panel-pw\n")
+    pw.chmod(0o600)
+    p = procs.start("sim-panel", [PY, "-m", "drivers.access.sim", "--host", "127.0.0.1", "--port", str(port),
+                                  "--password", "demo-panel-pw", "--doors", "2"])
+    procs.all[-1].devices.append("panel")
+    wait_port(port, p, "sim-panel", work)
+    TICKERS.append(Badges(port))
+    return ["  - name: panel\n    type: generic-onvif-access-panel\n    interval: 5s\n    timeout: 3s\n"
+            f"    connection:\n      host: 127.0.0.1\n      port: {port}\n      user: admin\n"
+            f"      password: {{file: {pw}}}\n      doors:\n"
+            "        - {token: Door_1, name: main, label: Main entrance, commands: [access, lock, unlock]}\n"
+            "        - {token: Door_2, name: staff, label: Staff entrance}\n"
+            "      access_points:\n        - {token: AP_1, name: main-reader}\n"
+            "        - {token: AP_2, name: staff-reader}"]
+
+
 SIMULATORS: dict[str, Callable[[Path, Processes, str], list[str]]] = {
-    "modbus": _modbus, "bacnet": _bacnet, "onvif": _onvif,
+    "modbus": _modbus, "bacnet": _bacnet, "onvif": _onvif, "access": _access,
 }
 
 if __name__ == "__main__":
