@@ -9,7 +9,8 @@ import sys
 from typing import Any
 
 from agent.errors import ConfigError
-from agent.tools.commands import _site_arg, _socket_for
+from agent.tools.args import site_arg, socket_arg
+from agent.tools.commands import _socket_for
 from agent.tools.helptext import epilog
 
 COMMANDS = ("access", "lock", "unlock", "block", "lock_down", "lock_down_release", "double_lock")
@@ -27,12 +28,12 @@ def register(sub: Any) -> None:
                       {0: "the panel obeyed", 1: "refused by the site file, or the panel refused or failed "
                           "(the message says why), or not confirmed",
                        2: "bad arguments, or no permission to talk to the agent", 3: "no agent answered"}))
-    _site_arg(p)
+    site_arg(p)
     p.add_argument("device", metavar="DEVICE", help="access panel device name in the site file")
     p.add_argument("door", metavar="DOOR", help="door name (or token) in the device's connection.doors")
     p.add_argument("command", metavar="COMMAND", choices=COMMANDS, help="one of: " + ", ".join(COMMANDS))
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--socket", metavar="PATH", help="status socket path (default: from the site file)")
+    socket_arg(p)
     p.set_defaults(func=cmd_door)
 
 
