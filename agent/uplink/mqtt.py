@@ -169,6 +169,11 @@ class Uplink:
             except asyncio.CancelledError:
                 raise
             except BaseException as raw:  # the session died: log once per transition and retry
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # cancelled while the session failed (the broker dropped during the stop): the session's
+                    # error, or its task group, took the place of the CancelledError; stop anyway
+                    raise asyncio.CancelledError() from raw
                 exc = raw
                 while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
                     exc = exc.exceptions[0]
