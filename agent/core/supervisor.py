@@ -266,6 +266,11 @@ class DeviceRunner:
                 raise
             except BaseException as raw:  # only the supervisor catches broad exceptions
                 await self._stop_driver(driver)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # cancelled while the driver failed (its follower's connection broke as it was torn
+                    # down): the driver's error took the CancelledError's place; stop, do not restart
+                    raise asyncio.CancelledError() from raw
                 leaf = _first(raw)
                 if not isinstance(leaf, Exception):
                     raise

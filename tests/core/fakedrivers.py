@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.contract.driver import Driver
+from agent.contract.driver import Driver, Sink
 from agent.contract.points import PointBase
 from agent.contract.registry import DriverSpec
 from agent.errors import DeviceTimeout
@@ -21,12 +21,14 @@ class FakePoint(PointBase):
 
 class FakeConn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    behaviour: str = "ok"  # ok | wedge | dead | crash
+    behaviour: str = "ok"  # ok | wedge | dead | crash | fails-when-cancelled
 
 
 class FakeDriver(Driver):
     """ok: returns a counter; dead: times out; crash: raises a bug; wedge: swallows cancellation forever
-    (a misbehaving driver that no timeout can stop, which the watchdog must notice)."""
+    (a misbehaving driver that no timeout can stop, which the watchdog must notice); fails-when-cancelled: reads
+    like ok, but its follower turns its cancellation into a driver error (a connection that breaks while the
+    device is being stopped), which must not keep the device's loop alive."""
 
     count = 0
     unwedge = False
@@ -48,6 +50,17 @@ class FakeDriver(Driver):
         FakeDriver.count += 1
         FakeDriver.reads.append((self.name, time.monotonic()))
         return [Sample(self.name, p.name, float(FakeDriver.count)) for p in points]
+
+    async def follow(self, sink: Sink) -> None:
+        if self.device.connection.behaviour == "fails-when-cancelled":  # type: ignore[attr-defined]
+            await _follow_then_fail(self.name)
+
+
+async def _follow_then_fail(name: str) -> None:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        raise DeviceTimeout("connection lost while stopping", device=name) from None
 
 
 SPEC = DriverSpec("fake", FakePoint, FakeConn, "tests.core.fakedrivers:FakeDriver")

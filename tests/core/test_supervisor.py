@@ -159,6 +159,21 @@ async def test_wedged_device_loop_withholds_watchdog(tmp_path: Path, fake_profil
     await asyncio.sleep(0.2)
 
 
+async def test_a_device_whose_driver_fails_while_cancelled_still_stops(tmp_path: Path, fake_profiles: str) -> None:
+    """The device loop catches a driver's errors to restart it; an error raised because the loop is being
+    cancelled (a follower whose connection breaks as it is torn down) must end the loop, not restart the
+    driver: before, the device was abandoned at every shutdown and reload."""
+    site = write_site(tmp_path, BROKER, extra=fake_profiles,
+                      devices=_devices(("good", "ok"), ("brittle", "fails-when-cancelled")))
+    async with running_agent(site) as agent:
+        async with asyncio.timeout(5):
+            while agent.health["brittle"].state != "online":
+                await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+    assert agent.abandoned == []
+    assert time.monotonic() - t0 < 3
+
+
 async def test_devices_with_one_interval_poll_in_the_same_wakeup(tmp_path: Path, fake_profiles: str) -> None:
     """Polls are aligned on the interval grid: N devices cost one event-loop wake-up per cycle, not N
     (bench/site_poll.py measures what that saves). Randomly staggered devices fail this."""
