@@ -13,6 +13,13 @@ Faults as in the field are set through unauthenticated control URLs (a simulator
 (the next n Renew requests are refused and their subscription is dropped, as a camera does when a renew
 comes late), ``/control/delay?s=2`` (every SOAP answer is late by that much), ``/control/forget`` (drop
 every subscription, as a reboot does), ``GET /control/stats`` (JSON counters).
+
+Cameras that misbehave by design: ``--push-only`` (no PullPoint: its capabilities say so and
+CreatePullPointSubscription is refused), ``--termination MODE`` (``absolute-only``: relative durations such as
+PT60S are refused with a fault; ``no-current-time``: Renew answers carry no CurrentTime, so TerminationTime
+is on the camera's clock alone; ``naive``: TerminationTime without a time zone; ``zero``: TerminationTime
+equal to CurrentTime, whatever was granted) and ``--max-lifetime S`` (the camera grants at most S seconds,
+whatever is asked, and really drops a subscription not renewed by then).
 """
 
 from __future__ import annotations
@@ -59,8 +66,8 @@ def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_duration(text: str | None, default: float) -> float:
-    """``PT60S``, ``PT1M``, ``PT1H2M3.5S``; an absolute time gives the seconds from now."""
+def _parse_duration(text: str | None, default: float, now: dt.datetime | None = None) -> float:
+    """``PT60S``, ``PT1M``, ``PT1H2M3.5S``; an absolute time gives the seconds from ``now`` (the camera's)."""
     if not text:
         return default
     text = text.strip()
@@ -75,7 +82,8 @@ def _parse_duration(text: str | None, default: float) -> float:
         return total
     with contextlib.suppress(ValueError):
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return (when - dt.datetime.now(dt.UTC)).total_seconds()
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
     return default
 
 
@@ -99,6 +107,7 @@ class Camera:
         self.delay = 0.0
         self.stats: dict[str, int] = {"requests": 0, "auth_failures": 0, "subscriptions": 0, "renews": 0,
                                       "pulls": 0, "sync_points": 0, "snapshots": 0, "dropped_renews": 0}
+        self.ops: dict[str, int] = {}  # requests by operation, answered or refused
 
     # ------------------------------------------------------------------------------ plumbing
     def now(self) -> dt.datetime:
@@ -152,6 +161,7 @@ class Camera:
         if op is None:
             return self.fault("ter:InvalidArgVal", "empty body")
         name = op.tag.rpartition("}")[2]
+        self.ops[name] = self.ops.get(name, 0) + 1
         if name != "GetSystemDateAndTime" and not self.authorised(root):
             self.stats["auth_failures"] += 1
             return self.fault("ter:NotAuthorized", "Sender not Authorized", status=400)
@@ -193,8 +203,8 @@ class Camera:
         caps = f"<tt:Device><tt:XAddr>{self.base}/onvif/device_service</tt:XAddr></tt:Device>"
         if self.args.events:
             caps += (f"<tt:Events><tt:XAddr>{self.base}/onvif/events_service</tt:XAddr>"
-                     "<tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>"
-                     "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
+                     "<tt:WSSubscriptionPolicySupport>true</tt:WSSubscriptionPolicySupport>"
+                     f"<tt:WSPullPointSupport>{str(not self.args.push_only).lower()}</tt:WSPullPointSupport>"
                      "<tt:WSPausableSubscriptionManagerInterfaceSupport>false"
                      "</tt:WSPausableSubscriptionManagerInterfaceSupport></tt:Events>")
         caps += (f"<tt:Media><tt:XAddr>{self.base}/onvif/media_service</tt:XAddr><tt:StreamingCapabilities>"
@@ -264,22 +274,40 @@ class Camera:
             "</tev:MessageContentFilterDialect></tev:GetEventPropertiesResponse>"
         )
 
-    def _termination(self, op: ET.Element, tag: str) -> float:
-        seconds = _parse_duration(op.findtext(tag), 60.0)
-        return max(1.0, min(seconds, 3600.0))
+    def _termination(self, op: ET.Element, tag: str) -> float | None:
+        """Seconds granted; None when this camera refuses the form asked (absolute-only and a duration)."""
+        text = (op.findtext(tag) or "").strip()
+        if self.args.termination == "absolute-only" and text.startswith("P"):
+            return None
+        seconds = _parse_duration(text, 60.0, self.now())
+        return max(1.0, min(seconds, 3600.0, self.args.max_lifetime))
+
+    def _times(self, seconds: float, renew: bool = False) -> tuple[str, str]:
+        """CurrentTime and TerminationTime as this camera writes them (--termination)."""
+        now, mode = self.now(), self.args.termination
+        term = _iso(now) if mode == "zero" else _iso(now + dt.timedelta(seconds=seconds))
+        if mode == "naive":
+            term = term.rstrip("Z")
+        cur = "" if renew and mode == "no-current-time" else f"<wsnt:CurrentTime>{_iso(now)}</wsnt:CurrentTime>"
+        return cur, f"<wsnt:TerminationTime>{term}</wsnt:TerminationTime>"
+
+    def _bad_termination(self) -> web.Response:
+        return self.fault("ter:InvalidArgVal", "TerminationTime: only an absolute xsd:dateTime is accepted")
 
     async def op_CreatePullPointSubscription(self, _r: web.Request, op: ET.Element) -> web.Response:
+        if self.args.push_only:
+            return self.fault("ter:ActionNotSupported", "no PullPoint: this camera only pushes notifications")
         seconds = self._termination(op, f"{{{NS['tev']}}}InitialTerminationTime")
+        if seconds is None:
+            return self._bad_termination()
         sub = Subscription(secrets.token_hex(6), time.monotonic() + seconds)
         self.subs[sub.sid] = sub
         self.stats["subscriptions"] += 1
-        now = self.now()
+        cur, term = self._times(seconds)
         return self.ok(
             "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>"
             f"<wsa:Address>{self.base}/onvif/subscription/{sub.sid}</wsa:Address></tev:SubscriptionReference>"
-            f"<wsnt:CurrentTime>{_iso(now)}</wsnt:CurrentTime>"
-            f"<wsnt:TerminationTime>{_iso(now + dt.timedelta(seconds=seconds))}</wsnt:TerminationTime>"
-            "</tev:CreatePullPointSubscriptionResponse>"
+            f"{cur}{term}</tev:CreatePullPointSubscriptionResponse>"
         )
 
     def _sub(self, request: web.Request) -> Subscription | None:
@@ -340,13 +368,13 @@ class Camera:
             del self.subs[sub.sid]
             sub.wake.set()
             return self._unknown()
-        self.stats["renews"] += 1
         seconds = self._termination(op, f"{{{NS['wsnt']}}}TerminationTime")
+        if seconds is None:
+            return self._bad_termination()
+        self.stats["renews"] += 1
         sub.expires = time.monotonic() + seconds
-        now = self.now()
-        return self.ok(f"<wsnt:RenewResponse><wsnt:TerminationTime>{_iso(now + dt.timedelta(seconds=seconds))}"
-                       f"</wsnt:TerminationTime><wsnt:CurrentTime>{_iso(now)}</wsnt:CurrentTime>"
-                       "</wsnt:RenewResponse>")
+        cur, term = self._times(seconds, renew=True)
+        return self.ok(f"<wsnt:RenewResponse>{term}{cur}</wsnt:RenewResponse>")
 
     async def op_Unsubscribe(self, request: web.Request, _op: ET.Element) -> web.Response:
         sub = self._sub(request)
@@ -415,7 +443,8 @@ class Camera:
             self.subs.clear()
         elif what != "stats":
             return web.Response(status=404, text=f"unknown control {what}\n")
-        return web.json_response({**self.stats, "subscriptions_live": len(self.subs), "state": self.state})
+        return web.json_response({**self.stats, "subscriptions_live": len(self.subs), "state": self.state,
+                                  "ops": self.ops})
 
 
 def make_jpeg(width: int, height: int) -> bytes:
@@ -466,6 +495,10 @@ def parser() -> argparse.ArgumentParser:
                    help="answer WS-Discovery probes on 239.255.255.250:3702 (only inside a network namespace)")
     p.add_argument("--discovery-bare", action="store_true", help="answer without the ProbeMatches wrapper")
     p.add_argument("--model", default="EA-CAM-1", help="model named in the discovery scopes")
+    p.add_argument("--push-only", action="store_true", help="no PullPoint: only push notifications (refused)")
+    p.add_argument("--termination", choices=("normal", "absolute-only", "no-current-time", "naive", "zero"),
+                   default="normal", help="how the camera reads and writes termination times (see the docstring)")
+    p.add_argument("--max-lifetime", type=float, default=3600.0, help="longest subscription granted, seconds")
     p.add_argument("--motion-every", type=float, default=0.0, help="motion on/off every N seconds (demo)")
     return p
 
