@@ -177,6 +177,11 @@ class OnvifDriver(Driver):
                                              max(5.0, s.timeout * 2))
         return ("sub stream", ok, detail)
 
+    @property
+    def retain_pictures(self) -> bool:
+        """Pictures also go retained on the camera's fixed topic (``snapshots.retain``)."""
+        return self.quirks.snapshots.retain
+
     async def snapshot(self) -> tuple[str, bytes]:
         """A snapshot now (operator command): (ref, jpeg). DeviceBusy when rate-limited or not running."""
         if self.snapshotter is None:
