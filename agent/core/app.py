@@ -249,7 +249,10 @@ class Agent:
                     others.append(tg.create_task(self.metrics_server.run_textfile(), name="metrics:textfile"))
                 await self.stop_event.wait()
                 log.info("stopping: %s", self.summary())
-                self.notifier.stopping()
+                if not self.restart:
+                    # Not for a re-exec (reload, pushed version): the same PID goes on, and systemd would take
+                    # STOPPING=1 as the service stopping and kill it 30 s later (TimeoutStopSec=).
+                    self.notifier.stopping()
                 await self._stop_devices(devices)
                 flusher.cancel()
                 await self.flusher.flush_now()
