@@ -53,13 +53,14 @@ def renewal_delay(result: Any, asked: float, camera_offset: float | None) -> flo
     if not isinstance(term, dt.datetime):
         return asked * 0.8
     if isinstance(cur, dt.datetime):
-        now = _utc(cur)
+        now, margin = _utc(cur), 1.0  # cameras write times to the second
     else:  # an absolute TerminationTime alone: compare it with the camera's clock, not the box's
         now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=camera_offset or 0.0)
+        margin = 2.0  # and that clock offset is known to the second only
     granted = (_utc(term) - now).total_seconds()
     if granted <= 0:  # broken (equal to CurrentTime, in the past): trust neither, renew early
         return asked / 2
-    return max(0.5, min(granted, asked) * 0.8)
+    return max(0.5, min(min(granted, asked) * 0.8, granted - margin))
 
 
 class _Manager(PullPointManager):
