@@ -37,8 +37,9 @@ class Sink(Protocol):
     def points_changed(self, device: str) -> None:
         """The driver learned point metadata at start (e.g. units read from the device)."""
 
-    def picture(self, device: str, ref: str, jpeg: bytes) -> None:
-        """A camera picture, published on its own topic; ``ref`` is the id of the event that asked for it."""
+    def picture(self, device: str, ref: str, jpeg: bytes, retain: bool = False) -> None:
+        """A camera picture, published on its own topic; ``ref`` is the id of the event that asked for it.
+        ``retain``: also kept by the broker as the camera's last picture (a fixed topic, docs/mqtt.md)."""
 
 
 class DriverContext:

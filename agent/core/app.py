@@ -127,8 +127,10 @@ class Agent:
                       "sev": event.severity.name.lower(), "data": event.data})
         self.flusher.queue(self.topics.event(event.source), body, event.ts)
 
-    def picture(self, device: str, ref: str, jpeg: bytes) -> None:
+    def picture(self, device: str, ref: str, jpeg: bytes, retain: bool = False) -> None:
         self.flusher.queue(self.topics.snapshot(device, ref), jpeg, time.time())
+        if retain:  # the camera's last picture, kept by the broker for late subscribers (docs/mqtt.md)
+            self.flusher.queue(self.topics.last_picture(device), jpeg, time.time())
 
     def points_changed(self, device: str) -> None:
         ch = self.pipeline.channels.get(device)
@@ -179,7 +181,8 @@ class Agent:
     async def _snapshot_command(self, name: Any) -> dict[str, Any]:
         """A camera picture now, on its own topic; the ack says where (docs/mqtt.md)."""
         runner = self.runners.get(name) if isinstance(name, str) else None
-        take = getattr(runner.driver, "snapshot", None) if runner is not None else None
+        driver = runner.driver if runner is not None else None
+        take = getattr(driver, "snapshot", None)
         if take is None:
             raise intake.CommandRefused(f"no running camera named {str(name)[:64]!r}", None, "snapshot")
         try:
@@ -187,7 +190,7 @@ class Agent:
                 ref, jpeg = await take()
         except (DriverError, TimeoutError) as exc:
             raise intake.CommandRefused(f"snapshot of {name}: {exc or 'no answer'}"[:200], None, "snapshot") from None
-        self.picture(name, ref, jpeg)
+        self.picture(name, ref, jpeg, retain=bool(getattr(driver, "retain_pictures", False)))
         return {"device": name, "ref": ref, "bytes": len(jpeg), "topic": self.topics.snapshot(name, ref)}
 
     def snapshot(self) -> dict[str, Any]:
@@ -253,7 +256,10 @@ class Agent:
                     others.append(tg.create_task(self.metrics_server.run_textfile(), name="metrics:textfile"))
                 await self.stop_event.wait()
                 log.info("stopping: %s", self.summary())
-                self.notifier.stopping()
+                if not self.restart:
+                    # Not for a re-exec (reload, pushed version): the same PID goes on, and systemd would take
+                    # STOPPING=1 as the service stopping and kill it 30 s later (TimeoutStopSec=).
+                    self.notifier.stopping()
                 await self._stop_devices(devices)
                 flusher.cancel()
                 await self.flusher.flush_now()

@@ -276,7 +276,8 @@ class Uplink:
             payload = b""
             try:
                 payload = self.payload(row)
-                await client.publish(row.topic, payload, qos=1, timeout=self.cfg.publish_timeout)
+                await client.publish(row.topic, payload, qos=1, retain=self.topics.retained(row.topic),
+                                     timeout=self.cfg.publish_timeout)
             except asyncio.CancelledError:  # the session died while this row was in flight (or shutdown)
                 self._suspects.failed(row.seq, blamed=blamed(started, row))
                 raise

@@ -36,6 +36,14 @@ class Topics:
     def snapshot(self, device: str, ref: str) -> str:
         return f"{self.pictures}{device}/{ref}"
 
+    def last_picture(self, device: str) -> str:
+        """A camera's last picture, published retained (only for cameras configured so)."""
+        return f"{self.pictures}{device}/last"
+
+    def retained(self, topic: str) -> bool:
+        """Outbox rows published retained: the last pictures."""
+        return topic.startswith(self.pictures) and topic.endswith("/last")
+
     @property
     def command(self) -> str:
         return f"{self.base}/cmd"

@@ -237,5 +237,5 @@ class _CameraSink:
     def points_changed(self, device: str) -> None:
         return None
 
-    def picture(self, device: str, ref: str, jpeg: bytes) -> None:
+    def picture(self, device: str, ref: str, jpeg: bytes, retain: bool = False) -> None:
         return None

@@ -139,6 +139,10 @@ class OnvifSnapshots(BaseModel):
     auth: Literal["auto", "digest", "basic"] = Field(
         "auto", description="HTTP authentication of the snapshot URI; auto tries digest, then basic"
     )
+    retain: bool = Field(
+        False, description="also publish each picture retained on <prefix>/<site>/s/<device>/last, so a late "
+        "subscriber gets the camera's last picture (its bytes go up twice)"
+    )
 
 
 class OnvifDeviceQuirks(BaseModel):

@@ -47,6 +47,18 @@ def _scope_info(scopes: list[str]) -> dict[str, str]:
     return out
 
 
+def split_scopes(text: str) -> list[str]:
+    """The space-separated scope URIs; a word that is no URI continues the previous scope, as cameras that
+    put an unescaped space in their name send it (``onvif://www.onvif.org/name/Virtual Camera``)."""
+    out: list[str] = []
+    for word in text.split():
+        if out and "://" not in word and ":" not in word:
+            out[-1] += " " + word
+        else:
+            out.append(word)
+    return out
+
+
 def parse_matches(data: bytes, sender: str) -> list[dict[str, Any]]:
     """Every camera described in one datagram (empty when it is not a discovery answer)."""
     try:
@@ -65,7 +77,7 @@ def parse_matches(data: bytes, sender: str) -> list[dict[str, Any]]:
         xaddrs = fields.get("XAddrs", "").split()
         if not xaddrs:
             continue
-        scopes = fields.get("Scopes", "").split()
+        scopes = split_scopes(fields.get("Scopes", ""))
         info = _scope_info(scopes)
         first = urlsplit(xaddrs[0])
         out.append({

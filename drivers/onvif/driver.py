@@ -19,7 +19,7 @@ from agent.errors import DeviceBusy, DriverError
 from agent.model import Quality, Sample, Value
 
 from . import OnvifConnection, OnvifDeviceQuirks, OnvifPoint
-from .events import EventFollower
+from .events import PUSH_ONLY, EventFollower
 from .session import CameraSession, DeviceAuthFailed
 from .snapshots import SnapshotQueue, Snapshotter
 
@@ -144,7 +144,8 @@ class OnvifDriver(Driver):
                 finally:
                     await follower._drop(manager)
             except DriverError as exc:
-                out.append(("events subscription", False, f"{exc.code}: {exc}"))
+                detail = f"events: {PUSH_ONLY}" if follower.mode == "push-only" else f"{exc.code}: {exc}"
+                out.append(("events subscription", False, detail))
         else:
             out.append(("events subscription", False, "the camera lists no events service"))
         snap = Snapshotter(s, self.quirks.snapshots.model_copy(update={"min_interval": 0.001}))
@@ -175,6 +176,11 @@ class OnvifDriver(Driver):
         ok, detail = await asyncio.to_thread(read_one_frame, st.uri, self.conn.user, self._password(),
                                              max(5.0, s.timeout * 2))
         return ("sub stream", ok, detail)
+
+    @property
+    def retain_pictures(self) -> bool:
+        """Pictures also go retained on the camera's fixed topic (``snapshots.retain``)."""
+        return self.quirks.snapshots.retain
 
     async def snapshot(self) -> tuple[str, bytes]:
         """A snapshot now (operator command): (ref, jpeg). DeviceBusy when rate-limited or not running."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ for _name in ("onvif", "zeep", "httpx"):
 NS_PTZ = "http://www.onvif.org/ver20/ptz/wsdl"
 NS_EVENTS = "http://www.onvif.org/ver10/events/wsdl"
 CLOCK_SUSPECT = 60.0  # seconds: cameras refuse WS-Security tokens created further from their clock
+# A refused login without the ter:NotAuthorized subcode: some cameras (ipycam among them) answer HTTP 401 with
+# a bare s:Receiver fault whose only hint is its text, which zeep hands over without the HTTP status.
+AUTH_FAULT_TEXT = re.compile(r"not\s+authori[sz]ed|unauthori[sz]ed|authenticat\w*\s+fail|"
+                             r"(wrong|invalid|bad)\s+(user|password|credential)", re.IGNORECASE)
 CREDENTIAL_KEYS = {"user", "username", "usr", "pwd", "password", "passwd", "pass", "auth", "token", "key"}
 
 
@@ -79,7 +84,8 @@ def map_error(exc: BaseException, what: str, host: str, noun: str = "camera") ->
         cause = exc.__cause__
     if isinstance(cause, Fault):
         codes = _fault_codes(cause)
-        if codes & {"NotAuthorized", "FailedAuthentication", "InvalidSecurity"}:
+        if codes & {"NotAuthorized", "FailedAuthentication", "InvalidSecurity"} or AUTH_FAULT_TEXT.search(
+                str(cause.message or "")):
             return DeviceAuthFailed(f"{what}: the {noun} refused the login (wrong user or password, or its "
                                     "clock too far from the box's)")
         if codes & {"ActionNotSupported", "ServiceNotSupported"}:

@@ -14,6 +14,13 @@ Faults as in the field are set through unauthenticated control URLs (a simulator
 (the next n Renew requests are refused and their subscription is dropped, as a camera does when a renew
 comes late), ``/control/delay?s=2`` (every SOAP answer is late by that much), ``/control/forget`` (drop
 every subscription, as a reboot does), ``GET /control/stats`` (JSON counters).
+
+Cameras that misbehave by design: ``--push-only`` (no PullPoint: its capabilities say so and
+CreatePullPointSubscription is refused), ``--termination MODE`` (``absolute-only``: relative durations such as
+PT60S are refused with a fault; ``no-current-time``: Renew answers carry no CurrentTime, so TerminationTime
+is on the camera's clock alone; ``naive``: TerminationTime without a time zone; ``zero``: TerminationTime
+equal to CurrentTime, whatever was granted) and ``--max-lifetime S`` (the camera grants at most S seconds,
+whatever is asked, and really drops a subscription not renewed by then).
 """
 
 from __future__ import annotations
@@ -73,8 +80,8 @@ class Camera(SoapDevice):
         caps = f"<tt:Device><tt:XAddr>{self.base}/onvif/device_service</tt:XAddr></tt:Device>"
         if self.args.events:
             caps += (f"<tt:Events><tt:XAddr>{self.base}/onvif/events_service</tt:XAddr>"
-                     "<tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>"
-                     "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
+                     "<tt:WSSubscriptionPolicySupport>true</tt:WSSubscriptionPolicySupport>"
+                     f"<tt:WSPullPointSupport>{str(not self.args.push_only).lower()}</tt:WSPullPointSupport>"
                      "<tt:WSPausableSubscriptionManagerInterfaceSupport>false"
                      "</tt:WSPausableSubscriptionManagerInterfaceSupport></tt:Events>")
         caps += (f"<tt:Media><tt:XAddr>{self.base}/onvif/media_service</tt:XAddr><tt:StreamingCapabilities>"
@@ -249,6 +256,10 @@ def parser() -> argparse.ArgumentParser:
                    help="answer WS-Discovery probes on 239.255.255.250:3702 (only inside a network namespace)")
     p.add_argument("--discovery-bare", action="store_true", help="answer without the ProbeMatches wrapper")
     p.add_argument("--model", default="EA-CAM-1", help="model named in the discovery scopes")
+    p.add_argument("--push-only", action="store_true", help="no PullPoint: only push notifications (refused)")
+    p.add_argument("--termination", choices=("normal", "absolute-only", "no-current-time", "naive", "zero"),
+                   default="normal", help="how the camera reads and writes termination times (see the docstring)")
+    p.add_argument("--max-lifetime", type=float, default=3600.0, help="longest subscription granted, seconds")
     p.add_argument("--motion-every", type=float, default=0.0, help="motion on/off every N seconds (demo)")
     return p
 

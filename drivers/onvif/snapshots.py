@@ -132,4 +132,4 @@ class SnapshotQueue:
                     self._warned = True
                 continue
             self._warned = False
-            self.publish(self.device, ref, jpeg)
+            self.publish(self.device, ref, jpeg, self.snap.cfg.retain)

@@ -45,8 +45,8 @@ def iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_duration(text: str | None, default: float) -> float:
-    """``PT60S``, ``PT1M``, ``PT1H2M3.5S``; an absolute time gives the seconds from now."""
+def parse_duration(text: str | None, default: float, now: dt.datetime | None = None) -> float:
+    """``PT60S``, ``PT1M``, ``PT1H2M3.5S``; an absolute time gives the seconds from ``now`` (the device's)."""
     if not text:
         return default
     text = text.strip()
@@ -61,7 +61,8 @@ def parse_duration(text: str | None, default: float) -> float:
         return total
     with contextlib.suppress(ValueError):
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return (when - dt.datetime.now(dt.UTC)).total_seconds()
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
     return default
 
 
@@ -280,9 +281,31 @@ class PullPoints:
         self.subs: dict[str, Subscription] = {}
         self.drop_renew = 0
 
-    def _termination(self, op: ET.Element, tag: str) -> float:
-        seconds = parse_duration(op.findtext(tag), 60.0)
-        return max(1.0, min(seconds, 3600.0))
+    # How the device reads and writes termination times (the camera simulator's --termination, --max-lifetime,
+    # --push-only; other devices keep the defaults): see drivers/onvif/sim.py's docstring.
+    def _option(self, name: str, default: Any) -> Any:
+        return getattr(self.dev.args, name, default)
+
+    def _termination(self, op: ET.Element, tag: str) -> float | None:
+        """Seconds granted; None when this device refuses the form asked (absolute-only and a duration)."""
+        text = (op.findtext(tag) or "").strip()
+        if self._option("termination", "normal") == "absolute-only" and text.startswith("P"):
+            return None
+        seconds = parse_duration(text, 60.0, self.dev.now())
+        return max(1.0, min(seconds, 3600.0, self._option("max_lifetime", 3600.0)))
+
+    def _times(self, seconds: float, renew: bool = False) -> tuple[str, str]:
+        """CurrentTime and TerminationTime as this device writes them."""
+        now, mode = self.dev.now(), self._option("termination", "normal")
+        term = iso(now) if mode == "zero" else iso(now + dt.timedelta(seconds=seconds))
+        if mode == "naive":
+            term = term.rstrip("Z")
+        cur = "" if renew and mode == "no-current-time" else f"<wsnt:CurrentTime>{iso(now)}</wsnt:CurrentTime>"
+        return cur, f"<wsnt:TerminationTime>{term}</wsnt:TerminationTime>"
+
+    @staticmethod
+    def _bad_termination() -> SoapFault:
+        return SoapFault("Sender", ["ter:InvalidArgVal"], "TerminationTime: only an absolute xsd:dateTime is accepted")
 
     def _sub(self, request: web.Request) -> Subscription:
         sub = self.subs.get(request.match_info.get("sid", ""))
@@ -307,21 +330,24 @@ class PullPoints:
         self.subs.clear()
 
     async def op_CreatePullPointSubscription(self, _r: web.Request, op: ET.Element) -> str:
+        if self._option("push_only", False):
+            raise SoapFault("Receiver", ["ter:ActionNotSupported"],
+                            "no PullPoint: this device only pushes notifications")
         tev, wsnt = self.dev.ns["tev"], self.dev.ns["wsnt"]
         seconds = self._termination(op, f"{{{tev}}}InitialTerminationTime")
+        if seconds is None:
+            raise self._bad_termination()
         topics = op.findtext(f"{{{tev}}}Filter/{{{wsnt}}}TopicExpression") or ""
         sub = Subscription(secrets.token_hex(6), time.monotonic() + seconds, topics.strip())
         self.subs[sub.sid] = sub
         self.dev.stats["subscriptions"] += 1
         if self.on_subscribe:
             self._queue(sub, self.initial())
-        now = self.dev.now()
+        cur, term = self._times(seconds)
         return (
             "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>"
             f"<wsa:Address>{self.dev.base}/onvif/subscription/{sub.sid}</wsa:Address></tev:SubscriptionReference>"
-            f"<wsnt:CurrentTime>{iso(now)}</wsnt:CurrentTime>"
-            f"<wsnt:TerminationTime>{iso(now + dt.timedelta(seconds=seconds))}</wsnt:TerminationTime>"
-            "</tev:CreatePullPointSubscriptionResponse>"
+            f"{cur}{term}</tev:CreatePullPointSubscriptionResponse>"
         )
 
     async def op_PullMessages(self, request: web.Request, op: ET.Element) -> str:
@@ -352,12 +378,13 @@ class PullPoints:
             del self.subs[sub.sid]
             sub.wake.set()
             raise SoapFault("Sender", ["ter:InvalidArgVal"], "unknown or expired subscription")
-        self.dev.stats["renews"] += 1
         seconds = self._termination(op, f"{{{self.dev.ns['wsnt']}}}TerminationTime")
+        if seconds is None:
+            raise self._bad_termination()
+        self.dev.stats["renews"] += 1
         sub.expires = time.monotonic() + seconds
-        now = self.dev.now()
-        return (f"<wsnt:RenewResponse><wsnt:TerminationTime>{iso(now + dt.timedelta(seconds=seconds))}"
-                f"</wsnt:TerminationTime><wsnt:CurrentTime>{iso(now)}</wsnt:CurrentTime></wsnt:RenewResponse>")
+        cur, term = self._times(seconds, renew=True)
+        return f"<wsnt:RenewResponse>{term}{cur}</wsnt:RenewResponse>"
 
     async def op_Unsubscribe(self, request: web.Request, _op: ET.Element) -> str:
         sub = self._sub(request)
@@ -372,4 +399,4 @@ class PullPoints:
         return "<tev:SetSynchronizationPointResponse/>"
 
     def stats(self) -> dict[str, Any]:
-        return {"subscriptions_live": len(self.subs)}
+        return {"subscriptions_live": len(self.subs), "ops": dict(self.dev.ops)}

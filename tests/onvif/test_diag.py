@@ -87,3 +87,15 @@ def test_diag_tells_wrong_password_from_clock_skew(tmp_path: Path) -> None:
         assert [n for n, st in _steps(doc).items() if not st["ok"]] == ["sub stream"], doc
     finally:
         skewed.stop()
+
+
+def test_diag_says_a_camera_only_pushes_events(tmp_path: Path) -> None:
+    cam = OnvifCamera(tmp_path, extra=["--push-only"]).start()
+    try:
+        rc, doc, _ = _diag(tmp_path, cam, cam.password)
+    finally:
+        cam.stop()
+    assert rc == 1
+    ev = _steps(doc)["events subscription"]
+    assert not ev["ok"] and ev["detail"] == "events: camera offers only push notifications, not followed", ev
+    assert _steps(doc)["snapshot"]["ok"]

@@ -82,4 +82,7 @@ def test_parser_accepts_hello_and_ignores_noise() -> None:
              b"</d:Scopes></d:Hello></e:Body></e:Envelope>")
     [m] = parse_matches(hello, "192.0.2.9")
     assert (m["address"], m["port"], m["model"]) == ("192.0.2.9", 80, "X9")
+    bare = hello.replace(b"hardware/X9", b"name/Front Door%202 onvif://www.onvif.org/hardware/X9")
+    [m] = parse_matches(bare, "192.0.2.9")
+    assert m["name"] == "Front Door 2" and m["model"] == "X9" and len(m["scopes"]) == 2, m
     assert parse_matches(b"not xml", "x") == [] and parse_matches(b"<a/>", "x") == []

@@ -4,12 +4,16 @@ Mosquitto on 127.0.0.1). A probe unit inside records what systemd saw, then powe
 
 Shows what `systemd-analyze` cannot: the sandbox still lets the agent start (READY=1 makes a Type=notify
 unit active), publish, read its credential, feed the watchdog, reload, survive a package upgrade while running
-and stop cleanly on SIGTERM.
+and stop cleanly on SIGTERM. It also runs the heavy libraries under the sandbox (MemoryDenyWriteExecute,
+SystemCallFilter, MemoryMax...): an ONVIF camera (the simulator on the host's loopback, its password as a
+systemd credential, events and Pillow snapshots) and a motion camera (OpenCV with its FFmpeg decoding a
+video file, numpy analysis, a snapshot).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -17,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.motion.clips import make_clip, write_clip
 from tests.peers.common import free_port
 from tests.peers.mosquitto import Broker
+from tests.peers.onvif import OnvifCamera
 
 from .conftest import ThrowawayRoot
 from .test_deb import install
@@ -46,6 +52,7 @@ ExecStart=/bin/sh -c '\
   echo dialout_gid=$(getent group dialout | cut -d: -f3); \
   echo edge_agent_uid=$(id -u edge-agent); \
   echo creds=$(ls /run/credentials/edge-agent.service | tr "\n" " "); \
+  echo wx_mappings=$(grep -cE "^[^ ]+ .wx" /proc/$pid/maps); \
   echo state_owner=$(stat -c %%U /var/lib/edge-agent); \
   echo etc_writable_by_root=$(nsenter -t $pid -m sh -c "touch /etc/x 2>/dev/null && echo yes || echo no"); \
   as_agent="nsenter -t $pid -m setpriv --reuid edge-agent --regid edge-agent --clear-groups"; \
@@ -142,7 +149,7 @@ def sandbox_check_unit(unit_text: str) -> str:
 # the suite's 120 s per test.
 @pytest.mark.timeout(400)
 def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: Path, deb_v2: Path,
-                                            broker: Broker, tmp_path: Path) -> None:
+                                            broker: Broker, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if shutil.which("systemd-nspawn") is None:
         pytest.skip("systemd-nspawn not installed (apt-get install systemd-container)")
     root = throwaway_root
@@ -154,9 +161,21 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     root.run(f"edge-agent provision -y --site-id {SITE} --broker {broker.url} --username agent "
              "--password-file /var/tmp/pw && rm /var/tmp/pw")
     # A meter nobody answers for (a closed port on the loopback): its outage must reach `journalctl -p warning`.
+    # An ONVIF camera (the simulator on the host's loopback, motion every 3 s, its password a credential of
+    # the unit given by a drop-in as docs/operations.md says) and a motion camera reading a video file.
+    cam = OnvifCamera(tmp_path, extra=["--motion-every", "3"]).start()
+    request.addfinalizer(cam.stop)
+    (tmp_path / "cam-password").write_text(cam.password + "\n")
+    root.put(tmp_path / "cam-password", "/etc/credstore/cam-password")
+    root.run("chmod 0600 /etc/credstore/cam-password && mkdir -p /etc/systemd/system/edge-agent.service.d && "
+             "printf '[Service]\\nLoadCredential=cam-password\\n' > /etc/systemd/system/edge-agent.service.d/cam.conf")
+    root.put(write_clip(make_clip("person", 3), tmp_path / "door.avi", fps=15), "/opt/door.avi")
     root.run("printf '%s\\n' '- {name: dead-meter, type: socomec-countis-e34, interval: 5s, timeout: 1s, "
-             f"connection: {{host: 127.0.0.1, port: {free_port()}, unit: 3}}}}' >> /etc/edge-agent/site.yaml "
-             "&& edge-agent validate --config /etc/edge-agent/site.yaml")
+             f"connection: {{host: 127.0.0.1, port: {free_port()}, unit: 3}}}}' "
+             "'- {name: cam, type: generic-onvif-camera, interval: 5s, timeout: 2s, connection: {host: 127.0.0.1, "
+             f"port: {cam.port}, user: admin, password: {{credential: cam-password}}}}}}' "
+             "'- {name: door, type: generic-motion-camera, interval: 2s, connection: {url: /opt/door.avi}}' "
+             ">> /etc/edge-agent/site.yaml && edge-agent validate --config /etc/edge-agent/site.yaml")
     probe = tmp_path / "probe.service"
     probe.write_text(PROBE)
     root.put(probe, "/etc/systemd/system/probe.service")
@@ -207,8 +226,9 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     assert got["etc_writable_by_root"] == "no", "ProtectSystem=strict: the OS is read-only even for root"
     assert got["config_writable"] == "no" and got["state_writable"] == "yes"
     assert got["state_owner"] == "edge-agent"
-    # LoadCredential=mqtt-password from /etc/credstore; the missing mqtt-key was skipped, not fatal.
-    assert got["creds"].split() == ["mqtt-password"]
+    # LoadCredential=mqtt-password from /etc/credstore; the missing mqtt-key was skipped, not fatal; the
+    # camera's password came through the drop-in.
+    assert got["creds"].split() == ["cam-password", "mqtt-password"]
     # The sandbox keeps what BACnet/ONVIF discovery needs (as an unconfined process has it) and refuses
     # packet sockets (which root outside the sandbox may open).
     assert got["plain_udp_broadcast"] == "ok"
@@ -246,3 +266,14 @@ def test_agent_runs_under_the_hardened_unit(throwaway_root: ThrowawayRoot, deb: 
     assert got["held_ActiveState"] == "inactive" and got["held_ConditionResult"] == "no", probe_out
     # And it really published to the broker, under this site's id.
     assert f"/{SITE}/" in published, published[:2000]
+    # Cameras under the sandbox: the ONVIF camera's facts, its own motion events and their Pillow snapshots;
+    # the motion camera's OpenCV/FFmpeg decoding and numpy analysis (a motion start) and its snapshot. No
+    # driver crashed or was disabled, no restart (NRestarts=0 above), and no memory both writable and
+    # executable in the process (MemoryDenyWriteExecute= would have refused it).
+    journal = "\n".join(line for line in probe_out.splitlines() if line.startswith("journal: "))
+    for topic in (f"/{SITE}/t/cam", f"/{SITE}/s/cam/", f"/{SITE}/t/door", f"/{SITE}/s/door/"):
+        assert topic in published, (topic, journal[-3000:])
+    assert re.search(rf'/{SITE}/e/cam .*"kind": ?"motion"', published), journal[-3000:]
+    assert re.search(rf'/{SITE}/e/door .*"kind": ?"motion".*"state": ?"start"', published), journal[-3000:]
+    assert not re.search(r"(cam|door): (disabled|unavailable)|driver crashed", journal), journal[-3000:]
+    assert got["wx_mappings"] == "0", probe_out
