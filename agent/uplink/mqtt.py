@@ -163,9 +163,12 @@ class Uplink:
                     self.connected.set()
                     log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._publisher(client), name="uplink:publisher")
                         tg.create_task(self._commands(client), name="uplink:commands")
                         tg.create_task(self._rebirther(client), name="uplink:rebirth")
+                        # The body waits in the publisher, not in the group's exit: on Python 3.11 (Debian
+                        # bookworm's) a child failing while the body already waits in TaskGroup.__aexit__
+                        # leaves its cancel request counted on this task, which would read as a stop below.
+                        await self._publisher(client)
             except asyncio.CancelledError:
                 raise
             except BaseException as raw:  # the session died: log once per transition and retry
