@@ -18,7 +18,7 @@ from agent.errors import DriverError, ProtocolError
 from agent.model import Quality, Sample, Value
 from drivers.onvif import OnvifEvents
 from drivers.onvif.events import EventFollower
-from drivers.onvif.session import DeviceAuthFailed, NoSuchService
+from drivers.onvif.session import NoSuchService, password_of
 
 from . import AccessConnection, AccessDeviceQuirks, AccessPanelPoint
 from .events import PanelFollower
@@ -62,12 +62,7 @@ class AccessDriver(Driver):
                 self._by_target.setdefault((p.token, p.fact), []).append(p)
 
     def _password(self) -> str:
-        if self.conn.password is None:
-            return ""
-        try:
-            return self.conn.password.read()
-        except ValueError as exc:
-            raise DeviceAuthFailed(str(exc)) from None
+        return password_of(self.conn.password)
 
     async def start(self) -> None:
         session = PanelSession(self.conn.host, self.conn.port, self.conn.user, self._password(),

@@ -20,7 +20,7 @@ from agent.model import Quality, Sample, Value
 
 from . import OnvifConnection, OnvifDeviceQuirks, OnvifPoint
 from .events import PUSH_ONLY, EventFollower
-from .session import CameraSession, DeviceAuthFailed
+from .session import CameraSession, password_of
 from .snapshots import SnapshotQueue, Snapshotter
 
 if TYPE_CHECKING:
@@ -47,12 +47,7 @@ class OnvifDriver(Driver):
         self.snapshotter: Snapshotter | None = None
 
     def _password(self) -> str:
-        if self.conn.password is None:
-            return ""
-        try:
-            return self.conn.password.read()
-        except ValueError as exc:
-            raise DeviceAuthFailed(str(exc)) from None
+        return password_of(self.conn.password)
 
     async def start(self) -> None:
         session = CameraSession(self.conn.host, self.conn.port, self.conn.user, self._password(),

@@ -54,6 +54,16 @@ class NoSuchService(DriverError):
     code = "no-service"
 
 
+def password_of(source: Any) -> str:
+    """The password a ``SecretSource`` (or None) gives; an unreadable one is a refused login, not a crash."""
+    if source is None:
+        return ""
+    try:
+        return str(source.read())
+    except ValueError as exc:
+        raise DeviceAuthFailed(str(exc)) from None
+
+
 def strip_credentials(uri: str | None) -> str | None:
     """The URI without ``user:password@`` and without credential query parameters."""
     if not uri:
