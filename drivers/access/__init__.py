@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agent.contract.points import PointBase
 from agent.contract.registry import DriverSpec
 from agent.types import PositiveDuration
-from drivers.onvif import SecretSource
+from drivers.onvif import OnvifLogin
 
 PANEL_FACTS = ("online", "manufacturer", "model", "firmware", "serial", "doors", "access_points")
 DOOR_FACTS = ("door_name", "door_mode", "door_physical", "lock_physical", "double_lock_physical", "door_alarm",
@@ -189,16 +189,9 @@ class Privacy(BaseModel):
     )
 
 
-class AccessConnection(BaseModel):
+class AccessConnection(OnvifLogin):
     """Where the panel answers, how to log in, and this building's doors: what it reports and who may do what."""
 
-    model_config = ConfigDict(extra="forbid")
-    host: str = Field(description="panel address (IP or name)")
-    port: int = Field(80, ge=1, le=65535, description="HTTP port of the ONVIF device service")
-    user: str = Field("admin", description="ONVIF user")
-    password: SecretSource | None = Field(
-        None, description="password by reference: {env: NAME}, {file: PATH} or {credential: NAME}; never inline"
-    )
     doors: list[DoorEntry] = Field(default_factory=list, max_length=256,
                                    description="doors reported (points per door) and commanded, by token")
     access_points: list[AccessPointEntry] = Field(default_factory=list, max_length=256,

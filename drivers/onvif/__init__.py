@@ -83,16 +83,20 @@ class SecretSource(BaseModel):
             raise ValueError(f"cannot read the camera password from {path}: {exc.strerror or exc}") from None
 
 
-class OnvifConnection(BaseModel):
-    """Where the camera answers and how to log in."""
+class OnvifLogin(BaseModel):
+    """Where an ONVIF device (camera, access panel) answers and how to log in."""
 
     model_config = ConfigDict(extra="forbid")
-    host: str = Field(description="camera address (IP or name)")
+    host: str = Field(description="device address (IP or name)")
     port: int = Field(80, ge=1, le=65535, description="HTTP port of the ONVIF device service")
     user: str = Field("admin", description="ONVIF user")
     password: SecretSource | None = Field(
         None, description="password by reference: {env: NAME}, {file: PATH} or {credential: NAME}; never inline"
     )
+
+
+class OnvifConnection(OnvifLogin):
+    """Where the camera answers and how to log in."""
 
     @property
     def bus_key(self) -> str:
