@@ -20,71 +20,28 @@ The password is ``PASSWORD``: tests can grep payloads and logs for it.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from .common import free_port, port_open, stop_process, wait_for
+from .common import SimProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "p4nel-Pw-7c2e"  # tests grep every payload and log line for it
 FAST = ["--access-time", "1", "--open-too-long", "2"]
 
 
 @dataclass
-class AccessPanel:
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    user: str = "admin"
+class AccessPanel(SimProcess):
+    module: ClassVar[str] = "drivers.access.sim"
+    log_prefix: ClassVar[str] = "access-sim"
     password: str = PASSWORD
-    extra: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / f"access-sim-{self.port}.log"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/onvif/device_service"
-
-    def start(self) -> AccessPanel:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "drivers.access.sim", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--user", self.user, "--password", self.password, *self.extra],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            )
-        proc = self.proc
-        wait_for(lambda: port_open("127.0.0.1", self.port) or proc.poll() is not None, 15, what="access panel sim")
-        if proc.poll() is not None:
-            raise RuntimeError(self.log.read_text())
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-    def restart(self) -> None:
-        """A reboot: the process goes away (its subscriptions with it) and comes back on the same port."""
-        self.stop()
-        self.start()
-
-    def control(self, what: str, method: str = "POST", **query: Any) -> dict[str, Any]:
-        qs = urllib.parse.urlencode({k: str(v) for k, v in query.items()})
-        url = f"http://127.0.0.1:{self.port}/control/{what}" + (f"?{qs}" if qs else "")
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
-            result: dict[str, Any] = json.loads(r.read())
-            return result
 
     def open(self, door: str = "Door_1") -> None:
         self.control("open", door=door)
