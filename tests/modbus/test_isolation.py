@@ -74,8 +74,10 @@ async def test_silent_device_does_not_slow_the_others(tmp_path: Path, transport:
             await asyncio.sleep(0.05)
         assert drivers[2].breaker.is_open
         t2 = time.monotonic()
+        asked_before = peer.by_unit[3]
         await asyncio.sleep(1.0)
         t3 = time.monotonic()
+        asked_after = peer.by_unit[3]
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -83,14 +85,18 @@ async def test_silent_device_does_not_slow_the_others(tmp_path: Path, transport:
             await d.stop()
         await peer.stop()
     for u in (1, 2):
-        normal = statistics.mean(window(cycles[u], t0 + 0.2, t1))
+        normal = statistics.median(window(cycles[u], t0 + 0.2, t1))
         degraded = window(cycles[u], t2, t3)
-        after = statistics.mean(degraded)
+        after = statistics.median(degraded)
         print(f"{transport} unit {u}: normal {normal * 1000:.2f} ms, with unit 3 silent {after * 1000:.2f} ms "
-              f"(max {max(degraded) * 1000:.2f} ms, {len(degraded)} cycles)")
+              f"(median; max {max(degraded) * 1000:.2f} ms, {len(degraded)} cycles)")
         assert len(degraded) > 20
-        assert after <= normal * 1.5 + 0.005, (normal, after)  # generous: the bench measures precisely
-        assert max(degraded) < 0.15  # never waits for a timeout of unit 3 (0.15 s) once its breaker is open
+        # generous, and the median: on a loaded CI machine one cycle can stall for the scheduler (seen: 0.47 s)
+        # whatever the bus does; the bench measures precisely
+        assert after <= normal * 1.5 + 0.005, (normal, after)
+    # what makes the others wait is a request to unit 3 on the wire (its timeout holds the bus): once its
+    # breaker is open, none is sent (the next probe is 60 s away)
+    assert asked_after == asked_before, (asked_before, asked_after)
 
 
 async def test_rtu_keeps_the_inter_frame_gap(tmp_path: Path, request: pytest.FixtureRequest) -> None:

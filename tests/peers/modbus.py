@@ -13,6 +13,7 @@ import contextlib
 import shutil
 import struct
 import subprocess
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,10 +87,12 @@ class ModbusPeer:
     requests: int = 0
     functions: list[tuple[int, int]] = field(default_factory=list)  # (function, address) of requests served
     reads: list[tuple[int, int, int]] = field(default_factory=list)  # (function, address, count) of FC1-4
+    by_unit: Counter[int] = field(default_factory=Counter)  # requests that reached each unit id (silent ones too)
 
     def _action_for(self, unit: int) -> Callable[..., Awaitable[Any]]:
         async def action(fc: int, start: int, address: int, count: int, regs: Any, values: Any) -> Any:
             self.requests += 1
+            self.by_unit[unit] += 1
             self.functions.append((fc, address))
             if fc in (1, 2, 3, 4):
                 self.reads.append((fc, address, count))
