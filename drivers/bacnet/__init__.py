@@ -332,6 +332,10 @@ class BACnetDeviceQuirks(BaseModel):
     read_property_multiple: Literal["auto", "never"] = Field(
         "auto", description="auto: use RPM when the device lists it; never: ReadProperty one by one"
     )
+    rpm_codec: Literal["agent", "bacpypes3"] = Field(
+        "agent", description="agent: polls are framed and parsed by the agent (common value types; bacpypes3 "
+        "decodes the rest); bacpypes3: every request through bacpypes3 (slower; for a device that needs it)"
+    )
     max_concurrent_requests: int = Field(1, ge=1, le=8, description="requests in flight to this device")
     segmentation: Literal["segmented-both", "segmented-transmit", "segmented-receive", "no-segmentation"] | None = \
         Field(None, description="what the device reported when scanned; `plan` uses it before the device "

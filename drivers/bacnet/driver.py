@@ -31,6 +31,7 @@ from agent.model import Quality, Sample, Value
 
 from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint, speedups, unit_symbol
 from .cov import CovFollower
+from .fastrpm import FastReads, FastSocket
 from .localif import other_stack, resolve_local
 from .restart import EdgeApplication, RestartWatch
 from .values import err_text as _err_text
@@ -70,6 +71,7 @@ class BACnetBus:
         self.conn = conn
         self.local = local  # IP/prefix
         self.app: Application | None = None
+        self.fast: FastSocket | None = None  # polls framed by the agent on the application's socket
         self.users = 0
         self._lock: asyncio.Lock | None = None
 
@@ -79,6 +81,7 @@ class BACnetBus:
         async with self._lock:
             if self.app is None:
                 self.app = await open_application(self.conn, local=self.local)
+                self.fast = FastSocket.attach(self.app)
             self.users += 1
             return self.app
 
@@ -88,6 +91,9 @@ class BACnetBus:
         async with self._lock:
             self.users = max(0, self.users - 1)
             if self.users == 0 and self.app is not None:
+                if self.fast is not None:
+                    self.fast.close()
+                    self.fast = None
                 with contextlib.suppress(Exception):
                     self.app.close()
                 self.app = None
@@ -289,6 +295,9 @@ class BACnetDriver(Driver):
         self._rpm_requests: dict[tuple[int, ...], RpmRequest] = {}  # _rpm_request() per point set
         self.units: dict[str, str | None] = {}
         self.cov = CovFollower(self)
+        self.fast: FastReads | None = None  # set at start unless the profile says rpm_codec: bacpypes3
+        self._polled: list[PointBase] | None = None
+        self._polled_without: set[str] = set()  # the COV-followed points when _polled was built
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -302,12 +311,16 @@ class BACnetDriver(Driver):
             self.address = Address(self.conn.address) if self.conn.address else await self._discover()
             await self._read_device_object()
             await self._read_units()
+            if self.quirks.rpm_codec == "agent":
+                vendor = await self.app.get_vendor_info(device_address=self.address)
+                self.fast = FastReads(self, self._bus.fast, vendor)
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
         self.cov.subscribed.clear()
+        self.fast = None
         bus, self._bus = self._bus, None
         self.app = None
         if bus is not None:
@@ -463,11 +476,13 @@ class BACnetDriver(Driver):
 
     async def _read_points(self, points: Sequence[BACnetPoint]) -> list[Sample]:
         out: list[Sample] = []
+        # the agent's own requests do not accept a segmented reply: they are for batches whose reply fits
+        one_apdu = min(self.facts.max_apdu, self.quirks.max_apdu or OWN_MAX_APDU, OWN_MAX_APDU) - 8
         for b in self.batches(points):
             if b.service == "read-property":
                 out.extend(await self._read_single(b.points))
             else:
-                out.extend(await self._read_rpm(b.points))
+                out.extend(await self._read_rpm(b.points, fast=b.reply_bytes <= one_apdu))
         return out
 
     async def _read_single(self, points: Sequence[BACnetPoint]) -> list[Sample]:
@@ -487,9 +502,15 @@ class BACnetDriver(Driver):
             return Sample(self.name, p.name, None, Quality.ERROR, now, v.strip("-"))
         return Sample(self.name, p.name, to_value(v), Quality.GOOD, now)
 
-    async def _read_rpm(self, points: Sequence[BACnetPoint]) -> list[Sample]:
+    async def _read_rpm(self, points: Sequence[BACnetPoint], fast: bool = False) -> list[Sample]:
         app, addr = self._app(), self.address
         assert addr is not None
+        reader = self.fast
+        prepared = reader.request_for(points) if reader is not None and fast else None
+        if reader is not None and prepared is not None:
+            got = await reader.read(points, prepared)
+            if got is not None:
+                return got  # else: not an ACK; this point set is read through bacpypes3 from now on
         req = rpm_request(points, self._rpm_requests)
         params, order = req.params, req.order
         now = time.time()
@@ -565,7 +586,13 @@ class BACnetDriver(Driver):
     # ------------------------------------------------------------------------------------- COV
 
     def polled_points(self) -> list[PointBase]:
-        return [p for p in self.device.enabled_points if p.name not in self.cov.subscribed]
+        # the same list while the COV subscriptions stay the same: the supervisor and the batch plans key
+        # their caches on it
+        subscribed = self.cov.subscribed
+        if self._polled is None or self._polled_without != subscribed:
+            self._polled_without = set(subscribed)
+            self._polled = [p for p in self.device.enabled_points if p.name not in subscribed]
+        return self._polled
 
     @property
     def subscribed(self) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from bacpypes3.apdu import AbortPDU, ErrorPDU, RejectPDU
@@ -23,10 +24,12 @@ def to_value(v: Any) -> Value:
     """bacpypes3 value → what a Sample carries: float, int, bool (binary PVs), str, None."""
     from bacpypes3.basetypes import BinaryPV
     from bacpypes3.constructeddata import Choice
-    from bacpypes3.primitivedata import Boolean, CharacterString, Enumerated, Real
+    from bacpypes3.primitivedata import Boolean, CharacterString, Double, Enumerated, Real
 
     if v is None or isinstance(v, Null):
         return None
+    if isinstance(v, list):  # an array or list read whole (priority-array, state-text): its values as JSON
+        return json.dumps([to_value(x) for x in v], ensure_ascii=False)
     if isinstance(v, Choice):  # e.g. a priority-array slot: the one element that is set
         for name in getattr(v, "_elements", {}):
             element = getattr(v, name, None)
@@ -41,6 +44,8 @@ def to_value(v: Any) -> Value:
         return str(v)
     if isinstance(v, bool):
         return v
+    if isinstance(v, Double):  # bacpypes3's Double is a Real: keep its precision
+        return float(v)
     if isinstance(v, Real):  # single precision: 17.14, not 17.139999389648438
         return float(f"{float(v):.7g}")
     if isinstance(v, float):
