@@ -9,8 +9,9 @@ import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from agent.errors import ConfigError, EdgeAgentError, Problem
 from agent.tools.args import json_arg, site_arg, socket_arg
@@ -189,6 +190,20 @@ def setup_logging(level: str) -> None:
     logging.getLogger("bacpypes3").setLevel(logging.WARNING)
 
 
+def loop_factory(choice: str, log: logging.Logger) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The site's ``event_loop``: uvloop's, or None for asyncio's own. A missing uvloop (a box installed
+    without it) costs a warning and CPU, never the start."""
+    if choice != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError as exc:
+        log.warning("event_loop uvloop: %s; running on asyncio's own event loop", exc)
+        return None
+    log.info("event loop: uvloop %s", getattr(uvloop, "__version__", "?"))
+    return cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.core.app import Agent, install_signal_handlers
     from agent.core.configstore import BASE, fail_version, resolve
@@ -233,7 +248,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             os._exit(0)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory(site.model.event_loop, log)) as runner:
+            runner.run(main())
     except EdgeAgentError as exc:
         log.error("fatal: %s", exc)
         return 1
