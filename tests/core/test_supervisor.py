@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import socket
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -193,9 +194,11 @@ async def test_devices_with_one_interval_poll_in_the_same_wakeup(tmp_path: Path,
     for k in range(cycles):
         times = [v[k] for v in per_device.values()]
         assert max(times) - min(times) < 0.05, f"cycle {k}: devices polled {max(times) - min(times):.3f} s apart"
-    for t in (t for v in per_device.values() for t in v):
-        off = t % 0.5
-        assert min(off, 0.5 - off) < 0.05, f"a poll at {off:.3f} s past the 0.5 s grid"
+    # on the grid: a loaded CI machine can wake the loop late now and then, so the median is judged tightly
+    # (staggered devices would be ~0.125 s off) and every poll loosely
+    offs = [min(t % 0.5, 0.5 - t % 0.5) for v in per_device.values() for t in v]
+    assert statistics.median(offs) < 0.05, f"polls are {statistics.median(offs):.3f} s off the 0.5 s grid (median)"
+    assert max(offs) < 0.2, f"a poll {max(offs):.3f} s off the 0.5 s grid"
 
 
 # ------------------------------------------------------------------------------ journald priorities
