@@ -217,8 +217,9 @@ async def scan(args: argparse.Namespace) -> dict[str, Any]:
     from bacpypes3.apdu import ErrorRejectAbortNack
     from bacpypes3.pdu import Address
 
-    from .driver import open_application, to_value
+    from .driver import open_application
     from .scanner import Describer
+    from .values import to_value
 
     app = await open_application(_conn(args), shared_ok=True)
     try:

@@ -67,7 +67,7 @@ class Describer:
 
     async def read(self, objid: str, prop: str, index: int | None = None) -> tuple[Any, str | None]:
         """(value, None), (None, None) when the object has no such property, or (None, reason)."""
-        from .driver import to_value
+        from .values import to_value
 
         try:
             async with asyncio.timeout(self.budget):
@@ -84,7 +84,7 @@ class Describer:
         return to_value(v), None
 
     async def describe(self, objects: list[Any]) -> list[Described]:
-        from .driver import to_value
+        from .values import to_value
 
         per_request = max(1, min(20, (self.max_apdu - 16) // 24)) if self.segmented else 1
         out: list[Described] = []

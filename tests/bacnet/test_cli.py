@@ -115,7 +115,8 @@ async def test_scan_writes_a_profile_that_validates_and_polls(bacnet_lab: BACnet
 
 def _read_back(host: str, prop: str, index: int | None = None) -> object:
     from drivers.bacnet import BACnetConnection
-    from drivers.bacnet.driver import open_application, to_value
+    from drivers.bacnet.driver import open_application
+    from drivers.bacnet.values import to_value
 
     async def go() -> object:
         app = await open_application(BACnetConnection(device_instance=1, local_address=f"{next_host()}/8",

@@ -123,7 +123,7 @@ async def test_estimate_too_optimistic_splits_after_abort(bacnet_lab: BACnetLab)
     sim.requests.clear()
     samples = await drv.read(drv.device.enabled_points)
     assert [s.value for s in samples] == [f"{long}-{i:03d}" for i in range(40)]
-    assert drv._max_points == 1 and sim.requests["ReadPropertyMultipleRequest"] > planned
+    assert drv.reads.max_points == 1 and sim.requests["ReadPropertyMultipleRequest"] > planned
     sim.requests.clear()
     await drv.read(drv.device.enabled_points)
     assert sim.requests["ReadPropertyMultipleRequest"] == 40  # learnt: no more aborted requests
