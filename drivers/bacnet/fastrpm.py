@@ -157,12 +157,21 @@ class FastReads:
         self.sock = sock
         self.vendor_info = vendor_info
         self._requests: dict[tuple[int, ...], FastRequest | None] = {}
-        self.dest: tuple[str, int] | None = None
-        address = host.address
-        tup = getattr(address, "addrTuple", None)
-        if sock is not None and address is not None and address.addrType == address.localStationAddr \
-                and isinstance(tup, tuple) and tup != sock.local:
-            self.dest = tup
+        self._seen: Any = None  # the driver's address that ``_dest`` was computed for
+        self._dest: tuple[str, int] | None = None
+
+    @property
+    def dest(self) -> tuple[str, int] | None:
+        """Where the device is, as a UDP address, or None when only bacpypes3 can reach it (behind a router,
+        at this box's own address). Follows the driver's address (an I-Am from a new one, DHCP)."""
+        address = self.host.address
+        if address is not self._seen:
+            self._seen = address
+            tup = getattr(address, "addrTuple", None)
+            local_station = address is not None and address.addrType == address.localStationAddr
+            ok = self.sock is not None and local_station and isinstance(tup, tuple) and tup != self.sock.local
+            self._dest = tup if ok else None
+        return self._dest
 
     def request_for(self, points: Sequence[BACnetPoint]) -> FastRequest | None:
         """The prepared request of this point set, None when bacpypes3 must read it."""
@@ -211,7 +220,8 @@ class FastReads:
         """The samples of one poll, or None (and the point set goes to bacpypes3) when the reply is not a
         ReadPropertyMultiple-ACK that parses."""
         sock, dest, address = self.sock, self.dest, self.host.address
-        assert sock is not None and dest is not None and address is not None
+        if sock is None or dest is None or address is None:
+            return None  # the device moved where only bacpypes3 reaches it
         name = self.host.name
         now = time.time()
         kind, data, start = await self.host._call(

@@ -490,3 +490,17 @@ async def test_a_device_without_rpm_is_read_property_by_property(bacnet_lab: BAC
     assert got == {"supply": 16.0, "room": 21.0}
     assert "Reject to a ReadPropertyMultiple" in caplog.text
     assert drv.facts.rpm is False
+
+
+async def test_framed_polls_follow_the_device_to_a_new_address(bacnet_lab: BACnetLab) -> None:
+    """An I-Am from a new address moves the driver (DHCP): the agent's framed polls go there too."""
+    old = await bacnet_lab.sim(move=False)
+    new = await bacnet_lab.sim(move=False)
+    new.obj("analog-input,1").presentValue = 33.5
+    write_profile(bacnet_lab.tmp, "ahu", "- {name: supply, object_type: analog-input, instance: 1}\n")
+    drv = await bacnet_lab.driver("ahu", old)
+    assert [s.value for s in await drv.read(drv.device.enabled_points)] == [16.0]
+    drv.address = Address(new.host)  # what heard_from() does for a device without a fixed address
+    sent = drv._bus.fast.sent
+    assert [s.value for s in await drv.read(drv.device.enabled_points)] == [33.5]
+    assert drv._bus.fast.sent == sent + 1 and drv.fast.dest == Address(new.host).addrTuple
