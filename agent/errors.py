@@ -27,6 +27,17 @@ class EdgeAgentError(Exception):
     """Base of every error edge-agent raises on purpose."""
 
 
+def mark_logged(exc: BaseException) -> BaseException:
+    """Note on an exception that a layer already logged it, so the layers it passes through on its way up do not
+    log the same refusal again (one line per refused command in the journal, not three)."""
+    exc.__dict__["edge_agent_logged"] = True
+    return exc
+
+
+def was_logged(exc: BaseException) -> bool:
+    return bool(getattr(exc, "__dict__", {}).get("edge_agent_logged"))
+
+
 @dataclass(frozen=True)
 class Problem:
     """One located configuration problem: ``FILE:LINE: key.path: message``."""

@@ -13,6 +13,7 @@ from typing import Any
 from agent import __version__
 from agent.core.pipeline import Pipeline
 from agent.core.remoteops import RemoteOps
+from agent.errors import was_logged
 from agent.remote.chunks import ChunkError, ChunkStore
 from agent.remote.envelope import COMMAND_ROLES, Refused
 from agent.uplink import intake
@@ -93,7 +94,7 @@ class CommandChannel:
             result = await self.remote.run(s)
         except Refused as exc:
             self.gate.refused += 1
-            if self.ack(cid, False, error=str(exc)[:intake.MAX_ERROR_CHARS], cmd=c.cmd):
+            if self.ack(cid, False, error=str(exc)[:intake.MAX_ERROR_CHARS], cmd=c.cmd) and not was_logged(exc):
                 log.warning("signed command refused: %s", exc)
         except Exception as exc:  # a bug or the disk: answered, never a silent end of the task
             log.exception("signed %s failed", c.cmd)

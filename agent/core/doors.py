@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from agent.contract.device import DeviceConfig
 from agent.core.supervisor import DeviceRunner
-from agent.errors import DeviceTimeout, EdgeAgentError, WriteRefused
+from agent.errors import DeviceTimeout, EdgeAgentError, WriteRefused, mark_logged
 from agent.model import DeviceHealth, Event, Severity
 
 log = logging.getLogger("edge_agent.doors")
@@ -68,6 +68,7 @@ class DoorGate:
             runner, token = self._check(device, door, command)
         except DoorRefused as exc:
             self._audit(base, by, via, "refused", str(exc))
+            mark_logged(exc)
             raise
         sent = False
         try:
@@ -82,15 +83,17 @@ class DoorGate:
                     answer: dict[str, Any] = await send(token, command)
         except DoorRefused as exc:
             self._audit(base, by, via, "refused", str(exc))
+            mark_logged(exc)
             raise
         except TimeoutError:
             outcome = ("not confirmed within {t:g} s; outcome unknown" if sent else
                        "not sent: the device stayed busy for {t:g} s")
             exc2 = DeviceTimeout(f"{device}: door {door} {command} " + outcome.format(t=DOOR_TIMEOUT), device=device)
             self._audit(base, by, via, "failed", str(exc2))
-            raise exc2 from None
+            raise mark_logged(exc2) from None
         except EdgeAgentError as exc:
             self._audit(base, by, via, "failed", str(exc))
+            mark_logged(exc)
             raise
         result = {**base, "token": token, **answer}
         self._audit({**base, "token": token, "state": answer.get("state")}, by, via, "ok")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import Site
-from agent.errors import EdgeAgentError
+from agent.errors import EdgeAgentError, mark_logged, was_logged
 from agent.model import Event, Severity, Value
 from agent.remote.envelope import Refused, Signed, verify
 from agent.remote.logring import LogRing
@@ -97,16 +97,20 @@ class RemoteOps:
                 result = await handler(s.args)
         except Refused as exc:
             self._audit(s, False, str(exc))
+            mark_logged(exc)
             raise
         except EdgeAgentError as exc:
-            self._audit(s, False, str(exc))
-            raise Refused(f"{s.cmd}: {exc}"[:200]) from None
+            self._audit(s, False, str(exc), quiet=was_logged(exc))  # e.g. the door gate logged it with more
+            raise mark_logged(Refused(f"{s.cmd}: {exc}"[:200])) from None
         self._audit(s, True, None)
         return result
 
-    def _audit(self, s: Signed, ok: bool, error: str | None) -> None:
-        level = logging.INFO if ok else logging.WARNING
-        log.log(level, "signed %s %s by %s: %s", s.cmd, s.id, s.key, "obeyed" if ok else f"failed: {error}")
+    def _audit(self, s: Signed, ok: bool, error: str | None, quiet: bool = False) -> None:
+        """The log line (unless a lower layer already logged the failure) and, for commands that change the
+        site, the ``remote`` event."""
+        if not quiet:
+            level = logging.INFO if ok else logging.WARNING
+            log.log(level, "signed %s %s by %s: %s", s.cmd, s.id, s.key, "obeyed" if ok else f"failed: {error}")
         if s.cmd not in CHANGES:
             return
         shown = {k: v for k, v in list(s.args.items())[:8] if k != "files"}  # a bundle is named by its hash

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 from joserfc.jwk import OKPKey
 
 from agent.remote.envelope import claims, sign
@@ -67,7 +69,8 @@ async def online(agent: Any, *names: str) -> None:
 
 
 async def test_only_signed_allowed_door_commands_reach_the_panel(access_panel: AccessPanel, broker: Broker,
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     site = panel_site(tmp_path, broker, {"panel": access_panel}, DOORS)
     op = Operator(site.parent)
     unlock_main = {"device": "panel", "door": "main", "command": "unlock"}
@@ -92,11 +95,16 @@ async def test_only_signed_allowed_door_commands_reach_the_panel(access_panel: A
         await online(agent, "panel")
         await col.wait(lambda: values(col, "panel", "main.mode") == ["Locked"], 15, "door points")
         async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            caplog.set_level(logging.WARNING)
             for _, payload, _ in refusals:
                 await c.publish(f"ea/v1/{SITE}/cmd", payload, qos=1)
             for mid, _, why in refusals:
                 ack = await ack_of(col, mid)
                 assert ack["ok"] is False and why in ack["error"], (why, ack)
+            for _, _, why in refusals:  # one warning line per refusal (the gate, remote and channel each logged)
+                lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and
+                         why in r.getMessage()]
+                assert len(lines) == 1, lines
             stats = access_panel.stats()
             assert stats["door_commands"] == [], stats["door_commands"]  # nothing refused reached the panel
             assert agent.doors.sent == 0
