@@ -122,6 +122,7 @@ class FastRequest:
     types: list[codec.ValueType]
     reply_pos: list[int]  # each point's place in the reply (grouped by object), for replies with other keys
     on: bool = True  # False: bacpypes3 reads this point set
+    proven: bool = False  # the device has answered this request: a timeout is then the device's silence
     last: list[tuple[bytes, Value] | None] = field(default_factory=list)  # each point's last octets and value
 
 
@@ -231,6 +232,7 @@ class FastReads:
             log.info("%s: %s to a ReadPropertyMultiple of %d properties; asking through bacpypes3 from now on",
                      name, {codec.PDU_ERROR: "Error", codec.PDU_REJECT: "Reject"}.get(kind, "Abort"), len(points))
             return None
+        req.proven = True
         try:
             results = codec.decode_ack(data, start)
         except codec.Malformed as exc:

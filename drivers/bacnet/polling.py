@@ -14,7 +14,7 @@ from bacpypes3.apdu import ErrorPDU, ErrorRejectAbortNack
 from bacpypes3.basetypes import PropertyIdentifier, PropertyReference
 from bacpypes3.primitivedata import ObjectIdentifier
 
-from agent.errors import ProtocolError
+from agent.errors import DeviceTimeout, ProtocolError
 from agent.model import Quality, Sample
 
 from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint
@@ -246,8 +246,14 @@ class PollReads:
         assert addr is not None
         reader = self.host.fast
         prepared = reader.request_for(points) if reader is not None and fast else None
+        unproven = None  # the agent's framing timed out before ever being answered: bacpypes3 is asked
         if reader is not None and prepared is not None:
-            got = await reader.read(points, prepared)
+            try:
+                got = await reader.read(points, prepared)
+            except DeviceTimeout:
+                if prepared.proven:
+                    raise  # it answered before: the device is silent, not the framing refused
+                got, unproven = None, prepared
             if got is not None:
                 return got  # else: not an ACK; this point set is read through bacpypes3 from now on
         req = rpm_request(points, self._rpm_requests)
@@ -274,6 +280,10 @@ class PollReads:
             return [Sample(self.host.name, p.name, None, Quality.ERROR, now, reason) for p in points]
         if results is None:
             raise ProtocolError(f"{self.host.name}: unexpected reply to ReadPropertyMultiple", device=self.host.name)
+        if unproven is not None:
+            unproven.on = False
+            log.warning("%s: no answer to the agent's own ReadPropertyMultiple, but an answer through bacpypes3: "
+                        "these %d points are read through bacpypes3 from now on", self.host.name, len(points))
         by_key: dict[tuple[str, str, int | None], Any] = {}
         for objid, prop, idx, value in results:
             by_key[(str(objid), str(prop), idx)] = value

@@ -49,6 +49,7 @@ from bacpypes3.primitivedata import (
 )
 from bacpypes3.vendor import get_vendor_info
 
+from agent.errors import DeviceTimeout
 from agent.model import Quality
 from drivers.bacnet import rpmcodec as codec
 from drivers.bacnet.fastrpm import FastSocket
@@ -504,3 +505,35 @@ async def test_framed_polls_follow_the_device_to_a_new_address(bacnet_lab: BACne
     sent = drv._bus.fast.sent
     assert [s.value for s in await drv.read(drv.device.enabled_points)] == [33.5]
     assert drv._bus.fast.sent == sent + 1 and drv.fast.dest == Address(new.host).addrTuple
+
+
+async def test_a_device_that_never_answers_the_agents_framing_is_read_through_bacpypes3(
+        bacnet_lab: BACnetLab, caplog: pytest.LogCaptureFixture) -> None:
+    """A controller that ignores requests not accepting a segmented reply (the agent's framing) but answers
+    bacpypes3's: the first poll times out once, bacpypes3 answers it, and that point set stays with bacpypes3.
+    A device that answered the framing before and then falls silent is a timeout, with no second request."""
+    sim = await bacnet_lab.sim(move=False)
+    assert sim.app is not None
+    sim.app.mute_unless_segmented_ok = True
+    write_profile(bacnet_lab.tmp, "ahu", "- {name: supply, object_type: analog-input, instance: 1}\n"
+                  "- {name: mode, object_type: multi-state-value, instance: 1}\n")
+    drv = await bacnet_lab.driver("ahu", sim, timeout=0.5)
+    with caplog.at_level(logging.WARNING):
+        got = {s.point: s.value for s in await drv.read(drv.device.enabled_points)}
+    assert got == {"supply": 16.0, "mode": 4}
+    assert "no answer to the agent's own ReadPropertyMultiple" in caplog.text
+    sent = drv._bus.fast.sent
+    for _ in range(3):
+        assert {s.point: s.value for s in await drv.read(drv.device.enabled_points)} == got
+    assert drv._bus.fast.sent == sent  # bacpypes3 reads it now: no framed request, no timeout
+
+    other = await bacnet_lab.sim(move=False)  # answers the framing, then goes silent
+    write_profile(bacnet_lab.tmp, "ahu2", "- {name: supply, object_type: analog-input, instance: 1}\n")
+    drv2 = await bacnet_lab.driver("ahu2", other, name="ahu2", timeout=0.5)
+    assert [s.value for s in await drv2.read(drv2.device.enabled_points)] == [16.0]
+    assert other.app is not None
+    other.app.mute_unless_segmented_ok = True
+    other.requests.clear()
+    with pytest.raises(DeviceTimeout):
+        await drv2.read(drv2.device.enabled_points)
+    assert other.requests["ReadPropertyMultipleRequest"] == 1  # no fallback request for a proven framing
