@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bacpypes3.app import Application
     from bacpypes3.pdu import Address
 
-    from .fastrpm import FastReads
+    from .fastrpm import FastReads, FastRequest
 
 log = logging.getLogger("drivers.bacnet.driver")  # one logger name for the driver, as cov.py
 T = TypeVar("T")
@@ -261,8 +261,9 @@ class PollReads:
         now = time.time()
         try:
             results = await self.host._call("read-property-multiple",
-                                       lambda: app.read_property_multiple(addr, params))
+                                            lambda: app.read_property_multiple(addr, params))
         except ErrorRejectAbortNack as exc:
+            self._framing_unanswered(unproven, len(points))  # bacpypes3 got an answer, even a refusal
             reason = _err_text(exc)
             if reason in NO_SERVICE:
                 log.warning("%s: device rejects ReadPropertyMultiple; reading property by property", self.host.name)
@@ -280,10 +281,7 @@ class PollReads:
             return [Sample(self.host.name, p.name, None, Quality.ERROR, now, reason) for p in points]
         if results is None:
             raise ProtocolError(f"{self.host.name}: unexpected reply to ReadPropertyMultiple", device=self.host.name)
-        if unproven is not None:
-            unproven.on = False
-            log.warning("%s: no answer to the agent's own ReadPropertyMultiple, but an answer through bacpypes3: "
-                        "these %d points are read through bacpypes3 from now on", self.host.name, len(points))
+        self._framing_unanswered(unproven, len(points))
         by_key: dict[tuple[str, str, int | None], Any] = {}
         for objid, prop, idx, value in results:
             by_key[(str(objid), str(prop), idx)] = value
@@ -303,3 +301,10 @@ class PollReads:
             else:
                 out.append(self._sample(p, v, now))
         return out
+
+    def _framing_unanswered(self, unproven: FastRequest | None, n: int) -> None:
+        """bacpypes3 was answered where the agent's framing never was: that point set stays with bacpypes3."""
+        if unproven is not None and unproven.on:
+            unproven.on = False
+            log.warning("%s: no answer to the agent's own ReadPropertyMultiple, but an answer through bacpypes3: "
+                        "these %d points are read through bacpypes3 from now on", self.host.name, n)
