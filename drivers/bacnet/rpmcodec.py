@@ -2,7 +2,8 @@
 
 Measured on bench/site_poll.py ``--only bacnet`` (20 controllers x 40 points): building each request with
 bacpypes3's Sequence objects, decoding each ComplexACK into them, and the per-datagram task and layer hops of
-its stack were nine tenths of the agent's CPU for BACnet. This module only knows:
+its stack took most of the agent's CPU for BACnet; without them it went from 0.114-0.124 to 0.019-0.023 CPU-s
+per 1,000 points (same machine, asyncio's loop). This module only knows:
 
 - the request: BVLC original-unicast, an NPDU expecting a reply, a confirmed-request header that does not
   accept a segmented reply, and the ReadAccessSpecifications (object identifier, property references);
