@@ -3,13 +3,17 @@
 ``FastSocket`` sends pre-encoded requests on the bacpypes3 application's own UDP socket (the configured
 local port: what a site's firewall and BBMD entries know) and takes the replies to them before bacpypes3
 sees them; every other datagram goes to bacpypes3 unchanged. Invoke ids come from the application's own
-counter and skip those bacpypes3 has outstanding to the same device, so the two never answer each other.
+counter and skip those bacpypes3 has outstanding to the same device. bacpypes3 does not know ours, so a reply
+could only be mistaken if that shared counter went round all 256 ids while one of our requests waits, and
+bacpypes3 then sent a ReadPropertyMultiple of its own, with the same id, to the same device (only replies
+of that service, and Rejects or Aborts, are taken).
 
 ``FastReads`` is one device's side: the request octets per point set, built once, and the samples from the
 reply (values decoded by ``rpmcodec``, or by bacpypes3 for what it does not handle). A point set whose
 request gets anything but a ReadPropertyMultiple-ACK (an Error, Reject or Abort, e.g. a reply too big for one
 APDU, or a malformed ACK) goes through bacpypes3's ``read_property_multiple`` from then on: the driver's
-existing handling (splitting, property by property) takes over, with bacpypes3's errors.
+existing handling (splitting, property by property) takes over, with bacpypes3's errors. A timeout before
+the point set was ever answered this way is asked again through bacpypes3 (``polling.PollReads``).
 
 Used only for devices that are stations on this IP network (not behind a BACnet router) and not at this
 box's own address.
