@@ -67,6 +67,47 @@ def handle(dec: Decoder, topic: str, payload: bytes, prefix: str) -> dict[str, A
     return out
 
 
+HOLD_SECONDS = 5.0  # how long telemetry of a generation not seen yet waits for its birth
+
+
+class Holder:
+    """Telemetry that arrives before the birth of its generation (the broker may send a live message before the
+    retained birth when the monitor subscribes) waits up to ``HOLD_SECONDS`` for that birth and is then printed
+    decoded, instead of at once with ``#alias`` for every point name."""
+
+    def __init__(self, dec: Decoder, prefix: str, hold: float = HOLD_SECONDS) -> None:
+        self.dec, self.prefix, self.hold = dec, prefix, hold
+        self.held: dict[tuple[str, int], list[tuple[float, str, bytes]]] = {}
+
+    def take(self, topic: str, payload: bytes, now: float) -> list[dict[str, Any]]:
+        """The messages to print now, in order: this one (unless held), then any it releases."""
+        m = handle(self.dec, topic, payload, self.prefix)
+        out: list[dict[str, Any]] = self.expired(now)
+        if m.get("kind") == "t" and m.get("known_gen") is False and "gen" in m \
+                and not any(site == m["site"] and gen == m["gen"] for site, gen in self.dec.maps):
+            self.held.setdefault((m["site"], m["gen"]), []).append((now, topic, payload))
+            return out
+        out.append(m)
+        if m.get("kind") == "birth" and isinstance(m.get("doc"), dict) and "gen" in m["doc"]:
+            for _, t, p in self.held.pop((m["site"], int(m["doc"]["gen"])), []):
+                out.append(handle(self.dec, t, p, self.prefix))
+        return out
+
+    def expired(self, now: float, everything: bool = False) -> list[dict[str, Any]]:
+        """Held messages whose birth did not come in time, decoded as well as they can be."""
+        out: list[dict[str, Any]] = []
+        for key in list(self.held):
+            keep = [(t0, t, p) for t0, t, p in self.held[key] if not everything and now - t0 < self.hold]
+            for t0, t, p in self.held[key]:
+                if everything or now - t0 >= self.hold:
+                    out.append(handle(self.dec, t, p, self.prefix))
+            if keep:
+                self.held[key] = keep
+            else:
+                del self.held[key]
+        return out
+
+
 def render(m: dict[str, Any]) -> str:
     clock = time.strftime("%H:%M:%S")
     if m.get("error"):
@@ -150,6 +191,7 @@ def _reason(exc: BaseException) -> str:
 async def monitor(t: Target, count: int, as_json: bool, connect_budget: float = 10.0) -> int:
     """Print decoded messages until ``count`` (0: forever). Connection problems are one line on stderr, exit 1."""
     dec = Decoder()
+    holder = Holder(dec, t.prefix)
     n = 0
     client = aiomqtt.Client(t.host, t.port, identifier=f"edge-agent-monitor-{time.time_ns()}",
                             username=t.username, password=t.password, tls_context=t.tls, timeout=connect_budget + 1)
@@ -170,13 +212,18 @@ async def monitor(t: Target, count: int, as_json: bool, connect_budget: float = 
         try:
             async for msg in client.messages:
                 payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload or "").encode()
-                m = handle(dec, str(msg.topic), payload, t.prefix)
-                print(json.dumps(m, default=str) if as_json else render(m), flush=True)
-                n += 1
-                if count and n >= count:
-                    break
+                for m in holder.take(str(msg.topic), payload, time.monotonic()):
+                    print(json.dumps(m, default=str) if as_json else render(m), flush=True)
+                    n += 1
+                    if count and n >= count:
+                        return 0
         except aiomqtt.MqttError as exc:
             print(f"monitor: connection to {t.where} lost: {_reason(exc)}", file=sys.stderr)
             return 1
+        finally:
+            if not count or n < count:
+                for m in holder.expired(time.monotonic(), everything=True):  # a birth that never came
+                    print(json.dumps(m, default=str) if as_json else render(m), flush=True)
+            sys.stdout.flush()
     sys.stdout.flush()
     return 0
