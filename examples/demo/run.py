@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -218,6 +219,27 @@ def control(work: Path, words: list[str]) -> int:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def monitor_subscribed(mon: subprocess.Popen[bytes], budget: float) -> bool:
+    """Wait for the monitor's "subscribed to" line (its stderr is passed on, now and later)."""
+    subscribed = threading.Event()
+
+    def pass_on() -> None:
+        assert mon.stderr is not None
+        for raw in mon.stderr:
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if "subscribed to" in line:
+                subscribed.set()
+
+    threading.Thread(target=pass_on, name="monitor-stderr", daemon=True).start()
+    deadline = time.monotonic() + budget
+    while not subscribed.wait(0.1):
+        if mon.poll() is not None or time.monotonic() > deadline:
+            return False
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         prog="scripts/demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -287,10 +309,12 @@ def main() -> int:
         print(f"demo: simulated devices: {', '.join(procs.devices())}; practise a failure with "
               "`scripts/demo stop NAME` and `scripts/demo start NAME`", file=sys.stderr)
         mon = subprocess.Popen([PY, "-m", "agent.tools.cli", "monitor", "--broker", f"mqtt://127.0.0.1:{mport}"]
-                               + (["--json"] if args.json else []), cwd=ROOT)
+                               + (["--json"] if args.json else []), cwd=ROOT, stderr=subprocess.PIPE)
         procs.all.append(Proc("monitor", [], {}, mon))
         essential.append(procs.all[-1])
-        time.sleep(0.5)
+        if not monitor_subscribed(mon, 30.0):  # else the agent's first messages (not retained) pass it by
+            print("demo: the monitor did not subscribe within 30 s", file=sys.stderr)
+            return 1
         procs.start("agent", [PY, "-m", "agent.tools.cli", "run", "--config", str(site)])
         essential.append(procs.all[-1])
         print("demo: agent started; decoded messages follow (Ctrl-C to stop)", file=sys.stderr)
