@@ -334,12 +334,16 @@ class DeviceRunner:
         next_slow = next_fast
         while True:
             now = time.monotonic()
-            wait = max(0.0, min(next_fast, next_slow) - now)
+            due = min(next_fast, next_slow)
+            wait = max(0.0, due - now)
             self._progress(wait + self.cycle_timeout)
             if wait and await self._nap(wait):
-                next_fast = next_slow = time.monotonic()  # retry: poll every point now
-            now = time.monotonic()
-            pts = sets.of(driver.polled_points(), now >= next_fast, now >= next_slow)
+                next_fast = next_slow = due = time.monotonic()  # retry: poll every point now
+            # the nap's timer may fire a little before the monotonic clock reaches its time (uvloop: up to ~1 ms):
+            # the time it was set for has come all the same
+            now = max(time.monotonic(), due)
+            fast_due, slow_due = now >= next_fast, now >= next_slow
+            pts = sets.of(driver.polled_points(), fast_due, slow_due)
             if pts:
                 self._begin()
                 await self._cycle(driver, pts)
@@ -348,11 +352,12 @@ class DeviceRunner:
                 # which is what availability means for it.
                 self._online()
                 self._end()
-            # No overlapping cycles, no burst to catch up: schedule from the planned time, skipping misses.
+            # No overlapping cycles, no burst to catch up: schedule from the planned time, skipping misses. Only
+            # a set this cycle polled moves on (a clock read now could pass a time the cycle did not poll for).
             done = time.monotonic()
-            if done >= next_fast:
+            if fast_due:
                 next_fast += dm.interval * max(1, int((done - next_fast) // dm.interval) + 1)
-            if done >= next_slow:
+            if slow_due:
                 next_slow += dm.slow_interval * max(1, int((done - next_slow) // dm.slow_interval) + 1)
 
     async def _cycle(self, driver: Driver, pts: Sequence[PointBase]) -> None:
