@@ -19,7 +19,7 @@ from agent.model import Quality, Sample
 
 from . import BACnetConnection, BACnetDeviceQuirks, BACnetPoint
 from .values import err_text as _err_text
-from .values import to_value
+from .values import read_value
 
 if TYPE_CHECKING:
     from bacpypes3.app import Application
@@ -237,9 +237,10 @@ class PollReads:
         return out
 
     def _sample(self, p: BACnetPoint, v: Any, now: float) -> Sample:
-        if isinstance(v, str) and v.startswith("-no "):  # bacpypes3 could not decode (proprietary type)
-            return Sample(self.host.name, p.name, None, Quality.ERROR, now, v.strip("-"))
-        return Sample(self.host.name, p.name, to_value(v), Quality.GOOD, now)
+        value, why = read_value(v)
+        if why is not None:
+            return Sample(self.host.name, p.name, None, Quality.ERROR, now, why)
+        return Sample(self.host.name, p.name, value, Quality.GOOD, now)
 
     async def _read_rpm(self, points: Sequence[BACnetPoint], fast: bool = False) -> list[Sample]:
         app, addr = self.host._app(), self.host.address

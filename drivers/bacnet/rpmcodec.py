@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from agent.model import Value
 
-from .values import to_value
+from .values import read_value, to_value
 
 # the kinds a value can be decoded as here; SLOW: bacpypes3 decodes it; NONE: bacpypes3 has no type for the
 # property and reports None
@@ -282,9 +282,7 @@ def _slow(raw: bytes, vt: ValueType) -> tuple[Value, str | None]:
         v = AnyValue(TagList.decode(PDUData(raw))).cast_out(vt.datatype)
     except Exception as exc:  # whatever bacpypes3 raises on a value it cannot decode
         return None, f"undecodable value: {type(exc).__name__}"
-    if isinstance(v, str) and v.startswith("-no "):  # bacpypes3 could not decode (proprietary type)
-        return None, v.strip("-")
-    return to_value(v), None
+    return read_value(v)
 
 
 def decode_value(raw: bytes, vt: ValueType) -> tuple[Value, str | None]:

@@ -67,7 +67,7 @@ class Describer:
 
     async def read(self, objid: str, prop: str, index: int | None = None) -> tuple[Any, str | None]:
         """(value, None), (None, None) when the object has no such property, or (None, reason)."""
-        from .values import to_value
+        from .values import read_value, to_value
 
         try:
             async with asyncio.timeout(self.budget):
@@ -77,11 +77,9 @@ class Describer:
             return None, None if reason in ABSENT else reason
         except TimeoutError:
             return None, f"no answer within {self.budget:g} s"
-        if isinstance(v, str) and v.startswith("-no "):
-            return None, v.strip("-")
         if isinstance(v, list):  # an array read whole (state-text)
             return [str(to_value(x)) for x in v], None
-        return to_value(v), None
+        return read_value(v)
 
     async def describe(self, objects: list[Any]) -> list[Described]:
         from .values import to_value

@@ -20,6 +20,14 @@ def err_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def read_value(v: Any) -> tuple[Value, str | None]:
+    """What bacpypes3 returned for a read, in the agent's terms: (value, None), or (None, why) when bacpypes3
+    could not decode it (for a proprietary type it returns the text ``-no ...``)."""
+    if isinstance(v, str) and v.startswith("-no "):
+        return None, v.strip("-")
+    return to_value(v), None
+
+
 def to_value(v: Any) -> Value:
     """bacpypes3 value → what a Sample carries: float, int, bool (binary PVs), str, None."""
     from bacpypes3.basetypes import BinaryPV
