@@ -244,15 +244,17 @@ class FastReads:
             log.warning("%s: ReadPropertyMultiple-ACK not understood (%s); asking through bacpypes3 from now on",
                         name, exc)
             return None
-        positional = list(results.values()) if len(results) == len(points) else None
+        positional: list[Any] | None = None  # the reply in order, built only if a key is missing
         out: list[Sample] = []
         keys, types, last = req.keys, req.types, req.last
         for i, p in enumerate(points):
             got = results.get(keys[i])
             if got is None:
-                if positional is None:
+                if len(results) != len(points):
                     out.append(Sample(name, p.name, None, Quality.ERROR, now, "missing-in-reply"))
                     continue
+                if positional is None:
+                    positional = list(results.values())
                 got = positional[req.reply_pos[i]]
             raw, error = got
             if error is not None:
