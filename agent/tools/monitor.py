@@ -84,7 +84,7 @@ class Holder:
         m = handle(self.dec, topic, payload, self.prefix)
         out: list[dict[str, Any]] = self.expired(now)
         if m.get("kind") == "t" and m.get("known_gen") is False and "gen" in m \
-                and not any(site == m["site"] and gen == m["gen"] for site, gen in self.dec.maps):
+                and (m["site"], m["gen"]) not in self.dec.maps:
             self.held.setdefault((m["site"], m["gen"]), []).append((now, topic, payload))
             return out
         out.append(m)
